@@ -1,0 +1,198 @@
+"""Build: (spec, target, template, config) -> scheduled TIR -> compiled module -> Kernel.
+
+The TVM compiler side of convgen lives here and in :mod:`convgen.compute` and the
+templates; :mod:`convgen.runtime` needs none of it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from typing import Any
+
+from . import __version__
+from .knobs import Config, ConfigError
+from .runtime import Kernel, set_num_threads
+from .spec import ConvSpec
+from .target import Target, TargetError, get_target, host_cpu_name
+
+
+class BuildError(RuntimeError):
+    """TVM failed to schedule or compile a config (recorded as a failed trial by the tuner)."""
+
+
+def tvm_target(target: Target) -> Any:
+    """The ``tvm.target.Target`` of a convgen target (CUDA gets an llvm host)."""
+    import tvm
+
+    spec = dict(target.tvm)
+    if target.family == "cuda" and "host" not in spec:
+        spec["host"] = {"kind": "llvm"}
+    return tvm.target.Target(spec)
+
+
+def check_supported(spec: ConvSpec, target: Target) -> None:
+    """Raise ``TargetError`` when ``target`` cannot compute ``spec``'s dtype."""
+    if spec.dtype not in target.dtypes:
+        raise TargetError(
+            f"target {target.name} does not support dtype {spec.dtype} (supported: {', '.join(target.dtypes)})"
+        )
+
+
+def select_template(spec: ConvSpec, target: Target, name: str | None = None) -> Any:
+    """The named template (checked to serve ``spec``), or the best one that does."""
+    from convgen.schedules import candidates, get_template
+
+    if name is not None:
+        template = get_template(name)
+        if target.family not in template.families:
+            raise ConfigError(f"template {name} is for {template.families}, not {target.name}")
+        why = template.supports(spec, target)
+        if why:
+            raise ConfigError(f"template {name} cannot serve {spec.describe()}: {why}")
+        return template
+    found = candidates(spec, target)
+    if not found:
+        raise TargetError(f"no template serves {spec.describe()} on {target.name}")
+    return found[0]
+
+
+def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> Any:
+    """The scheduled ``IRModule``; a config TVM rejects becomes a ``ConfigError``."""
+    import tvm.s_tir as s_tir
+
+    from .compute import conv2d_primfunc
+
+    sch = s_tir.Schedule(conv2d_primfunc(spec))
+    try:
+        template.schedule(sch, spec, target, config)
+    except ConfigError:
+        raise
+    except Exception as e:  # ScheduleError and friends: a config the primitives refuse
+        raise ConfigError(f"{template.name} could not apply {config}: {_last_line(e)}") from None
+    return sch.mod
+
+
+def compile_module(spec: ConvSpec, target: Target, template: Any, config: Config) -> Any:
+    """Schedule and compile; returns the ``tvm.runtime.Executable``."""
+    import tvm
+
+    mod = schedule(spec, target, template, config)
+    try:
+        with tvm_target(target):
+            return tvm.compile(mod, target=tvm_target(target))
+    except Exception as e:
+        raise BuildError(f"TVM failed to compile {template.name} {config}: {_last_line(e)}") from None
+
+
+def export_library(executable: Any, target: Target, path: str) -> None:
+    """Link ``executable`` into a shared library for ``target`` (cross-compiling if needed)."""
+    cc = target.compiler.get("cc", "g++")
+    if shutil.which(cc) is None:
+        hint = target.compiler.get("install_hint", "install a C++ compiler")
+        raise TargetError(f"the compiler {cc!r} for {target.name} is not installed: {hint}")
+    from tvm.support import cc as tvm_cc
+
+    if target.compiler.get("cross"):
+        fcompile = tvm_cc.cross_compiler(cc, options=list(target.compiler.get("options", [])))
+    else:
+        fcompile = tvm_cc.create_shared
+    executable.export_library(path, fcompile=fcompile)
+
+
+def metadata(spec: ConvSpec, target: Target, template: Any, config: Config, source: str) -> dict[str, Any]:
+    """What a kernel file carries about itself."""
+    import tvm
+
+    try:
+        import tvm_ffi
+
+        ffi_version = tvm_ffi.__version__
+    except (ImportError, AttributeError):
+        ffi_version = "unknown"
+    return {
+        "format": 1,
+        "convgen": __version__,
+        "spec": spec.to_dict(),
+        "spec_key": spec.key,
+        "target": target.name,
+        "target_desc": target.to_dict(),
+        "template": template.name,
+        "template_version": template.version,
+        "space_hash": template.space(spec, target).hash,
+        "config": config,
+        "config_source": source,
+        "tvm": tvm.__version__,
+        "tvm_ffi": ffi_version,
+        "built_on": host_cpu_name(),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def build(
+    spec: ConvSpec,
+    target: str | Target = "host",
+    config: Config | None = None,
+    *,
+    template: str | None = None,
+    records: str | list[str] | None = None,
+    builtin_records: bool = True,
+    num_threads: int | None = None,
+) -> Kernel:
+    """Compile ``spec`` for ``target`` and return a callable :class:`~convgen.runtime.Kernel`.
+
+    The config is, in order of precedence: ``config`` if given; else the best valid entry
+    of ``records`` (a tuning log or a list of them); else the records shipped with convgen
+    for this spec and target (unless ``builtin_records=False``); else the template's default.
+    ``num_threads`` sets the CPU thread count (default: every CPU this process may use).
+    """
+    if not isinstance(spec, ConvSpec):
+        raise TypeError(f"spec: expected a convgen.ConvSpec, got {type(spec).__name__}")
+    target = get_target(target)
+    check_supported(spec, target)
+    tmpl, config, source = resolve_config(spec, target, config, template, records, builtin_records)
+    executable = compile_module(spec, target, tmpl, config)
+    meta = metadata(spec, target, tmpl, config, source)
+    module = executable.mod if target.runs_here() else None
+    if module is not None and target.is_cpu:
+        set_num_threads(num_threads)
+    return Kernel(meta, module, num_threads=num_threads, executable=executable)
+
+
+def resolve_config(
+    spec: ConvSpec,
+    target: Target,
+    config: Config | None,
+    template: str | None,
+    records: str | list[str] | None,
+    builtin_records: bool = True,
+) -> tuple[Any, Config, str]:
+    """(template, config, where the config came from) for a build."""
+    if config is not None:
+        tmpl = select_template(spec, target, template)
+        return tmpl, tmpl.space(spec, target).check(config), "given"
+    for source, paths in (("records", records), ("builtin", _builtin(builtin_records))):
+        if not paths:
+            continue
+        from .records import best_config
+
+        found = best_config(spec, target, paths, template=template)
+        if found is not None:
+            tmpl, cfg = found
+            return tmpl, cfg, source
+    tmpl = select_template(spec, target, template)
+    return tmpl, tmpl.default(spec, target), "default"
+
+
+def _builtin(enabled: bool) -> list[str]:
+    if not enabled:
+        return []
+    from .records import builtin_record_files
+
+    return builtin_record_files()
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    msg = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+    return msg.strip()[:500] or type(e).__name__

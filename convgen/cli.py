@@ -1,0 +1,352 @@
+"""The ``convgen`` command line: build, run, tune and inspect convolution kernels.
+
+Every subcommand has ``--help`` with examples. Errors are one line on stderr and exit
+status 2 (``--debug`` shows the Python traceback too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+EPILOG_MAIN = """\
+examples:
+  convgen targets                                   # what this machine can run
+  convgen layers                                    # built-in workloads
+  convgen build --layer resnet50.r2_3x3 -o conv.so  # default (or shipped tuned) config
+  convgen build -c 64 -k 128 --size 56 --kernel 3 --padding same --stride 2 -o conv.so
+  convgen run conv.so                               # check vs numpy reference, time it
+  convgen tune --layer resnet50.r2_3x3 --trials 64 -o conv.so
+  convgen tune --preset resnet18 --trials 400       # a campaign over a whole network
+  convgen build --target arm-neon --layer resnet50.r4_3x3 -o arm.so
+  convgen run arm.so --rpc 127.0.0.1:9090           # on a board through TVM RPC
+"""
+
+
+class _Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+# ---- spec flags ---------------------------------------------------------------------------------
+def _ints(text: str) -> Any:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _padding(text: str) -> Any:
+    return text if text in ("same", "valid") else _ints(text)
+
+
+def add_spec_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """The flags that describe one convolution (or ``--layer`` for a built-in one)."""
+    g = p.add_argument_group("workload", "either --layer NAME or the shape flags (-c, -k, --size, ...)")
+    g.add_argument("--layer", help="a built-in layer, e.g. resnet50.r2_3x3 (list: convgen layers)")
+    g.add_argument("-n", "--batch", type=int, help="batch size [1]")
+    g.add_argument("-c", "--in-channels", type=int, help="input channels C")
+    g.add_argument("-k", "--out-channels", type=int, help="filters K (output channels)")
+    g.add_argument("--size", type=int, help="input height = width")
+    g.add_argument("--height", type=int, help="input height H")
+    g.add_argument("--width", type=int, help="input width W")
+    g.add_argument("--kernel", type=_ints, help="filter size: R or R,S [3]")
+    g.add_argument("--stride", type=_ints, help="stride: s or sh,sw [1]")
+    g.add_argument("--padding", type=_padding, help="p | ph,pw | top,left,bottom,right | same | valid [0]")
+    g.add_argument("--dilation", type=_ints, help="dilation: d or dh,dw [1]")
+    g.add_argument("--groups", type=int, help="groups (= channels for depthwise) [1]")
+    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="data layout; weights OIHW / HWIO [NCHW]")
+    g.add_argument("--dtype", choices=["float32", "float16", "int8"], help="[float32]")
+    g.add_argument("--bias", action="store_true", default=None, help="add a per-channel bias")
+    g.add_argument("--relu", action="store_true", default=None, help="fuse a ReLU")
+    g.add_argument("--flip", action="store_true", default=None,
+                   help="true convolution (flip the filter); default is the CNN cross-correlation")
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """A ConvSpec from ``add_spec_args`` flags."""
+    from .spec import ConvSpec
+    from .workloads import layer
+
+    fields: dict[str, Any] = {}
+    if args.layer:
+        fields = layer(args.layer).to_dict()
+    names = {"batch": "batch", "in_channels": "in_channels", "out_channels": "out_channels", "height": "height",
+             "width": "width", "kernel": "kernel", "stride": "stride", "padding": "padding",
+             "dilation": "dilation", "groups": "groups", "layout": "layout", "dtype": "dtype",
+             "bias": "bias", "flip": "flip"}
+    if args.size is not None:
+        fields["height"] = fields["width"] = args.size
+    for attr, field in names.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            fields[field] = value
+    if args.relu:
+        fields["activation"] = "relu"
+    missing = [f for f in ("in_channels", "out_channels", "height", "width") if f not in fields]
+    if missing:
+        flags = {"in_channels": "-c", "out_channels": "-k", "height": "--size/--height", "width": "--size/--width"}
+        raise ValueError(f"describe the convolution with --layer NAME or give {', '.join(flags[m] for m in missing)}")
+    return ConvSpec.from_dict(fields)
+
+
+# ---- subcommands --------------------------------------------------------------------------------
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .target import all_targets, host_target, TargetError
+
+    try:
+        host = host_target().name
+    except TargetError:
+        host = None
+    print(f"{'target':<14} {'family':<6} {'lanes':>5} {'regs':>4} {'runs here':<9} description")
+    for t in all_targets().values():
+        here = "yes (host)" if t.name == host else ("yes" if t.runs_here() else "no")
+        lanes = t.vector_lanes if t.is_cpu else "-"
+        regs = t.registers if t.is_cpu else "-"
+        print(f"{t.name:<14} {t.family:<6} {lanes:>5} {regs:>4} {here:<9} {t.description}")
+    if args.verbose:
+        for t in all_targets().values():
+            print(f"\n[{t.name}] tvm target: {json.dumps(t.tvm)}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .workloads import PRESETS
+
+    for net, layers in PRESETS.items():
+        if args.preset and net != args.preset:
+            continue
+        print(f"{net}:")
+        for name, spec in layers.items():
+            print(f"  {net}.{name:<16} {spec.describe():<44} {spec.flops / 1e9:7.3f} GFLOP")
+    return 0
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    from .builder import select_template
+    from .schedules import candidates
+    from .target import get_target
+
+    spec = spec_from_args(args)
+    target = get_target(args.target)
+    templates = [select_template(spec, target, args.template)] if args.template else candidates(spec, target)
+    print(f"{spec.describe()} on {target.name}")
+    for t in templates:
+        space = t.space(spec, target)
+        print(f"\n{t.name} v{t.version}: {len(space)} configs (space hash {space.hash})")
+        for k in space.knobs:
+            print(f"  {k.name:<14} {list(k.values)}  {k.doc}")
+        print(f"  default: {json.dumps(t.default(spec, target))}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .builder import build
+
+    spec = spec_from_args(args)
+    config = json.loads(args.config) if args.config else None
+    t0 = time.perf_counter()
+    kernel = build(spec, args.target, config, template=args.template, records=args.records,
+                   builtin_records=not args.no_builtin_records, num_threads=args.threads)
+    kernel.export(args.output)
+    print(f"built {spec.describe()} for {kernel.target.name} with {kernel.template} "
+          f"({kernel.meta['config_source']} config {json.dumps(kernel.config)}) in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .runtime import read_metadata
+
+    meta = read_metadata(args.kernel)
+    if args.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return 0
+    from .spec import ConvSpec
+
+    spec = ConvSpec.from_dict(meta["spec"])
+    print(f"{args.kernel}: {spec.describe()}")
+    for key in ("target", "template", "config", "config_source", "space_hash", "convgen", "tvm", "tvm_ffi", "built_on", "built_at"):
+        print(f"  {key:<14} {json.dumps(meta.get(key)) if isinstance(meta.get(key), dict) else meta.get(key)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .reference import conv2d_reference, random_inputs, tolerance
+    from .runtime import load, read_metadata, target_from_metadata
+
+    meta = read_metadata(args.kernel)
+    if args.rpc or args.tracker:
+        from .remote import connect, run_remote
+
+        session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key or target_from_metadata(meta).rpc_key)
+        result = run_remote(session, args.kernel, meta, num_threads=args.threads, repeat=args.repeat,
+                            check=not args.no_check)
+        where = args.rpc or f"{args.tracker} key {args.key or target_from_metadata(meta).rpc_key}"
+    else:
+        kernel = load(args.kernel, num_threads=args.threads)
+        spec = kernel.spec
+        result = {"threads": kernel.num_threads}
+        if not args.no_check:
+            arrays = random_inputs(spec, seed=1)
+            got = kernel(*arrays)
+            ref = conv2d_reference(spec, *arrays)
+            result["max_error"] = float(np.max(np.abs(got.astype(np.float64) - ref))) if got.size else 0.0
+            result["tolerance"] = tolerance(spec)
+        result["times"] = kernel.benchmark(repeat=args.repeat)
+        where = "this machine"
+    _report_run(args.kernel, meta, result, where)
+    return 0 if result.get("max_error", 0) <= result.get("tolerance", 0) else 1
+
+
+def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
+    import statistics
+
+    from .peak import measured_peak_gflops
+    from .runtime import target_from_metadata
+    from .spec import ConvSpec
+
+    spec = ConvSpec.from_dict(meta["spec"])
+    target = target_from_metadata(meta)
+    median = statistics.median(result["times"])
+    gflops = spec.flops / median / 1e9
+    threads = result["threads"]
+    print(f"{path}: {spec.describe()} | {target.name} | {meta['template']} {json.dumps(meta['config'])}")
+    if "max_error" in result:
+        ok = result["max_error"] <= result["tolerance"]
+        print(f"  check vs numpy reference: max |error| {result['max_error']:.2e} "
+              f"(tolerance {result['tolerance']:.1e}) {'OK' if ok else 'FAILED'}")
+    if target.is_cpu:
+        peak = measured_peak_gflops(target, threads) if where == "this machine" else target.nominal_peak_gflops(threads)
+        kind = "measured" if where == "this machine" and target.runs_here() else "nominal"
+        pct = f", {100 * gflops / peak:.0f}% of the {kind} peak ({peak:.0f} GFLOP/s)" if peak else ""
+    else:
+        peak = target.nominal_peak_gflops(1)
+        pct = f", {100 * gflops / peak:.1f}% of the nominal peak" if peak else ""
+    print(f"  on {where}, {threads} thread{'s' if threads != 1 else ''}: median {median * 1e3:.3f} ms over "
+          f"{len(result['times'])} repeats, {gflops:.1f} GFLOP/s{pct}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .cli_tune import run_tune
+
+    return run_tune(args)
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    from .cli_tune import run_records
+
+    return run_records(args)
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def make_parser() -> argparse.ArgumentParser:
+    """The argparse parser (also used to document the CLI)."""
+    p = argparse.ArgumentParser(
+        prog="convgen",
+        description="Generate, tune and run fast 2D convolution kernels with Apache TVM.",
+        epilog=EPILOG_MAIN,
+        formatter_class=_Fmt,
+    )
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("targets", help="list the targets and which ones run here", formatter_class=_Fmt)
+    s.add_argument("-v", "--verbose", action="store_true", help="also print each TVM target dict")
+    s.set_defaults(fn=cmd_targets)
+
+    s = sub.add_parser("layers", help="list the built-in workloads", formatter_class=_Fmt)
+    s.add_argument("--preset", help="only this network")
+    s.set_defaults(fn=cmd_layers)
+
+    s = sub.add_parser("space", help="show the knob space and default config of the templates for a workload",
+                       formatter_class=_Fmt, epilog="example:\n  convgen space --layer resnet50.r4_3x3 --target x86-avx512")
+    add_spec_args(s)
+    s.add_argument("--target", default="host", help="target name (convgen targets)")
+    s.add_argument("--template", help="only this template")
+    s.set_defaults(fn=cmd_space)
+
+    s = sub.add_parser(
+        "build", help="compile a kernel to a .so (+ metadata)", formatter_class=_Fmt,
+        description="Compile one convolution for a target and write a shared library that carries its "
+                    "metadata (spec, target, template, config, versions). The config comes from --config, "
+                    "else the best record in --records, else the records shipped with convgen, else the "
+                    "template's default.",
+        epilog="examples:\n  convgen build --layer resnet50.r2_3x3 -o conv.so\n"
+               "  convgen build -c 32 -k 32 --size 112 --groups 32 --padding same --relu -o dw.so\n"
+               "  convgen build --layer resnet50.r4_3x3 --records tune.jsonl -o tuned.so\n"
+               "  convgen build --layer resnet50.r4_3x3 --config '{\"tile_oc\": 8, ...}' --template x86.direct -o x.so",
+    )
+    add_spec_args(s)
+    s.add_argument("--target", default="host", help="target name (convgen targets)")
+    s.add_argument("-o", "--output", default="conv.so", help="output shared library")
+    s.add_argument("--config", help="a config as JSON (see convgen space)")
+    s.add_argument("--template", help="force a template (see convgen space)")
+    s.add_argument("--records", nargs="+", help="tuning logs to take the best config from")
+    s.add_argument("--no-builtin-records", action="store_true", help="ignore the tuned records shipped with convgen")
+    s.add_argument("--threads", type=int, help="CPU threads (default: every CPU this process may use)")
+    s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser(
+        "run", help="run a kernel on random data, check it against numpy, time it", formatter_class=_Fmt,
+        epilog="examples:\n  convgen run conv.so\n  convgen run conv.so --threads 1 --repeat 20\n"
+               "  convgen run arm.so --rpc 127.0.0.1:9090\n  convgen run arm.so --tracker 127.0.0.1:9190 --key arm-neon",
+    )
+    s.add_argument("kernel", help="a .so written by convgen build / tune")
+    s.add_argument("--threads", type=int, help="CPU threads (default: every CPU this process may use)")
+    s.add_argument("--repeat", type=int, default=10, help="timed repeats (each >= 100 ms)")
+    s.add_argument("--no-check", action="store_true", help="skip the comparison with the reference")
+    s.add_argument("--rpc", metavar="HOST:PORT", help="run on a TVM RPC server (a board) instead of here")
+    s.add_argument("--tracker", metavar="HOST:PORT", help="run on a device from a TVM RPC tracker")
+    s.add_argument("--key", help="device key at the tracker (default: the target's rpc_key)")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("info", help="print a kernel's metadata", formatter_class=_Fmt)
+    s.add_argument("kernel")
+    s.add_argument("--json", action="store_true", help="all of it, as JSON")
+    s.set_defaults(fn=cmd_info)
+
+    try:
+        from .cli_tune import add_tune_parsers
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_tune_parsers(sub, _Fmt, add_spec_args, cmd_tune, cmd_records)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``convgen`` command."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("convgen: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one clear line, not a traceback
+        if args.debug:
+            raise
+        from .knobs import ConfigError
+        from .runtime import KernelError
+        from .target import TargetError
+
+        known = (ValueError, TypeError, ConfigError, KernelError, TargetError, OSError, RuntimeError)
+        if not isinstance(e, known):
+            print(f"convgen: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+            return 2
+        print(f"convgen: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

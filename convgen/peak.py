@@ -1,0 +1,102 @@
+"""The machine's real fp32 FMA peak, for honest "% of peak" figures.
+
+A target's nominal peak (TOML) describes a CPU class; the machine at hand may run another
+clock, split wide vectors (AMD Zen 1 executes a 256-bit FMA as two 128-bit halves: half
+of Haswell's FLOPs per cycle) or share its cores with neighbours. So convgen measures:
+a tiny C program keeps ``CHAINS`` independent vector FMA chains in registers (two FMA ports
+x 4-5 cycles of latency need 10 or more in flight) and times a long loop; one copy runs per
+thread, all at once, and their rates add up. The result is cached per CPU, target and
+thread count in the user's cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+from .target import Target, host_cpu_name
+
+CHAINS = 12
+_SOURCE = r"""
+#include <stdio.h>
+#include <time.h>
+typedef float vec __attribute__((vector_size(%(bytes)d)));
+int main(void) {
+  vec acc[%(chains)d], x, y;
+  for (int i = 0; i < %(chains)d; i++) acc[i] = (vec){} + (float)i;
+  volatile float xs = 1.0000001f, ys = 1e-7f;  /* opaque to the optimiser */
+  x = (vec){} + xs; y = (vec){} + ys;
+  struct timespec t0, t1;
+  long n = %(steps)ld;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (long k = 0; k < n; k++) {
+#pragma GCC unroll %(chains)d
+    for (int i = 0; i < %(chains)d; i++) acc[i] = acc[i] * x + y;
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  float s = 0;
+  for (int i = 0; i < %(chains)d; i++) s += acc[i][0];
+  double secs = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  printf("%%f %%f\n", 2.0 * %(chains)d * %(lanes)d * n / secs / 1e9, s);
+  return 0;
+}
+"""
+
+
+def cache_dir() -> str:
+    """convgen's cache folder (``$XDG_CACHE_HOME/convgen`` or ``~/.cache/convgen``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "convgen")
+
+
+def _measure(target: Target, threads: int) -> float:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    flags = list(target.peak.get("cflags", []))
+    if cc is None or not flags:
+        return target.nominal_peak_gflops(threads)
+    lanes = target.vector_lanes
+    src = _SOURCE % {"bytes": 4 * lanes, "chains": CHAINS, "lanes": lanes, "steps": 50_000_000 // lanes}
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "peak")
+        with open(exe + ".c", "w") as fh:
+            fh.write(src)
+        subprocess.run([cc, "-O2", *flags, exe + ".c", "-o", exe], check=True, capture_output=True)
+        best = 0.0
+        for _ in range(3):  # the best of three: neighbours on a shared machine only slow it down
+            procs = [subprocess.Popen([exe], stdout=subprocess.PIPE, text=True) for _ in range(threads)]
+            total = sum(float(p.communicate()[0].split()[0]) for p in procs)
+            best = max(best, total)
+    return best
+
+
+def measured_peak_gflops(target: Target, threads: int, *, refresh: bool = False) -> float:
+    """fp32 peak in GFLOP/s of ``threads`` threads, measured here (nominal if it cannot run here)."""
+    if not target.runs_here():
+        return target.nominal_peak_gflops(threads)
+    key = f"{host_cpu_name()}|{target.name}|{threads}"
+    path = os.path.join(cache_dir(), "peak.json")
+    cache: dict[str, float] = {}
+    try:
+        with open(path) as fh:
+            cache = json.load(fh)
+    except (OSError, ValueError):
+        pass
+    if key in cache and not refresh:
+        return float(cache[key])
+    try:
+        value = _measure(target, threads)
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return target.nominal_peak_gflops(threads)
+    cache[key] = value
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(cache, fh, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return value

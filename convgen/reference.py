@@ -1,0 +1,75 @@
+"""A numpy reference convolution, written independently of the TE definition.
+
+It slides the filter by slicing: for each kernel tap ``(i, j)`` it takes the strided,
+dilated window of the padded input and contracts the channels of each group with one
+matrix product, accumulating in float64 (int64 for int8). Tests and ``convgen run`` check
+kernels against it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import ConvSpec
+
+
+def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """``spec``'s convolution of ``data`` by ``weight`` (+ ``bias``, activation), in ``spec.layout``."""
+    if spec.layout == "NHWC":
+        data = np.transpose(data, (0, 3, 1, 2))  # -> NCHW
+        weight = np.transpose(weight, (3, 2, 0, 1))  # HWIO -> OIHW
+    wide = np.int64 if spec.dtype == "int8" else np.float64
+    x = data.astype(wide)
+    w = weight.astype(wide)
+    if spec.flip:
+        w = w[:, :, ::-1, ::-1]
+    pt, pl, pb, pr = spec.padding
+    x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    n, g = spec.batch, spec.groups
+    cg, kg = spec.in_per_group, spec.out_per_group
+    oh, ow = spec.out_height, spec.out_width
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    x = x.reshape(n, g, cg, x.shape[2], x.shape[3])
+    w = w.reshape(g, kg, cg, spec.kernel[0], spec.kernel[1])
+    y = np.zeros((n, g, kg, oh, ow), dtype=wide)
+    for i in range(spec.kernel[0]):
+        for j in range(spec.kernel[1]):
+            window = x[:, :, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+            y += np.einsum("ngchw,gkc->ngkhw", window, w[:, :, :, i, j])
+    y = y.reshape(n, spec.out_channels, oh, ow)
+    if bias is not None:
+        y = y + bias.astype(wide).reshape(1, -1, 1, 1)
+    if spec.activation == "relu":
+        y = np.maximum(y, 0)
+    if spec.layout == "NHWC":
+        y = np.transpose(y, (0, 2, 3, 1))
+    return np.ascontiguousarray(y.astype(spec.out_dtype))
+
+
+def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
+    """Random data, weight (and bias) for ``spec``: uniform in [-1, 1), small ints for int8."""
+    rng = np.random.default_rng(seed)
+
+    def draw(shape, dtype):
+        if np.dtype(dtype).kind == "i":
+            return rng.integers(-8, 8, size=shape).astype(dtype)
+        return rng.uniform(-1, 1, size=shape).astype(dtype)
+
+    arrays = [draw(spec.input_shape, spec.dtype), draw(spec.weight_shape, spec.dtype)]
+    if spec.bias:
+        arrays.append(draw(spec.bias_shape, spec.out_dtype))
+    return arrays
+
+
+def tolerance(spec: ConvSpec) -> float:
+    """Absolute tolerance for comparing with the reference, scaled by the reduction length.
+
+    Inputs in [-1, 1): each output sums ``C/g * R * S`` products, so float32 rounding
+    grows about like sqrt(terms) * eps * typical magnitude; 1e-5 per term is generous and
+    still catches any indexing error (those are O(1)).
+    """
+    terms = spec.in_per_group * spec.kernel[0] * spec.kernel[1]
+    if spec.dtype == "int8":
+        return 0.0
+    eps = {"float32": 1e-5, "float16": 2e-3}[spec.dtype]
+    return eps * max(terms, 1) ** 0.5 * 4

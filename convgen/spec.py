@@ -1,0 +1,279 @@
+"""ConvSpec: one frozen, validated description of a 2D convolution workload.
+
+Pure Python (no TVM), so specs can be created, compared, hashed and stored anywhere,
+including on a device that only has the TVM runtime.
+
+Conventions
+-----------
+- NCHW data goes with OIHW weights ``(out_channels, in_channels/groups, kh, kw)``;
+  NHWC data goes with HWIO weights ``(kh, kw, in_channels/groups, out_channels)``.
+- The CNN convention (cross-correlation) is the default; ``flip=True`` flips the filter
+  in both spatial axes first, which is convolution in the signal-processing sense.
+- ``padding`` is stored resolved as ``(top, left, bottom, right)``; ``"same"`` follows
+  TensorFlow/PyTorch: output = ceil(input / stride), the odd pixel of padding goes to the
+  bottom/right; ``"valid"`` is no padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+LAYOUTS = ("NCHW", "NHWC")
+DTYPES = ("float32", "float16", "int8")
+ACTIVATIONS = (None, "relu")
+
+
+class SpecError(ValueError):
+    """A ConvSpec field breaks a rule; the message names the field and the rule."""
+
+
+def _fail(field: str, rule: str, got: Any) -> SpecError:
+    return SpecError(f"ConvSpec.{field}: {rule} (got {got!r})")
+
+
+def _is_int(v: Any) -> bool:
+    # numpy integers are fine; bools are ints in Python but never a size.
+    return not isinstance(v, bool) and hasattr(v, "__index__")
+
+
+def _pair(field: str, value: Any, minimum: int) -> tuple[int, int]:
+    if _is_int(value):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(_is_int, value)):
+        raise _fail(field, "must be an int or a pair of ints (h, w)", value)
+    pair = (int(value[0]), int(value[1]))
+    if min(pair) < minimum:
+        raise _fail(field, f"every entry must be >= {minimum}", value)
+    return pair
+
+
+def _same_padding(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    out = -(-size // s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvSpec:
+    """A 2D convolution layer: data ``N x C x H x W``, ``K`` filters of ``C/groups x R x S``.
+
+    ``kernel``, ``stride`` and ``dilation`` take an int or ``(h, w)``; ``padding`` takes an
+    int, ``(h, w)``, ``(top, left, bottom, right)``, ``"same"`` or ``"valid"``. After
+    construction they are normalised tuples, so equal workloads compare and hash equal.
+    A rule broken raises :class:`SpecError` (a ``ValueError``) naming the field.
+    """
+
+    batch: int = 1
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel: Any = 3
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    bias: bool = False
+    activation: str | None = None
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        for name in ("batch", "in_channels", "out_channels", "height", "width", "groups"):
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise _fail(name, "must be an int", value)
+            if value < 1:
+                raise _fail(name, "must be >= 1", value)
+            set_(name, int(value))
+        set_("kernel", _pair("kernel", self.kernel, 1))
+        set_("stride", _pair("stride", self.stride, 1))
+        set_("dilation", _pair("dilation", self.dilation, 1))
+        set_("padding", self._resolve_padding(self.padding))
+        for name in ("bias", "flip"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(name, "must be True or False", getattr(self, name))
+        if self.layout not in LAYOUTS:
+            raise _fail("layout", f"must be one of {LAYOUTS}", self.layout)
+        if self.dtype not in DTYPES:
+            raise _fail("dtype", f"must be one of {DTYPES}", self.dtype)
+        if self.activation not in ACTIVATIONS:
+            raise _fail("activation", f"must be one of {ACTIVATIONS}", self.activation)
+        if self.in_channels % self.groups:
+            raise _fail("groups", f"must divide in_channels={self.in_channels}", self.groups)
+        if self.out_channels % self.groups:
+            raise _fail("groups", f"must divide out_channels={self.out_channels}", self.groups)
+        for axis, size, pad, k, d in (
+            ("height", self.height, self.padding[0] + self.padding[2], self.kernel[0], self.dilation[0]),
+            ("width", self.width, self.padding[1] + self.padding[3], self.kernel[1], self.dilation[1]),
+        ):
+            if (k - 1) * d + 1 > size + pad:
+                raise _fail(
+                    "kernel",
+                    f"the dilated kernel ({(k - 1) * d + 1}) is larger than the padded input "
+                    f"{axis} ({size} + {pad})",
+                    self.kernel,
+                )
+
+    def _resolve_padding(self, padding: Any) -> tuple[int, int, int, int]:
+        if isinstance(padding, str):
+            if padding == "valid":
+                return (0, 0, 0, 0)
+            if padding == "same":
+                top, bottom = _same_padding(self.height, self.kernel[0], self.stride[0], self.dilation[0])
+                left, right = _same_padding(self.width, self.kernel[1], self.stride[1], self.dilation[1])
+                return (top, left, bottom, right)
+            raise _fail("padding", "a string padding must be 'same' or 'valid'", padding)
+        if _is_int(padding):
+            padding = (padding,) * 4
+        if isinstance(padding, (tuple, list)) and len(padding) == 2:
+            padding = (padding[0], padding[1], padding[0], padding[1])
+        if not isinstance(padding, (tuple, list)) or len(padding) != 4 or not all(map(_is_int, padding)):
+            raise _fail("padding", "must be an int, (h, w), (top, left, bottom, right), 'same' or 'valid'", padding)
+        if min(padding) < 0:
+            raise _fail("padding", "must be >= 0", padding)
+        return tuple(int(p) for p in padding)
+
+    # ---- derived sizes -------------------------------------------------------------------
+    @property
+    def out_height(self) -> int:
+        """Output rows."""
+        pad = self.padding[0] + self.padding[2]
+        return (self.height + pad - (self.kernel[0] - 1) * self.dilation[0] - 1) // self.stride[0] + 1
+
+    @property
+    def out_width(self) -> int:
+        """Output columns."""
+        pad = self.padding[1] + self.padding[3]
+        return (self.width + pad - (self.kernel[1] - 1) * self.dilation[1] - 1) // self.stride[1] + 1
+
+    @property
+    def in_per_group(self) -> int:
+        """Input channels each filter sees (``in_channels / groups``)."""
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        """Filters per group (``out_channels / groups``)."""
+        return self.out_channels // self.groups
+
+    @property
+    def is_depthwise(self) -> bool:
+        """One input channel per group (MobileNet-style depthwise)."""
+        return self.groups > 1 and self.in_per_group == 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of the data tensor in ``layout``."""
+        n, c, h, w = self.batch, self.in_channels, self.height, self.width
+        return (n, c, h, w) if self.layout == "NCHW" else (n, h, w, c)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """OIHW for NCHW, HWIO for NHWC."""
+        k, c, (r, s) = self.out_channels, self.in_per_group, self.kernel
+        return (k, c, r, s) if self.layout == "NCHW" else (r, s, c, k)
+
+    @property
+    def bias_shape(self) -> tuple[int, ...]:
+        """``(out_channels,)``."""
+        return (self.out_channels,)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of the result in ``layout``."""
+        n, k, h, w = self.batch, self.out_channels, self.out_height, self.out_width
+        return (n, k, h, w) if self.layout == "NCHW" else (n, h, w, k)
+
+    @property
+    def out_dtype(self) -> str:
+        """int8 convolutions accumulate and return int32."""
+        return "int32" if self.dtype == "int8" else self.dtype
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 (zeros of the padding included, as every library counts)."""
+        return 2 * self.batch * self.out_channels * self.out_height * self.out_width * (
+            self.in_per_group * self.kernel[0] * self.kernel[1]
+        )
+
+    @property
+    def key(self) -> str:
+        """A stable, readable identifier: equal workloads have equal keys."""
+        kh, kw = self.kernel
+        parts = [
+            f"conv2d_{self.layout.lower()}_{self.dtype}",
+            f"n{self.batch}_c{self.in_channels}_h{self.height}_w{self.width}",
+            f"k{self.out_channels}_r{kh}x{kw}",
+            "s{}x{}".format(*self.stride),
+            "p{}_{}_{}_{}".format(*self.padding),
+            "d{}x{}".format(*self.dilation),
+            f"g{self.groups}",
+        ]
+        parts += [flag for flag, on in (("bias", self.bias), (self.activation, self.activation), ("flip", self.flip)) if on]
+        return "_".join(parts)
+
+    @property
+    def digest(self) -> str:
+        """Short hash of :attr:`key` (file names, cache keys)."""
+        return hashlib.sha1(self.key.encode()).hexdigest()[:12]
+
+    def describe(self) -> str:
+        """One line a human reads: ``64->64 56x56 k3x3 s1 p1 NCHW float32``."""
+        kh, kw = self.kernel
+        s = f"{self.in_channels}->{self.out_channels} {self.height}x{self.width} k{kh}x{kw}"
+        s += " s{}".format(self.stride[0] if self.stride[0] == self.stride[1] else "{}x{}".format(*self.stride))
+        pads = set(self.padding)
+        s += f" p{self.padding[0]}" if len(pads) == 1 else " p{},{},{},{}".format(*self.padding)
+        if self.dilation != (1, 1):
+            s += " d{}x{}".format(*self.dilation)
+        if self.groups > 1:
+            s += " dw" if self.is_depthwise and self.out_per_group == 1 else f" g{self.groups}"
+        if self.batch > 1:
+            s += f" n{self.batch}"
+        s += f" {self.layout} {self.dtype}"
+        s += "".join(f" +{f}" for f, on in (("bias", self.bias), ("relu", self.activation == "relu"), ("flip", self.flip)) if on)
+        return s
+
+    # ---- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; ``ConvSpec.from_dict(s.to_dict()) == s``."""
+        d = dataclasses.asdict(self)
+        for name in ("kernel", "stride", "padding", "dilation"):
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ConvSpec":
+        """Build from a dict (e.g. a JSON/TOML workload entry); unknown keys are an error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise SpecError(f"ConvSpec: unknown field(s) {unknown}; fields are {sorted(fields)}")
+        d = dict(d)
+        for name in ("kernel", "stride", "padding", "dilation"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> "ConvSpec":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def arithmetic_intensity(self) -> float:
+        """FLOPs per byte of compulsory traffic (input + weights + output once)."""
+        item = {"float32": 4, "float16": 2, "int8": 1}[self.dtype]
+        n_bytes = item * (math.prod(self.input_shape) + math.prod(self.weight_shape))
+        n_bytes += 4 * math.prod(self.output_shape)
+        return self.flops / n_bytes

@@ -1,0 +1,156 @@
+"""Targets: what convgen compiles for, read from the TOML files in ``targets/``.
+
+Pure Python (no TVM import): the runtime side needs a target's description too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+
+class TargetError(ValueError):
+    """Unknown target, or a target that cannot do what was asked."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One compilation target: a TVM target dict plus what templates need to know."""
+
+    name: str
+    description: str
+    family: str  # "x86", "arm" or "cuda": picks the schedule templates
+    tvm: dict[str, Any]
+    dtypes: tuple[str, ...]
+    cpu_flags: tuple[str, ...] = ()
+    rpc_key: str = ""
+    isa: dict[str, Any] = field(default_factory=dict)
+    peak: dict[str, Any] = field(default_factory=dict)
+    compiler: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def vector_lanes(self) -> int:
+        """fp32 lanes of one vector register (8 for AVX2, 16 for AVX-512, 4 for NEON)."""
+        return int(self.isa.get("vector_bits", 128)) // 32
+
+    @property
+    def registers(self) -> int:
+        """Architectural vector registers: the budget for a register tile."""
+        return int(self.isa.get("registers", 16))
+
+    @property
+    def is_cpu(self) -> bool:
+        """True for targets whose kernels run on the CPU that loads them."""
+        return self.family in ("x86", "arm")
+
+    def nominal_peak_gflops(self, cores: int) -> float:
+        """Nominal fp32 peak of ``cores`` cores from the TOML's per-cycle figure and clock."""
+        per_core = float(self.peak.get("flops_per_cycle", 0)) * float(self.peak.get("ghz", 0))
+        if self.family == "cuda":  # GPU peaks are given for the whole chip
+            return float(self.peak.get("fp32_tflops", 0)) * 1e3
+        return per_core * cores
+
+    def runs_here(self) -> bool:
+        """Can kernels for this target run on this machine (ISA and CPU flags present)?"""
+        if not self.is_cpu:
+            return False
+        want = {"x86": ("x86_64", "amd64"), "arm": ("aarch64", "arm64")}[self.family]
+        if platform.machine().lower() not in want:
+            return False
+        return set(self.cpu_flags) <= host_cpu_flags()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML content, for metadata."""
+        return dict(self.raw)
+
+
+def _from_toml(data: dict[str, Any]) -> Target:
+    try:
+        return Target(
+            name=data["name"],
+            description=data.get("description", ""),
+            family=data["family"],
+            tvm=dict(data["tvm"]),
+            dtypes=tuple(data.get("dtypes", ["float32"])),
+            cpu_flags=tuple(data.get("cpu_flags", ())),
+            rpc_key=data.get("rpc_key", data["name"]),
+            isa=dict(data.get("isa", {})),
+            peak=dict(data.get("peak", {})),
+            compiler=dict(data.get("compiler", {})),
+            raw=data,
+        )
+    except KeyError as e:
+        raise TargetError(f"target description lacks the field {e}") from None
+
+
+@functools.cache
+def all_targets() -> dict[str, Target]:
+    """Every target shipped in ``targets/``, by name."""
+    out = {}
+    for entry in sorted(resources.files("convgen.targets").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            target = _from_toml(tomllib.loads(entry.read_text()))
+            out[target.name] = target
+    return out
+
+
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """CPU feature flags of this machine (``/proc/cpuinfo``; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def host_cpu_name() -> str:
+    """The CPU's model name, for records and benchmark tables."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_target() -> Target:
+    """The widest-vector CPU target this machine can run."""
+    candidates = [t for t in all_targets().values() if t.runs_here()]
+    if not candidates:
+        raise TargetError(
+            f"no shipped target runs on this machine ({platform.machine()}, flags "
+            f"{' '.join(sorted(host_cpu_flags())[:12])}...); pass --target explicitly"
+        )
+    return max(candidates, key=lambda t: (t.isa.get("vector_bits", 0), len(t.cpu_flags)))
+
+
+def get_target(target: "str | Target") -> Target:
+    """Resolve a name (``"host"``, ``"x86-avx2"``, ...) or a Target to a Target."""
+    if isinstance(target, Target):
+        return target
+    if target == "host":
+        return host_target()
+    targets = all_targets()
+    if target not in targets:
+        raise TargetError(f"unknown target {target!r}; known: host, {', '.join(targets)}")
+    return targets[target]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; containers and taskset respected)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

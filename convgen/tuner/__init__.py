@@ -1,0 +1,1 @@
+"""Autotuning (see convgen.tuner.tune)."""

@@ -1,0 +1,150 @@
+"""Built-in workloads (the conv layers of common CNNs at batch 1, 224x224) and workload files.
+
+A layer is named ``preset.layer``, e.g. ``resnet50.r2_3x3``; ``convgen layers`` lists them.
+A workload file is JSON or TOML: a list of spec dicts (``[{"in_channels": 64, ...}, ...]``,
+or in TOML ``[[layer]]`` tables), each optionally with a ``name``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from typing import Any
+
+from .spec import ConvSpec, SpecError
+
+
+def _c(cin: int, cout: int, size: int, k: int = 1, s: int = 1, groups: int = 1) -> ConvSpec:
+    # "same"-style symmetric padding k//2, as the networks use
+    return ConvSpec(in_channels=cin, out_channels=cout, height=size, width=size, kernel=k, stride=s,
+                    padding=k // 2, groups=groups)
+
+
+def _dw(c: int, size: int, s: int = 1) -> ConvSpec:
+    return _c(c, c, size, 3, s, groups=c)
+
+
+PRESETS: dict[str, dict[str, ConvSpec]] = {
+    "resnet50": {
+        "conv1": _c(3, 64, 224, 7, 2),
+        "r2_1x1_reduce": _c(256, 64, 56),
+        "r2_3x3": _c(64, 64, 56, 3),
+        "r2_1x1_expand": _c(64, 256, 56),
+        "r3_3x3_s2": _c(128, 128, 56, 3, 2),
+        "r3_3x3": _c(128, 128, 28, 3),
+        "r3_1x1_reduce": _c(512, 128, 28),
+        "r3_1x1_expand": _c(128, 512, 28),
+        "r4_3x3": _c(256, 256, 14, 3),
+        "r4_1x1_reduce": _c(1024, 256, 14),
+        "r4_1x1_expand": _c(256, 1024, 14),
+        "r5_3x3": _c(512, 512, 7, 3),
+        "r5_1x1_reduce": _c(2048, 512, 7),
+        "r5_1x1_expand": _c(512, 2048, 7),
+    },
+    "resnet18": {
+        "conv1": _c(3, 64, 224, 7, 2),
+        "r2_3x3": _c(64, 64, 56, 3),
+        "r3_3x3_s2": _c(64, 128, 56, 3, 2),
+        "r3_3x3": _c(128, 128, 28, 3),
+        "r3_down": _c(64, 128, 56, 1, 2),
+        "r4_3x3_s2": _c(128, 256, 28, 3, 2),
+        "r4_3x3": _c(256, 256, 14, 3),
+        "r4_down": _c(128, 256, 28, 1, 2),
+        "r5_3x3_s2": _c(256, 512, 14, 3, 2),
+        "r5_3x3": _c(512, 512, 7, 3),
+        "r5_down": _c(256, 512, 14, 1, 2),
+    },
+    "mobilenet_v1": {
+        "conv0": _c(3, 32, 224, 3, 2),
+        "dw32_112": _dw(32, 112),
+        "pw32_64_112": _c(32, 64, 112),
+        "dw64_112_s2": _dw(64, 112, 2),
+        "dw128_56": _dw(128, 56),
+        "dw256_28": _dw(256, 28),
+        "dw512_14": _dw(512, 14),
+        "pw512_512_14": _c(512, 512, 14),
+        "dw1024_7": _dw(1024, 7),
+    },
+    "mobilenet_v2": {
+        "conv0": _c(3, 32, 224, 3, 2),
+        "dw32_112": _dw(32, 112),
+        "pw32_16_112": _c(32, 16, 112),
+        "pw16_96_112": _c(16, 96, 112),
+        "dw96_112_s2": _dw(96, 112, 2),
+        "pw96_24_56": _c(96, 24, 56),
+        "pw24_144_56": _c(24, 144, 56),
+        "dw144_56": _dw(144, 56),
+        "pw144_24_56": _c(144, 24, 56),
+        "dw144_56_s2": _dw(144, 56, 2),
+        "pw144_32_28": _c(144, 32, 28),
+        "pw32_192_28": _c(32, 192, 28),
+        "dw192_28": _dw(192, 28),
+        "pw192_32_28": _c(192, 32, 28),
+        "dw192_28_s2": _dw(192, 28, 2),
+        "pw192_64_14": _c(192, 64, 14),
+        "pw64_384_14": _c(64, 384, 14),
+        "dw384_14": _dw(384, 14),
+        "pw384_64_14": _c(384, 64, 14),
+        "pw384_96_14": _c(384, 96, 14),
+        "pw96_576_14": _c(96, 576, 14),
+        "dw576_14": _dw(576, 14),
+        "pw576_96_14": _c(576, 96, 14),
+        "dw576_14_s2": _dw(576, 14, 2),
+        "pw576_160_7": _c(576, 160, 7),
+        "pw160_960_7": _c(160, 960, 7),
+        "dw960_7": _dw(960, 7),
+        "pw960_160_7": _c(960, 160, 7),
+        "pw960_320_7": _c(960, 320, 7),
+        "pw320_1280_7": _c(320, 1280, 7),
+    },
+}
+
+
+def preset(name: str) -> dict[str, ConvSpec]:
+    """The layers of a built-in network, by layer name."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def layer(name: str) -> ConvSpec:
+    """One built-in layer, ``preset.layer`` (e.g. ``resnet50.r2_3x3``)."""
+    net, _, lname = name.partition(".")
+    layers = preset(net)
+    if lname not in layers:
+        raise ValueError(f"unknown layer {lname!r} in {net}; known: {', '.join(layers)}")
+    return layers[lname]
+
+
+def all_layers() -> dict[str, ConvSpec]:
+    """Every built-in layer by full name."""
+    return {f"{net}.{lname}": s for net, layers in PRESETS.items() for lname, s in layers.items()}
+
+
+def load_workload_file(path: str) -> dict[str, ConvSpec]:
+    """Specs from a JSON or TOML workload file, by name (``layer<i>`` when unnamed)."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        if path.endswith(".toml"):
+            data: Any = tomllib.loads(raw.decode())
+            data = data.get("layer", data.get("layers", []))
+        else:
+            data = json.loads(raw)
+            if isinstance(data, dict):
+                data = data.get("layers", [data])
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: cannot parse workload file: {e}") from None
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of conv specs")
+    out: dict[str, ConvSpec] = {}
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {i} is not a table/object")
+        entry = dict(entry)
+        name = str(entry.pop("name", f"layer{i}"))
+        try:
+            out[name] = ConvSpec.from_dict(entry)
+        except (SpecError, TypeError) as e:
+            raise ValueError(f"{path}: entry {i} ({name}): {e}") from None
+    return out

@@ -1,0 +1,109 @@
+"""Schedule templates, one module per target family; shipped as ``convgen.schedules``.
+
+A template turns the one TE definition (:mod:`convgen.compute`) into fast code for one
+kind of hardware. It declares
+
+- ``supports(spec, target)``: ``None`` if it can serve the workload, else why not;
+- ``space(spec, target)``: its knobs as data (:class:`convgen.knobs.Space`);
+- ``default(spec, target)``: a good untuned config, reasoned from the hardware;
+- ``apply(sch, spec, target, config)``: the schedule, reading a plain-dict config.
+
+:func:`candidates` lists the templates that serve a (spec, target), best first; a
+generic template that serves everything comes last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from convgen.knobs import Config, ConfigError, Space
+from convgen.spec import ConvSpec
+from convgen.target import Target
+
+
+class Template:
+    """Base class: subclasses set ``name``, ``version``, ``families`` and the four methods."""
+
+    name: str = ""
+    version: int = 1
+    families: tuple[str, ...] = ()
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        """``None`` if this template can schedule ``spec`` for ``target``, else the reason."""
+        raise NotImplementedError
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        """The knob space for this workload and target."""
+        raise NotImplementedError
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        """A good untuned config (must lie in :meth:`space`)."""
+        raise NotImplementedError
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        """Schedule ``sch`` (a ``tvm.s_tir.Schedule`` of the conv PrimFunc) with ``config``."""
+        raise NotImplementedError
+
+    def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
+        """Numbers describing a config for the tuner's cost model (knobs by default)."""
+        out = {}
+        for k, v in config.items():
+            if isinstance(v, bool):
+                out[k] = float(v)
+            elif isinstance(v, (int, float)):
+                out[k] = float(v)
+        return out
+
+    def schedule(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        """Check ``config`` against the space, then :meth:`apply` it."""
+        why = self.supports(spec, target)
+        if why:
+            raise ConfigError(f"template {self.name} cannot serve {spec.describe()}: {why}")
+        self.apply(sch, spec, target, self.space(spec, target).check(config))
+
+    def __repr__(self) -> str:
+        return f"<template {self.name} v{self.version}>"
+
+
+_REGISTRY: dict[str, Template] = {}
+
+
+def register(template: Template) -> Template:
+    """Add a template to the registry (module import time)."""
+    _REGISTRY[template.name] = template
+    return template
+
+
+def _load() -> None:
+    # Import for the side effect of registering; order = preference within a family.
+    from . import generic, x86  # noqa: F401
+
+    try:
+        from . import arm  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        from . import cuda  # noqa: F401
+    except ImportError:
+        pass
+
+
+def all_templates() -> dict[str, Template]:
+    """Every registered template by name."""
+    if not _REGISTRY:
+        _load()
+    return dict(_REGISTRY)
+
+
+def get_template(name: str) -> Template:
+    """A template by name, with a clear error listing the known ones."""
+    templates = all_templates()
+    if name not in templates:
+        raise ValueError(f"unknown template {name!r}; known: {', '.join(templates)}")
+    return templates[name]
+
+
+def candidates(spec: ConvSpec, target: Target) -> list[Template]:
+    """Templates that serve ``spec`` on ``target``, most specialised first, generic last."""
+    out = [t for t in all_templates().values() if target.family in t.families and t.supports(spec, target) is None]
+    return sorted(out, key=lambda t: getattr(t, "priority", 0), reverse=True)

@@ -1,0 +1,63 @@
+"""Helpers shared by the CPU templates: finding the stages, naming loops, packing buffers.
+
+The order of schedule primitives matters in s_tir: ``parallel``/``vectorize`` need the
+"compact dataflow" property, which a reduction block loses once ``decompose_reduction``
+splits off its init. So every template annotates loops first and decomposes last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from convgen.spec import ConvSpec
+
+
+def has_block(sch: Any, name: str) -> bool:
+    """Does the scheduled function have a block called ``name``?"""
+    try:
+        sch.get_sblock(name)
+    except Exception:  # s_tir raises a ScheduleError subclass when it is absent
+        return False
+    return True
+
+
+def spatial_loops(sch: Any, spec: ConvSpec, block: Any) -> dict[str, Any]:
+    """The conv block's loops by name: ``n, oc, oh, ow, ic, kh, kw`` (layout-independent)."""
+    loops = sch.get_loops(block)
+    order = ("n", "oc", "oh", "ow") if spec.layout == "NCHW" else ("n", "oh", "ow", "oc")
+    return dict(zip(order + ("ic", "kh", "kw"), loops))
+
+
+def data_stage(sch: Any, spec: ConvSpec, conv: Any) -> Any:
+    """The block producing the conv's data operand: ``data_pad``, or a new copy of ``data``.
+
+    Templates that re-lay out the data need a stage to do it in; with zero padding there is
+    none, so a ``cache_read`` makes one (a copy the padding would have cost anyway).
+    """
+    if has_block(sch, "data_pad"):
+        return sch.get_sblock("data_pad")
+    return sch.cache_read(conv, "data", "global")
+
+
+def parallel_outer(sch: Any, block: Any, n_loops: int) -> Any:
+    """Fuse the block's outer ``n_loops`` loops and run them in parallel."""
+    loops = sch.get_loops(block)[:n_loops]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(fused)
+    return fused
+
+
+def vectorize_inner(sch: Any, block: Any, lanes: int) -> None:
+    """Vectorize the innermost loop of a copy-like block by ``lanes`` when it divides."""
+    loops = sch.get_loops(block)
+    extent = _extent(sch, loops[-1])
+    if extent is not None and extent % lanes == 0 and extent > 1:
+        _, inner = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(inner)
+    elif extent is not None and 1 < extent <= lanes:
+        sch.vectorize(loops[-1])
+
+
+def _extent(sch: Any, loop: Any) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if hasattr(extent, "value") or isinstance(extent, int) else None

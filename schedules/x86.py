@@ -1,0 +1,265 @@
+"""x86 templates (AVX2, AVX-512): blocked-channel direct convolution and depthwise.
+
+Register budget of the micro-kernel (``x86.direct``)
+------------------------------------------------------
+The innermost loops keep a tile of ``tile_oh x tile_ow`` output pixels by ``tile_oc``
+output channels in vector registers. Each step of the reduction loads ``tile_oc/lanes``
+weight vectors, broadcasts one input value per pixel and issues one FMA per accumulator::
+
+    accumulators = tile_oh * tile_ow * tile_oc / lanes
+    live         = accumulators + tile_oc / lanes (weights) + 1 (broadcast)  <= registers
+
+AVX2 has 16 ymm (8 lanes): ``tile_oc=8`` allows 14 pixels (14+1+1), ``tile_oc=16`` 7 pixels
+(14+2+1 = 17 spills one; the constraint allows it, the tuner judges). AVX-512 has 32 zmm
+(16 lanes): ``tile_oc=16`` x 28 pixels or ``tile_oc=32`` x 14 pixels. With two FMA ports and
+a 4-cycle FMA latency, at least 8 independent accumulators are needed to keep both ports
+busy, which is why the default takes the widest pixel run that fits.
+
+Layouts
+-------
+Vectorizing over output channels needs channels innermost: the padded data is written as
+``N C/ib H W ib`` (NCHW input; NHWC already has channels innermost), the weights are packed
+to ``K/ob C/ib R S ib ob`` on every call (``K*C*R*S`` floats: small next to the
+``K*C*R*S*OH*OW`` multiply-adds), and the reduction's result tile is ``ob``-innermost so
+the accumulators are whole vectors. The epilogue (bias, ReLU, back to the user's layout) runs
+under the pixel-tile loop while the tile is still in registers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from convgen.knobs import Config, Knob, Space, divisors
+from convgen.spec import ConvSpec
+from convgen.target import Target
+
+from . import Template, register
+from .common import data_stage, parallel_outer, spatial_loops, vectorize_inner
+
+
+def _live_registers(config: Config, lanes: int) -> int:
+    vec_oc = config["tile_oc"] // lanes
+    return config["tile_oh"] * config["tile_ow"] * vec_oc + vec_oc + 1
+
+
+class DirectX86(Template):
+    """Direct convolution, output channels in vector lanes, a register tile of pixels."""
+
+    name = "x86.direct"
+    version = 1
+    families = ("x86",)
+    priority = 10
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        if spec.dtype != "float32":
+            return f"dtype {spec.dtype} (float32 only)"
+        if spec.out_per_group % target.vector_lanes:
+            return f"output channels per group ({spec.out_per_group}) not a multiple of {target.vector_lanes} lanes"
+        return None
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        lanes, regs = target.vector_lanes, target.registers
+        tile_oc = tuple(m * lanes for m in (1, 2, 4) if spec.out_per_group % (m * lanes) == 0)
+        tile_ic = tuple(divisors(spec.in_per_group, upto=64))
+        tile_ow = tuple(divisors(spec.out_width, upto=regs - 2))
+        tile_oh = tuple(divisors(spec.out_height, upto=4))
+
+        def fits(config: Config) -> str | None:
+            live = _live_registers(config, lanes)
+            # One spilled register is tolerated (the broadcast can come from memory).
+            return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
+
+        return Space(
+            self.name,
+            self.version,
+            (
+                Knob("tile_oc", tile_oc, "output channels per register tile (a multiple of the vector lanes)"),
+                Knob("tile_ic", tile_ic, "input-channel block of the packed data and weights"),
+                Knob("tile_ow", tile_ow, "output pixels per row in the register tile"),
+                Knob("tile_oh", tile_oh, "output rows in the register tile"),
+                Knob("reduce_order", ("ic_kh_kw", "kh_kw_ic"), "order of the reduction loops outside the channel block"),
+                Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
+            ),
+            fits,
+        )
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        lanes, regs = target.vector_lanes, target.registers
+        space = self.space(spec, target)
+        # One vector of channels per FMA on AVX2 (16 registers leave room for 14 pixels);
+        # two on AVX-512, whose 32 registers hold 2 x 14 accumulators.
+        want_oc = lanes * (2 if regs >= 32 else 1)
+        tile_oc = want_oc if want_oc in space["tile_oc"].values else space["tile_oc"].values[0]
+        vec_oc = tile_oc // lanes
+        # Widest pixel run whose accumulators fit next to the weights and the broadcast.
+        fit = [w for w in space["tile_ow"].values if w * vec_oc + vec_oc + 1 <= regs]
+        tile_ow = max(fit) if fit else 1
+        # 8 channels of input per block: one cache line of packed data holds 2 pixels' worth.
+        ib = [d for d in space["tile_ic"].values if d <= 8]
+        return {
+            "tile_oc": tile_oc,
+            "tile_ic": max(ib),
+            "tile_ow": tile_ow,
+            "tile_oh": 1,
+            "reduce_order": "ic_kh_kw",
+            "unroll_kw": spec.kernel[1] <= 3,
+        }
+
+    def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
+        f = super().features(spec, target, config)
+        lanes = target.vector_lanes
+        f["live_registers"] = _live_registers(config, lanes)
+        f["accumulators"] = config["tile_oh"] * config["tile_ow"] * config["tile_oc"] / lanes
+        f["kh_outer"] = float(config["reduce_order"] == "kh_kw_ic")
+        # bytes of packed weights one output tile streams (the L1/L2 working set)
+        f["weight_tile_kib"] = 4 * config["tile_oc"] * spec.in_per_group * spec.kernel[0] * spec.kernel[1] / 1024
+        f["tasks"] = spec.batch * (spec.out_channels // config["tile_oc"]) * (spec.out_height // config["tile_oh"])
+        return f
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        ob, ib = config["tile_oc"], config["tile_ic"]
+        rh, rw = config["tile_oh"], config["tile_ow"]
+        nchw = spec.layout == "NCHW"
+        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
+
+        # -- data: channels innermost in blocks of ib (NHWC has them innermost already) --------
+        if nchw:
+            data = data_stage(sch, spec, conv)
+            sch.transform_layout(data, ("write", 0), lambda n, c, h, w: (n, c // ib, h, w, c % ib))
+            n, c, h, w = sch.get_loops(data)
+            co, ci = sch.split(c, [None, ib])
+            sch.reorder(n, co, h, w, ci)
+            sch.parallel(sch.fuse(n, co, h))
+        elif any(spec.padding):
+            data = sch.get_sblock("data_pad")
+            parallel_outer(sch, data, 2)
+            vectorize_inner(sch, data, target.vector_lanes)
+
+        # -- weights packed to K/ob C/ib R S ib ob: one contiguous vector per (ic, kh, kw) ---
+        wpack = sch.cache_read(conv, "weight", "global")
+        if nchw:
+            pack = lambda o, i, h, w: (o // ob, i // ib, h, w, i % ib, o % ob)  # noqa: E731
+        else:
+            pack = lambda h, w, i, o: (o // ob, i // ib, h, w, i % ib, o % ob)  # noqa: E731
+        sch.transform_layout(wpack, ("write", 0), pack)
+        parallel_outer(sch, wpack, 1)
+
+        # -- the reduction's result tile, ob innermost, so accumulators are whole vectors ----
+        if nchw:
+            sch.transform_layout(conv, ("write", 0), lambda n, k, h, w: (n, k // ob, h, w, k % ob))
+
+        L = spatial_loops(sch, spec, conv)
+        oco, oci = sch.split(L["oc"], [None, ob])
+        oho, ohi = sch.split(L["oh"], [None, rh])
+        owo, owi = sch.split(L["ow"], [None, rw])
+        ico, ici = sch.split(L["ic"], [None, ib])
+        if config["reduce_order"] == "ic_kh_kw":
+            reduction = [ico, L["kh"], L["kw"], ici]
+        else:
+            reduction = [L["kh"], L["kw"], ico, ici]
+        sch.reorder(L["n"], oco, oho, owo, *reduction, ohi, owi, oci)
+        sch.parallel(sch.fuse(L["n"], oco, oho))
+        sch.reverse_compute_at(out, owo)
+        sch.vectorize(oci)
+        sch.unroll(owi)
+        sch.unroll(ohi)
+        if config["unroll_kw"]:
+            sch.unroll(L["kw"])
+        if not nchw:
+            vectorize_inner(sch, out, target.vector_lanes)
+        sch.decompose_reduction(conv, reduction[0])
+
+
+class DepthwiseX86(Template):
+    """Depthwise (one input channel per group, multiplier 1): channels in vector lanes.
+
+    Each FMA needs its own data vector (no broadcast reuse across channels), so the kernel
+    is bound by loads, not FMAs: the tile is ``tile_ow`` pixels x ``tile_c`` channels with
+    the ``R*S`` weight vectors reused across the pixels of the tile.
+    """
+
+    name = "x86.depthwise"
+    version = 1
+    families = ("x86",)
+    priority = 20
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        if spec.dtype != "float32":
+            return f"dtype {spec.dtype} (float32 only)"
+        if not (spec.is_depthwise and spec.out_per_group == 1):
+            return "not depthwise with channel multiplier 1"
+        if spec.out_channels % target.vector_lanes:
+            return f"channels ({spec.out_channels}) not a multiple of {target.vector_lanes} lanes"
+        return None
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        lanes, regs = target.vector_lanes, target.registers
+        tile_c = tuple(m * lanes for m in (1, 2, 4) if spec.out_channels % (m * lanes) == 0)
+        tile_ow = tuple(divisors(spec.out_width, upto=regs - 2))
+
+        def fits(config: Config) -> str | None:
+            vec = config["tile_c"] // lanes
+            live = config["tile_ow"] * vec + vec + 1
+            return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
+
+        return Space(
+            self.name,
+            self.version,
+            (
+                Knob("tile_c", tile_c, "channels per register tile"),
+                Knob("tile_ow", tile_ow, "output pixels per register tile"),
+                Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
+            ),
+            fits,
+        )
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        lanes, regs = target.vector_lanes, target.registers
+        space = self.space(spec, target)
+        tile_c = space["tile_c"].values[0]
+        vec = tile_c // lanes
+        # leave room for the data vector and one weight vector per tap in flight
+        fit = [w for w in space["tile_ow"].values if w * vec + vec + 1 <= regs // 2]
+        return {"tile_c": tile_c, "tile_ow": max(fit) if fit else 1, "unroll_kw": True}
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        cb, rw = config["tile_c"], config["tile_ow"]
+        nchw = spec.layout == "NCHW"
+        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
+        if nchw:
+            data = data_stage(sch, spec, conv)
+            sch.transform_layout(data, ("write", 0), lambda n, c, h, w: (n, c // cb, h, w, c % cb))
+            n, c, h, w = sch.get_loops(data)
+            co, ci = sch.split(c, [None, cb])
+            sch.reorder(n, co, h, w, ci)
+            sch.parallel(sch.fuse(n, co, h))
+            sch.transform_layout(conv, ("write", 0), lambda n, k, h, w: (n, k // cb, h, w, k % cb))
+        elif any(spec.padding):
+            data = sch.get_sblock("data_pad")
+            parallel_outer(sch, data, 2)
+            vectorize_inner(sch, data, target.vector_lanes)
+
+        wpack = sch.cache_read(conv, "weight", "global")
+        if nchw:
+            pack = lambda o, i, h, w: (o // cb, i, h, w, o % cb)  # noqa: E731
+        else:
+            pack = lambda h, w, i, o: (o // cb, i, h, w, o % cb)  # noqa: E731
+        sch.transform_layout(wpack, ("write", 0), pack)
+
+        L = spatial_loops(sch, spec, conv)
+        oco, oci = sch.split(L["oc"], [None, cb])
+        owo, owi = sch.split(L["ow"], [None, rw])
+        sch.reorder(L["n"], oco, L["oh"], owo, L["ic"], L["kh"], L["kw"], owi, oci)
+        sch.parallel(sch.fuse(L["n"], oco, L["oh"]))
+        sch.reverse_compute_at(out, owo)
+        sch.vectorize(oci)
+        sch.unroll(owi)
+        if config["unroll_kw"]:
+            sch.unroll(L["kw"])
+        if not nchw:
+            vectorize_inner(sch, out, target.vector_lanes)
+        sch.decompose_reduction(conv, L["ic"])
+
+
+register(DirectX86())
+register(DepthwiseX86())

@@ -1,0 +1,1 @@
+"""Target descriptions: one TOML file per target (read by :mod:`convgen.target`)."""

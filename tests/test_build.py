@@ -1,0 +1,128 @@
+"""Kernels vs the numpy reference: property tests over random specs, sampled configs per template."""
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import convgen
+from convgen import ConvSpec
+from convgen.builder import compile_module
+from convgen.schedules import all_templates, candidates
+
+from .conftest import check_kernel
+
+
+@st.composite
+def specs(draw, max_channels=12):
+    groups = draw(st.sampled_from([1, 1, 2, 3, "dw"]))
+    cg = draw(st.integers(1, 4))
+    kg = draw(st.integers(1, 4))
+    if groups == "dw":
+        groups, cg, kg = draw(st.integers(2, max_channels)), 1, draw(st.sampled_from([1, 1, 2]))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.sampled_from([1, 1, 2])), draw(st.sampled_from([1, 1, 2])))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(
+        st.one_of(
+            st.sampled_from(["same", "valid"]),
+            st.integers(0, 2),
+            st.tuples(st.integers(0, 2), st.integers(0, 2)),
+            st.tuples(*[st.integers(0, 3)] * 4),
+        )
+    )
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    height = draw(st.integers(max(eff[0] - 2, 1), 14))
+    width = draw(st.integers(max(eff[1] - 2, 1), 14))
+    fields = dict(
+        batch=draw(st.integers(1, 2)), in_channels=cg * groups, out_channels=kg * groups, height=height,
+        width=width, kernel=kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        layout=draw(st.sampled_from(["NCHW", "NHWC"])), bias=draw(st.booleans()),
+        activation=draw(st.sampled_from([None, "relu"])), flip=draw(st.booleans()),
+    )
+    try:
+        return ConvSpec(**fields)
+    except ValueError:  # kernel larger than the padded input: draw again
+        from hypothesis import assume
+
+        assume(False)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=specs())
+def test_any_valid_spec_default_build_matches_reference(spec):
+    check_kernel(convgen.build(spec, "host", builtin_records=False), spec)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=specs(), data=st.data())
+def test_generic_template_serves_every_spec(spec, data):
+    tmpl = all_templates()["cpu.generic"]
+    host = convgen.get_target("host")
+    config = data.draw(st.sampled_from(list(tmpl.space(spec, host))))
+    check_kernel(convgen.build(spec, "host", config, template="cpu.generic"), spec)
+
+
+# Workloads the specialised templates serve (channels multiple of the vector lanes).
+TEMPLATE_SPECS = [
+    ConvSpec(in_channels=16, out_channels=32, height=12, width=14, kernel=3, padding=1),
+    ConvSpec(in_channels=8, out_channels=16, height=9, width=9, kernel=3, stride=2, padding=(1, 0, 2, 1), bias=True, activation="relu"),
+    ConvSpec(in_channels=24, out_channels=16, height=8, width=8, kernel=1, layout="NHWC", bias=True),
+    ConvSpec(in_channels=3, out_channels=16, height=15, width=15, kernel=5, stride=2, padding=2, flip=True),
+    ConvSpec(in_channels=8, out_channels=32, height=7, width=10, kernel=(3, 2), dilation=(2, 1), padding="same", groups=2, layout="NHWC"),
+    ConvSpec(batch=2, in_channels=32, out_channels=32, height=10, width=10, kernel=3, padding=1, groups=32, bias=True),
+    ConvSpec(in_channels=16, out_channels=16, height=11, width=12, kernel=3, stride=2, padding="same", groups=16, layout="NHWC", activation="relu"),
+]
+
+
+@pytest.mark.parametrize("spec", TEMPLATE_SPECS, ids=lambda s: s.describe())
+def test_sampled_configs_of_every_template_match_reference(spec, host):
+    found = candidates(spec, host)
+    assert len(found) >= 2, "a specialised template should serve this spec"
+    rng = random.Random(spec.key)
+    for tmpl in found:
+        space = tmpl.space(spec, host)
+        configs = [tmpl.default(spec, host)] + space.sample(rng, 3)
+        for config in configs:
+            check_kernel(convgen.build(spec, host, config, template=tmpl.name), spec)
+
+
+def test_avx512_kernels_compile_here(host):
+    # This machine may lack AVX-512: compile (no run) the default of each template.
+    t = convgen.get_target("x86-avx512")
+    for spec in TEMPLATE_SPECS[:3]:
+        for tmpl in candidates(spec, t):
+            compile_module(spec, t, tmpl, tmpl.default(spec, t))
+
+
+def test_illegal_config_is_a_clear_config_error(host):
+    spec = TEMPLATE_SPECS[0]
+    with pytest.raises(convgen.ConfigError, match="tile_ow"):
+        convgen.build(spec, host, {"tile_oc": 8, "tile_ic": 8, "tile_ow": 5, "tile_oh": 1,
+                                   "reduce_order": "ic_kh_kw", "unroll_kw": False}, template="x86.direct")
+    with pytest.raises(convgen.ConfigError, match="register"):
+        convgen.build(spec, host, {"tile_oc": 32, "tile_ic": 8, "tile_ow": 14, "tile_oh": 1,
+                                   "reduce_order": "ic_kh_kw", "unroll_kw": False}, template="x86.direct")
+
+
+def test_template_that_cannot_serve_says_why(host):
+    odd = ConvSpec(in_channels=3, out_channels=5, height=8, width=8, kernel=3)
+    with pytest.raises(convgen.ConfigError, match="multiple of"):
+        convgen.build(odd, host, template="x86.direct")
+    check_kernel(convgen.build(odd, host), odd)  # the generic template serves it
+
+
+def test_unsupported_dtype_names_the_target():
+    spec = ConvSpec(in_channels=8, out_channels=8, height=8, width=8, dtype="float16")
+    with pytest.raises(convgen.TargetError, match="x86-avx2 does not support dtype float16"):
+        convgen.build(spec, "x86-avx2")
+
+
+def test_output_of_degenerate_padding_rows_is_bias_only(host):
+    # padding wider than the kernel: the border rows see only zeros
+    spec = ConvSpec(in_channels=8, out_channels=8, height=4, width=4, kernel=1, padding=2, bias=True)
+    k = convgen.build(spec, host)
+    y = check_kernel(k, spec)
+    assert np.all(y[:, :, 0, :] == y[:, :, 0, :1])
