@@ -61,10 +61,8 @@ def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> A
     """The scheduled ``IRModule``; a config TVM rejects becomes a ``ConfigError``."""
     import tvm.s_tir as s_tir
 
-    from .compute import conv2d_primfunc
-
-    sch = s_tir.Schedule(conv2d_primfunc(spec))
     try:
+        sch = s_tir.Schedule(template.primfunc(spec, target, config))
         template.schedule(sch, spec, target, config)
     except ConfigError:
         raise
@@ -78,6 +76,10 @@ def compile_module(spec: ConvSpec, target: Target, template: Any, config: Config
     import tvm
 
     mod = schedule(spec, target, template, config)
+    if target.family == "cuda":  # [cuda hook] GPU resource checks + nvcc fatbin: convgen/cuda.py
+        from . import cuda
+
+        return cuda.compile_module(mod, target, tvm_target(target), template, config)
     try:
         with tvm_target(target):
             return tvm.compile(mod, target=tvm_target(target))
@@ -97,7 +99,12 @@ def export_library(executable: Any, target: Target, path: str) -> None:
         fcompile = tvm_cc.cross_compiler(cc, options=list(target.compiler.get("options", [])))
     else:
         fcompile = tvm_cc.create_shared
-    executable.export_library(path, fcompile=fcompile)
+    extra = {}
+    if target.family == "cuda":  # [cuda hook] embed the nvcc fatbin, not CUDA source: convgen/cuda.py
+        from . import cuda
+
+        extra["fpack_imports"] = cuda.fpack_imports(executable)
+    executable.export_library(path, fcompile=fcompile, **extra)
 
 
 def metadata(spec: ConvSpec, target: Target, template: Any, config: Config, source: str) -> dict[str, Any]:
@@ -154,6 +161,11 @@ def build(
     executable = compile_module(spec, target, tmpl, config)
     meta = metadata(spec, target, tmpl, config, source)
     module = executable.mod if target.runs_here() else None
+    if target.family == "cuda":  # [cuda hook] device-code report; runs in process only on a fit GPU
+        from . import cuda
+
+        meta["cuda"] = cuda.report(executable)
+        module = cuda.runtime_module(executable, target)
     if module is not None and target.is_cpu:
         set_num_threads(num_threads)
     return Kernel(meta, module, num_threads=num_threads, executable=executable)

@@ -26,8 +26,14 @@ examples:
 """
 
 
-class _Fmt(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Fmt(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; shows a default only where there is one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 # ---- spec flags ---------------------------------------------------------------------------------

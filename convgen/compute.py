@@ -19,15 +19,20 @@ from tvm import te, tirx
 from .spec import ConvSpec
 
 
-def conv2d_te(spec: ConvSpec) -> tuple[list[te.Tensor], te.Tensor]:
-    """The TE tensors: ``([data, weight, (bias)], out)``."""
+def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None) -> tuple[list[te.Tensor], te.Tensor]:
+    """The TE tensors: ``([data, weight, (bias)], out)``.
+
+    ``acc_dtype`` (default ``spec.out_dtype``) is the type of the ``conv`` stage: fp16 on
+    tensor cores accumulates in float32, and ``out`` casts back after bias and activation.
+    The function's arguments and result keep the spec's dtypes either way.
+    """
     nchw = spec.layout == "NCHW"
     kh_, kw_ = spec.kernel
     sh, sw = spec.stride
     dh, dw = spec.dilation
     pt, pl, pb, pr = spec.padding
     cg, kg = spec.in_per_group, spec.out_per_group
-    acc = spec.out_dtype
+    acc = acc_dtype or spec.out_dtype
 
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
     weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
@@ -77,23 +82,23 @@ def conv2d_te(spec: ConvSpec) -> tuple[list[te.Tensor], te.Tensor]:
 
     bias = None
     if spec.bias:
-        bias = te.placeholder(spec.bias_shape, acc, name="bias")
+        bias = te.placeholder(spec.bias_shape, spec.out_dtype, name="bias")
         args.append(bias)
 
     def epilogue(*idx):
         oc = idx[1] if nchw else idx[3]
         y = conv(*idx)
         if bias is not None:
-            y = y + bias[oc]
+            y = y + cast(bias[oc])
         if spec.activation == "relu":
             y = tirx.max(y, tirx.const(0, acc))
-        return y
+        return y if acc == spec.out_dtype else y.astype(spec.out_dtype)
 
     out = te.compute(spec.output_shape, epilogue, name="out")
     return args, out
 
 
-def conv2d_primfunc(spec: ConvSpec) -> tirx.PrimFunc:
+def conv2d_primfunc(spec: ConvSpec, acc_dtype: str | None = None) -> tirx.PrimFunc:
     """The PrimFunc ``main(data, weight, [bias], out)`` every template schedules."""
-    args, out = conv2d_te(spec)
+    args, out = conv2d_te(spec, acc_dtype)
     return te.create_prim_func(args + [out]).with_attr("global_symbol", "main")

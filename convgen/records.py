@@ -115,7 +115,7 @@ def make_record(spec: ConvSpec, target: Target, template: Any, config: Config, *
 def append(path: str, records: Iterable[dict[str, Any]]) -> None:
     """Append records atomically (one locked write per record, then fsync)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         for rec in records:
             line = (json.dumps(rec, sort_keys=True, default=str) + "\n").encode()

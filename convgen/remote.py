@@ -22,6 +22,36 @@ class RemoteError(RuntimeError):
     """The device could not be reached, or it failed (crashed) while running a kernel."""
 
 
+# What a client sees when the device's session process died under it: the emulated board
+# (scripts/arm_rpc_server.py) names the signal; a stock TVM server just drops the connection.
+_SIGILL_WORDS = ("SIGILL", "illegal instruction")
+_LOST_WORDS = ("socket closed", "connection reset", "connection closed", "broken pipe", "end of file",
+               "rpcsessiontimeouterror", "was killed by", "session process")
+
+
+def explain_failure(e: BaseException, target: Any = None) -> str:
+    """One line saying why a kernel failed on the device, with the likely ISA cause.
+
+    A SIGILL means the kernel uses an instruction the device's CPU lacks: the kernel was
+    built for a target whose ISA extensions (``mattr``) the board does not have.
+    """
+    last = _last_line(e)
+    text = str(e)
+    built = ""
+    if target is not None:
+        mattr = ",".join(target.tvm.get("mattr", [])) or "-"
+        built = (f" It was built for {target.name} (mcpu {target.tvm.get('mcpu', '-')}, mattr {mattr}), which needs "
+                 f"the CPU features {', '.join(target.cpu_flags) or '-'} (/proc/cpuinfo on the board);")
+    if any(w.lower() in text.lower() for w in _SIGILL_WORDS):
+        return (f"the kernel crashed on the device with an illegal instruction (SIGILL): it uses an "
+                f"instruction set extension the device's CPU lacks.{built} build it for a target the "
+                f"device supports (convgen targets). Device said: {last}")
+    if any(w in text.lower() for w in _LOST_WORDS):
+        return (f"the device's RPC session died while running the kernel (a crash: SIGILL from a missing "
+                f"ISA extension, or SIGSEGV).{built} check the server's log. Device said: {last}")
+    return f"the kernel failed on the device: {last}"
+
+
 def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     """``"host:port"`` -> ``("host", port)`` with a clear error."""
     host, sep, port = text.rpartition(":")
@@ -76,8 +106,12 @@ def set_remote_threads(session: Any, num_threads: int | None) -> int:
 
 
 def remote_time(session: Any, module: Any, spec: ConvSpec, dev: Any, *, number: int = 3, repeat: int = 5,
-                min_repeat_ms: int = 50, seed: int = 0) -> list[float]:
-    """Seconds per call (one per repeat) of ``module``'s ``main`` on the device."""
+                min_repeat_ms: int = 50, seed: int = 0, target: Any = None) -> list[float]:
+    """Seconds per call (one per repeat) of ``module``'s ``main`` on the device.
+
+    ``target`` (the kernel's :class:`~convgen.target.Target`) only makes a crash's error say
+    which ISA the kernel needs.
+    """
     import tvm
 
     args = [tvm.runtime.tensor(a, dev) for a in random_inputs(spec, seed)]
@@ -86,10 +120,10 @@ def remote_time(session: Any, module: Any, spec: ConvSpec, dev: Any, *, number: 
         ev = module.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
         return [float(t) for t in ev(*args).results]
     except Exception as e:
-        raise RemoteError(f"the kernel failed on the device: {_last_line(e)}") from None
+        raise RemoteError(explain_failure(e, target)) from None
 
 
-def remote_check(module: Any, spec: ConvSpec, dev: Any, *, seed: int = 1) -> tuple[float, float]:
+def remote_check(module: Any, spec: ConvSpec, dev: Any, *, seed: int = 1, target: Any = None) -> tuple[float, float]:
     """(max |error| vs the reference, tolerance) of one remote run on random data."""
     import tvm
 
@@ -100,7 +134,7 @@ def remote_check(module: Any, spec: ConvSpec, dev: Any, *, seed: int = 1) -> tup
         module["main"](*args, out)
         got = out.numpy()
     except Exception as e:
-        raise RemoteError(f"the kernel failed on the device: {_last_line(e)}") from None
+        raise RemoteError(explain_failure(e, target)) from None
     want = conv2d_reference(spec, *arrays)
     err = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
     return err, tolerance(spec)
@@ -112,12 +146,13 @@ def run_remote(session: Any, path: str, meta: dict[str, Any], *, num_threads: in
     spec = ConvSpec.from_dict(meta["spec"])
     if not os.path.isfile(path):
         raise KernelError(f"{path}: no such file")
+    target = target_from_metadata(meta)
     module = upload(session, path)
     dev = device_of(session, meta)
     result: dict[str, Any] = {"threads": set_remote_threads(session, num_threads) if dev.dlpack_device_type() == 1 else 1}
     if check:
-        result["max_error"], result["tolerance"] = remote_check(module, spec, dev)
-    result["times"] = remote_time(session, module, spec, dev, repeat=repeat)
+        result["max_error"], result["tolerance"] = remote_check(module, spec, dev, target=target)
+    result["times"] = remote_time(session, module, spec, dev, repeat=repeat, target=target)
     result["median"] = statistics.median(result["times"])
     return result
 

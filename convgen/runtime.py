@@ -165,9 +165,11 @@ class Kernel:
     def runs_here(self) -> bool:
         """Can this machine run the kernel (same ISA, the CPU features it needs)?"""
         if self.target.family == "cuda":
-            import tvm
+            # TVM's CUDA runtime, a GPU, and compute capability >= the target's
+            # (loading only the real NVIDIA libraries, see convgen.cuda.runtime_problem)
+            from .cuda import device_problem
 
-            return bool(tvm.runtime.enabled("cuda")) and tvm.cuda(0).exist
+            return device_problem(self.target) is None
         return self.target.runs_here()
 
     @property
@@ -197,7 +199,10 @@ class Kernel:
             where = f"this {platform.machine()} machine"
             hint = f"run it on the device (convgen run {self.path or 'conv.so'} --rpc HOST:PORT)"
             if self.target.family == "cuda":
-                raise KernelError(f"kernel for {self.target.name} needs a CUDA GPU, and {where} has none; {hint}")
+                from .cuda import device_problem
+
+                raise KernelError(f"kernel for {self.target.name} cannot run on {where}: "
+                                  f"{device_problem(self.target)}; {hint}")
             raise KernelError(
                 f"kernel for {self.target.name} needs CPU features {list(self.target.cpu_flags)} "
                 f"({self.target.family}); {where} cannot run it; {hint}"
@@ -241,7 +246,14 @@ class Kernel:
                 raise TypeError(f"out: expected the same kind of array as data ({_describe(data)}), got {_describe(out)}")
             out_t, finish = self._to_tvm_out(out, name, shape, dtype)
         try:
-            self.func(*tensors, out_t)
+            if kind == "torch" and self.target.family == "cuda":
+                import tvm_ffi
+
+                # launch on torch's current stream, ordered with the torch work around it
+                with tvm_ffi.use_torch_stream():
+                    self.func(*tensors, out_t)
+            else:
+                self.func(*tensors, out_t)
         except Exception as e:
             raise KernelError(f"kernel {self.template} failed: {str(e).splitlines()[-1]}") from None
         return finish()
@@ -271,7 +283,9 @@ class Kernel:
 
     def _check_device(self, name: str, device_type: int) -> None:
         want = 2 if self.target.family == "cuda" else 1  # kDLCUDA / kDLCPU
-        if device_type != want and not (want == 2 and device_type == 1):
+        # A CUDA kernel dereferences its pointers on the GPU: host tensors (torch CPU, a
+        # CPU tvm Tensor) are refused; numpy arrays are copied to the GPU instead.
+        if device_type != want:
             where = {1: "cpu", 2: "cuda"}.get(device_type, f"device type {device_type}")
             raise ValueError(f"{name}: the tensor lives on {where}; this {self.target.name} kernel needs "
                              f"{'a CPU' if want == 1 else 'a CUDA'} tensor")
@@ -325,6 +339,17 @@ class Kernel:
         if kind == "numpy" and self.target.is_cpu:
             arr = aligned_empty(shape, dtype)
             return tvm.runtime.from_dlpack(arr), lambda: arr
+        if self.target.family == "cuda" and kind == "torch":
+            # on the input's GPU (cuda:1 stays on cuda:1), from torch's caching allocator
+            torch = sys.modules["torch"]
+            arr = torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+            return tvm.runtime.from_dlpack(arr), lambda: arr
+        if self.target.family == "cuda" and kind == "dlpack":
+            t = tvm.runtime.empty(shape, dtype, tvm.cuda(int(like.__dlpack_device__()[1])))
+            return t, lambda: t  # a tvm Tensor: itself a DLPack GPU tensor
+        if self.target.family == "cuda" and kind == "tvm":
+            t = tvm.runtime.empty(shape, dtype, like.device)
+            return t, lambda: t
         t = tvm.runtime.empty(shape, dtype, self.device)
         if kind == "numpy":  # GPU kernel, host arrays: copy the result back
             return t, t.numpy

@@ -6,7 +6,9 @@ kind of hardware. It declares
 - ``supports(spec, target)``: ``None`` if it can serve the workload, else why not;
 - ``space(spec, target)``: its knobs as data (:class:`convgen.knobs.Space`);
 - ``default(spec, target)``: a good untuned config, reasoned from the hardware;
-- ``apply(sch, spec, target, config)``: the schedule, reading a plain-dict config.
+- ``apply(sch, spec, target, config)``: the schedule, reading a plain-dict config;
+- ``primfunc(spec, target, config)``: what to schedule; the one TE definition of
+  :mod:`convgen.compute` unless the template implements another algorithm.
 
 :func:`candidates` lists the templates that serve a (spec, target), best first; a
 generic template that serves everything comes last.
@@ -32,6 +34,13 @@ class Template:
         """``None`` if this template can schedule ``spec`` for ``target``, else the reason."""
         raise NotImplementedError
 
+    def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """The function to schedule: the one conv definition, unless the template computes
+        the convolution by another algorithm (Winograd, say), which it then defines here."""
+        from convgen.compute import conv2d_primfunc
+
+        return conv2d_primfunc(spec)
+
     def space(self, spec: ConvSpec, target: Target) -> Space:
         """The knob space for this workload and target."""
         raise NotImplementedError
@@ -45,14 +54,12 @@ class Template:
         raise NotImplementedError
 
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
-        """Numbers describing a config for the tuner's cost model (knobs by default)."""
-        out = {}
-        for k, v in config.items():
-            if isinstance(v, bool):
-                out[k] = float(v)
-            elif isinstance(v, (int, float)):
-                out[k] = float(v)
-        return out
+        """Derived numbers for the tuner's cost model (register use, working set, ...).
+
+        The knobs themselves are added by the tuner; override to add what the hardware
+        cares about and a tree model cannot easily compute from the knobs.
+        """
+        return {}
 
     def schedule(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         """Check ``config`` against the space, then :meth:`apply` it."""
@@ -66,6 +73,7 @@ class Template:
 
 
 _REGISTRY: dict[str, Template] = {}
+_LOADED = False
 
 
 def register(template: Template) -> Template:
@@ -76,6 +84,8 @@ def register(template: Template) -> Template:
 
 def _load() -> None:
     # Import for the side effect of registering; order = preference within a family.
+    global _LOADED
+    _LOADED = True
     from . import generic, x86  # noqa: F401
 
     try:
@@ -89,8 +99,8 @@ def _load() -> None:
 
 
 def all_templates() -> dict[str, Template]:
-    """Every registered template by name."""
-    if not _REGISTRY:
+    """Every registered template by name (the shipped ones, plus any user template registered)."""
+    if not _LOADED:
         _load()
     return dict(_REGISTRY)
 

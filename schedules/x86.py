@@ -106,11 +106,11 @@ class DirectX86(Template):
         }
 
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
-        f = super().features(spec, target, config)
         lanes = target.vector_lanes
-        f["live_registers"] = _live_registers(config, lanes)
-        f["accumulators"] = config["tile_oh"] * config["tile_ow"] * config["tile_oc"] / lanes
-        f["kh_outer"] = float(config["reduce_order"] == "kh_kw_ic")
+        f = {
+            "live_registers": _live_registers(config, lanes),
+            "accumulators": config["tile_oh"] * config["tile_ow"] * config["tile_oc"] / lanes,
+        }
         # bytes of packed weights one output tile streams (the L1/L2 working set)
         f["weight_tile_kib"] = 4 * config["tile_oc"] * spec.in_per_group * spec.kernel[0] * spec.kernel[1] / 1024
         f["tasks"] = spec.batch * (spec.out_channels // config["tile_oc"]) * (spec.out_height // config["tile_oh"])

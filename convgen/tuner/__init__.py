@@ -1,1 +1,185 @@
-"""Autotuning (see convgen.tuner.tune)."""
+"""Autotuning: find a fast config for each workload in few trials, never losing work.
+
+>>> results = convgen.tune(spec, "host", trials=64, records="tune.jsonl")
+>>> k = convgen.build(spec, "host", records="tune.jsonl")     # the best valid record
+
+Pieces: :mod:`.strategies` (random, grid, model-guided with transfer), :mod:`.measure`
+(parallel builds and isolated runs, local or over RPC), :mod:`.campaign` (the budget split
+across layers, resume from records), :mod:`.progress` (progress line, summary, plot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from ..knobs import Config
+from ..spec import ConvSpec
+from ..target import Target, get_target
+from .measure import Builder, Candidate, LocalRunner, MeasureOptions, RPCRunner
+
+__all__ = ["tune", "TuneResult", "MeasureOptions", "LocalRunner", "RPCRunner", "make_tasks"]
+
+
+@dataclass
+class TuneResult:
+    """The outcome for one workload: its best valid config and how it got there."""
+
+    name: str
+    spec: ConvSpec
+    target: str
+    template: str | None
+    config: Config | None
+    cost: float | None          # median seconds per call of the best config
+    default_cost: float | None  # same for the template's default config
+    trials: int
+    weight: float = 1.0
+
+    @property
+    def gflops(self) -> float:
+        return self.spec.flops / self.cost / 1e9 if self.cost else 0.0
+
+    def build(self, **kwargs: Any):
+        """Compile the best config (a :class:`convgen.Kernel`)."""
+        from ..builder import build
+
+        if self.config is None:
+            raise RuntimeError(f"{self.name}: tuning found no valid config")
+        return build(self.spec, self.target, self.config, template=self.template, **kwargs)
+
+
+def _named(specs: ConvSpec | Iterable[ConvSpec] | Mapping[str, ConvSpec]) -> dict[str, ConvSpec]:
+    if isinstance(specs, ConvSpec):
+        return {specs.describe(): specs}
+    if isinstance(specs, Mapping):
+        return dict(specs)
+    out = {}
+    for s in specs:
+        if not isinstance(s, ConvSpec):
+            raise TypeError(f"expected ConvSpec objects, got {type(s).__name__}")
+        out[s.describe()] = s
+    return out
+
+
+def make_tasks(named: dict[str, ConvSpec], target: Target, template: str | None = None,
+               weights: Mapping[str, float] | None = None) -> list:
+    """One task per (layer, template): every specialised template that serves the layer
+    (the generic fallback only when nothing else does)."""
+    from ..builder import check_supported, select_template
+    from ..schedules import candidates
+    from .campaign import Task
+
+    tasks = []
+    for name, spec in named.items():
+        check_supported(spec, target)
+        if template:
+            templates = [select_template(spec, target, template)]
+        else:
+            found = candidates(spec, target)
+            templates = [t for t in found if t.priority > -100] or found
+        for t in templates:
+            label = name if len(templates) == 1 else f"{name}:{t.name}"
+            tasks.append(Task(label, spec, t, weight=(weights or {}).get(name, 1.0)))
+    return tasks
+
+
+def tune(
+    specs: ConvSpec | Iterable[ConvSpec] | Mapping[str, ConvSpec],
+    target: str | Target = "host",
+    *,
+    trials: int = 64,
+    records: str | None = None,
+    strategy: str = "model",
+    runner: Any = None,
+    template: str | None = None,
+    batch_size: int = 8,
+    early_stopping: int | None = None,
+    seed: int = 0,
+    options: MeasureOptions | None = None,
+    n_parallel_builds: int | None = None,
+    transfer: bool = True,
+    progress: bool = True,
+    plot: str | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> dict[str, TuneResult]:
+    """Tune one spec, a list, or a ``{name: spec}`` dict for ``target``.
+
+    ``trials`` is the total budget of the campaign (trials already in ``records`` count, so
+    re-running resumes instead of re-measuring). ``strategy``: ``"model"`` (xgboost-guided,
+    with transfer between layers), ``"random"`` or ``"grid"``. ``runner``: ``None`` (this
+    machine), an :class:`RPCRunner`, or a string ``"rpc://host:port"`` /
+    ``"tracker://host:port/key"``. Returns the best result per workload name.
+    """
+    from ..peak import measured_peak_gflops
+    from ..runtime import default_num_threads
+    from .campaign import Campaign
+    from .progress import Progress, plot_curves
+
+    target = get_target(target)
+    options = options or MeasureOptions()
+    named = _named(specs)
+    tasks = make_tasks(named, target, template, weights)
+    runner, own_runner = _make_runner(runner, target, options), runner is None or isinstance(runner, str)
+    threads = options.num_threads or default_num_threads()
+    peak = measured_peak_gflops(target, threads) if isinstance(runner, LocalRunner) else target.nominal_peak_gflops(threads)
+    builder = None
+
+    def measure(task, configs: list[Config], best: float | None) -> list[Candidate]:
+        nonlocal builder
+        if builder is None:
+            builder = Builder(n_parallel_builds, options.build_timeout)
+        module = type(task.template).__module__
+        cands = [Candidate(task.spec.to_dict(), target.to_dict(), task.template.name, c, module) for c in configs]
+        builder.build(cands)
+        runner.run_batch(cands, best)
+        return cands
+
+    campaign = Campaign(tasks, target, measure=measure, records=records, strategy=strategy, batch_size=batch_size,
+                        early_stopping=early_stopping, seed=seed, progress=Progress(peak) if progress else None,
+                        transfer=transfer)
+    try:
+        campaign.run(trials)
+    finally:
+        if builder is not None:
+            builder.close()
+        if own_runner:
+            runner.close()
+    if plot:
+        plot_curves(tasks, plot, f"convgen on {target.name}: best GFLOP/s vs trials")
+    return _results(named, tasks, target, weights)
+
+
+def _results(named: dict[str, ConvSpec], tasks: list, target: Target, weights) -> dict[str, TuneResult]:
+    out = {}
+    for name, spec in named.items():
+        mine = [t for t in tasks if t.spec == spec and (t.name == name or t.name.startswith(name + ":"))]
+        best = min((t for t in mine if t.best_cost), key=lambda t: t.best_cost, default=None)
+        defaults = [t.default_cost for t in mine if t.default_cost]
+        out[name] = TuneResult(
+            name=name, spec=spec, target=target.name,
+            template=best.template.name if best else None,
+            config=best.best_config if best else None,
+            cost=best.best_cost if best else None,
+            default_cost=min(defaults) if defaults else None,
+            trials=sum(t.trials for t in mine),
+            weight=(weights or {}).get(name, 1.0),
+        )
+    return out
+
+
+def _make_runner(runner: Any, target: Target, options: MeasureOptions) -> Any:
+    if runner is None or runner == "local":
+        if not target.runs_here():
+            raise ValueError(f"{target.name} kernels cannot run on this machine: tune through a device "
+                             f"(runner='rpc://host:port' or 'tracker://host:port/{target.rpc_key}')")
+        return LocalRunner(options)
+    if isinstance(runner, str):
+        if runner.startswith("rpc://"):
+            return RPCRunner(rpc=runner[len("rpc://"):], options=options)
+        if runner.startswith("tracker://"):
+            addr, _, key = runner[len("tracker://"):].partition("/")
+            return RPCRunner(tracker=addr, key=key or target.rpc_key, n_parallel=1, options=options)
+        raise ValueError(f"runner must be 'local', 'rpc://host:port' or 'tracker://host:port/key', got {runner!r}")
+    if not hasattr(runner, "run_batch"):
+        raise TypeError("runner must be a LocalRunner/RPCRunner (anything with run_batch) or a string")
+    return runner

@@ -1,0 +1,216 @@
+"""``convgen tune`` and ``convgen records``: campaigns and the logs they leave."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+TUNE_EPILOG = """\
+examples:
+  convgen tune --layer resnet50.r2_3x3 --trials 64 -o conv.so
+  convgen tune --preset resnet18 --trials 400 --plot curves.png
+  convgen tune --workload layers.toml --trials 200 --records my.jsonl
+  convgen tune --layer resnet50.r4_3x3 --target arm-neon --rpc 127.0.0.1:9090
+  convgen tune --preset mobilenet_v2 --target arm-neon --tracker 10.0.0.2:9190 --key rk3399 --parallel 4
+
+Trials already in --records count towards --trials: run the same command again and it
+resumes where it stopped (a campaign killed at any point loses at most the trial in flight).
+"""
+
+RECORDS_EPILOG = """\
+examples:
+  convgen records show convgen-records.jsonl         # best per workload and target
+  convgen records merge all.jsonl a.jsonl b.jsonl    # one file, duplicates dropped
+  convgen records prune convgen-records.jsonl --keep 5 -o small.jsonl
+"""
+
+
+def add_tune_parsers(sub: Any, fmt: Any, add_spec_args: Any, cmd_tune: Any, cmd_records: Any) -> None:
+    """Register the ``tune`` and ``records`` subcommands."""
+    from .tuner.strategies import STRATEGIES
+
+    s = sub.add_parser("tune", help="autotune one layer or a whole network", formatter_class=fmt, epilog=TUNE_EPILOG,
+                       description="Search each layer's knob space by building and timing real kernels. The budget "
+                                   "is split across layers where it saves the most time; every trial is appended "
+                                   "to the records file at once.")
+    add_spec_args(s)
+    g = s.add_argument_group("campaign")
+    g.add_argument("--preset", help="every layer of a built-in network: resnet18, resnet50, mobilenet_v1, mobilenet_v2")
+    g.add_argument("--workload", help="a JSON/TOML file listing specs (see convgen.workloads)")
+    g.add_argument("--target", default="host", help="target name (convgen targets)")
+    g.add_argument("--trials", type=int, default=64, help="total trials of the campaign (resumed ones count)")
+    g.add_argument("--records", default="convgen-records.jsonl", help="the tuning log (appended; resumed from)")
+    g.add_argument("--strategy", choices=STRATEGIES, default="model", help="search strategy")
+    g.add_argument("--template", help="tune only this template")
+    g.add_argument("--batch-size", type=int, default=8, help="configs built in parallel, then timed one by one")
+    g.add_argument("--early-stopping", type=int, default=None, help="stop a layer after this many trials without improvement")
+    g.add_argument("--seed", type=int, default=0, help="seed of the search (same seed, same proposals)")
+    g.add_argument("--no-transfer", action="store_true", help="do not learn from the other layers' results")
+    g.add_argument("-o", "--output", help="write the best kernel(s): a .so for one layer, a folder for several")
+    g.add_argument("--plot", help="tuning-curve PNG (default: <records>.png for campaigns of several layers)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    m = s.add_argument_group("measurement")
+    m.add_argument("--threads", type=int, help="CPU threads of the kernels (default: all CPUs of the process)")
+    m.add_argument("--number", type=int, default=3, help="calls averaged per repeat")
+    m.add_argument("--repeat", type=int, default=5, help="repeats per trial (median is the cost)")
+    m.add_argument("--min-repeat-ms", type=int, default=40, help="minimum length of one repeat")
+    m.add_argument("--cache-flush", type=int, default=0, metavar="BYTES", help="flush this much cache before each repeat")
+    m.add_argument("--build-timeout", type=float, default=120.0, help="seconds per build")
+    m.add_argument("--run-timeout", type=float, default=60.0, help="seconds per run")
+    m.add_argument("--rpc", metavar="HOST:PORT", help="measure on a TVM RPC server (a board)")
+    m.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices from a TVM RPC tracker")
+    m.add_argument("--key", help="device key at the tracker (default: the target's rpc_key)")
+    m.add_argument("--parallel", type=int, default=1, help="devices used at once through the tracker")
+    s.set_defaults(fn=cmd_tune)
+
+    r = sub.add_parser("records", help="show, merge and prune tuning logs", formatter_class=fmt, epilog=RECORDS_EPILOG)
+    rsub = r.add_subparsers(dest="action", metavar="ACTION", required=True)
+    x = rsub.add_parser("show", help="best record per workload and target", formatter_class=fmt)
+    x.add_argument("files", nargs="+")
+    x.set_defaults(fn=cmd_records)
+    x = rsub.add_parser("merge", help="merge logs into one, dropping duplicates and corrupt lines", formatter_class=fmt)
+    x.add_argument("output")
+    x.add_argument("files", nargs="+")
+    x.set_defaults(fn=cmd_records)
+    x = rsub.add_parser("prune", help="keep the best N valid records per workload/template", formatter_class=fmt)
+    x.add_argument("file")
+    x.add_argument("--keep", type=int, default=1, help="records kept per (workload, target, template)")
+    x.add_argument("--keep-stale", action="store_true", help="keep records of older template versions")
+    x.add_argument("-o", "--output", help="write here (default: rewrite the file in place, atomically)")
+    x.set_defaults(fn=cmd_records)
+
+
+def _workloads(args: argparse.Namespace) -> dict:
+    from .cli import spec_from_args
+    from .workloads import load_workload_file, preset
+
+    given = [bool(args.preset), bool(args.workload), bool(args.layer or args.in_channels)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of --preset NAME, --workload FILE, or one layer (--layer / -c -k --size ...)")
+    if args.preset:
+        return {f"{args.preset}.{k}": v for k, v in preset(args.preset).items()}
+    if args.workload:
+        return load_workload_file(args.workload)
+    spec = spec_from_args(args)
+    return {args.layer or spec.describe(): spec}
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """The ``convgen tune`` command."""
+    from .builder import build
+    from .peak import measured_peak_gflops
+    from .runtime import default_num_threads
+    from .target import get_target
+    from .tuner import MeasureOptions, tune
+    from .tuner.progress import summary_table
+
+    named = _workloads(args)
+    target = get_target(args.target)
+    options = MeasureOptions(number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
+                             cache_flush_bytes=args.cache_flush, build_timeout=args.build_timeout,
+                             run_timeout=args.run_timeout, num_threads=args.threads)
+    runner = None
+    if args.rpc:
+        runner = f"rpc://{args.rpc}"
+    elif args.tracker:
+        from .tuner import RPCRunner
+
+        runner = RPCRunner(tracker=args.tracker, key=args.key or target.rpc_key, n_parallel=args.parallel, options=options)
+    plot = args.plot or (os.path.splitext(args.records)[0] + ".png" if len(named) > 1 else None)
+    results = tune(named, target, trials=args.trials, records=args.records, strategy=args.strategy, runner=runner,
+                   template=args.template, batch_size=args.batch_size, early_stopping=args.early_stopping,
+                   seed=args.seed, options=options, transfer=not args.no_transfer, progress=not args.quiet, plot=plot)
+    threads = args.threads or default_num_threads()
+    peak = measured_peak_gflops(target, threads) if runner is None else target.nominal_peak_gflops(threads)
+    print(summary_table(list(results.values()), peak))
+    print(f"records: {args.records}" + (f"  plot: {plot}" if plot else ""))
+    if args.output:
+        valid = {n: r for n, r in results.items() if r.config is not None}
+        if len(named) == 1 and valid:
+            r = next(iter(valid.values()))
+            build(r.spec, target, r.config, template=r.template, num_threads=args.threads).export(args.output)
+            print(f"wrote {args.output} ({r.template} {r.config})")
+        elif valid:
+            os.makedirs(args.output, exist_ok=True)
+            for name, r in valid.items():
+                path = os.path.join(args.output, f"{name.replace('/', '_').replace(' ', '_')}.so")
+                build(r.spec, target, r.config, template=r.template, num_threads=args.threads).export(path)
+            print(f"wrote {len(valid)} kernels to {args.output}/")
+    if not any(r.config for r in results.values()):
+        print("convgen: no valid kernel was found (see the errors in the records)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_records(args: argparse.Namespace) -> int:
+    """The ``convgen records`` command."""
+    from . import records as rec
+
+    if args.action == "show":
+        all_records = list(rec.read(args.files))
+        best = rec.best_records(all_records)
+        counts: dict = {}
+        for r in all_records:
+            c = counts.setdefault((r.spec_key, r.target), [0, 0])
+            c[0] += 1
+            c[1] += r.error is not None
+        print(f"{'workload':<46} {'target':<11} {'template':<14} {'trials':>6} {'errors':>6} {'GFLOP/s':>8} {'ms':>8}")
+        for (key, target), r in sorted(best.items(), key=lambda kv: kv[0]):
+            n, err = counts[(key, target)]
+            print(f"{r.spec.describe()[:46]:<46} {target:<11} {r.template:<14} {n:>6} {err:>6} {r.gflops:8.1f} {r.median * 1e3:8.3f}")
+        failed = {k for k in counts if k not in best}
+        for key, target in sorted(failed):
+            print(f"{key[:46]:<46} {target:<11} {'(no valid kernel)':<14} {counts[(key, target)][0]:>6}")
+        return 0
+    if args.action == "merge":
+        seen, out = set(), []
+        for r in rec.read(args.files):
+            k = r.trial_key() + (r.data.get("time"),)
+            if k not in seen:
+                seen.add(k)
+                out.append(r.data)
+        _write_all(args.output, out)
+        print(f"wrote {len(out)} records to {args.output}")
+        return 0
+    if args.action == "prune":
+        kept = prune(list(rec.read(args.file)), keep=args.keep, keep_stale=args.keep_stale)
+        _write_all(args.output or args.file, [r.data for r in kept])
+        print(f"kept {len(kept)} records in {args.output or args.file}")
+        return 0
+    return 2
+
+
+def prune(records: list, *, keep: int = 1, keep_stale: bool = False) -> list:
+    """The ``keep`` fastest valid records per (workload, target, template); stale ones dropped."""
+    from .schedules import all_templates
+    from .target import TargetError, get_target
+
+    groups: dict = {}
+    for r in records:
+        if not r.ok or r.data.get("verified") is False:
+            continue
+        if not keep_stale:
+            tmpl = all_templates().get(r.template)
+            try:
+                target = get_target(r.target)
+            except TargetError:
+                continue
+            if tmpl is None or tmpl.supports(r.spec, target) or tmpl.space(r.spec, target).hash != r.space_hash:
+                continue
+        groups.setdefault((r.spec_key, r.target, r.template), []).append(r)
+    out = []
+    for rs in groups.values():
+        out += sorted(rs, key=lambda r: r.median)[:keep]
+    return out
+
+
+def _write_all(path: str, datas: list[dict]) -> None:
+    import json
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        for d in datas:
+            fh.write(json.dumps(d, sort_keys=True) + "\n")
+    os.replace(tmp, path)

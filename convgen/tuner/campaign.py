@@ -1,0 +1,217 @@
+"""A tuning campaign: many layers, one trial budget, records that survive anything.
+
+Each (layer, template) is a :class:`Task` with its own search strategy. The campaign
+
+1. resumes every task from the records file: trials already measured count towards the
+   budget and are never measured again;
+2. measures each task's default config first (the baseline the tuned kernel must beat);
+3. gives each next batch to the task where one more batch is expected to save the most
+   time (below), as Ansor's task scheduler does; a task stops early after
+   ``early_stopping`` trials without improvement, or when its space is exhausted;
+4. appends one record per trial as soon as it is measured (and verified, for a new best).
+
+Expected gain of a batch on task *i* (latency ``t_i`` after ``n_i`` trials): the recent
+rate of improvement ``(t_i[n_i - w] - t_i) / w`` over a window of ``w`` trials, floored by
+an optimistic ``t_i / (n_i + 1) * 0.1`` so a flat stretch does not starve a layer, times
+the number of times the layer occurs in the network (``weight``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import records as rec
+from ..knobs import Config, config_key
+from ..spec import ConvSpec
+from ..target import Target
+from .features import Featurizer
+from .measure import Candidate
+from .strategies import SearchContext, get_strategy
+from .strategies.model_based import relative_throughput
+
+WINDOW = 16
+
+
+@dataclass
+class Task:
+    """Tuning one layer with one template."""
+
+    name: str
+    spec: ConvSpec
+    template: Any
+    weight: float = 1.0
+    ctx: SearchContext | None = None
+    search: Any = None
+    best_cost: float | None = None
+    best_config: Config | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (trial, best GFLOP/s so far)
+    trials: int = 0          # measured for this task, resumed ones included
+    new_trials: int = 0      # measured in this run
+    since_improvement: int = 0
+    done: bool = False
+    default_cost: float | None = None
+    wrong: set[str] = field(default_factory=set)  # configs that gave a wrong result
+
+    @property
+    def best_gflops(self) -> float:
+        return self.spec.flops / self.best_cost / 1e9 if self.best_cost else 0.0
+
+    def record(self, config: Config, cost: float | None, verified: bool | None) -> bool:
+        """Account for one measurement; returns True if it is a new (verified) best."""
+        self.ctx.history.append((config, cost))
+        self.trials += 1
+        improved = False
+        if cost is not None and verified is not False and (self.best_cost is None or cost < self.best_cost):
+            self.best_cost, self.best_config, improved = cost, dict(config), True
+            self.since_improvement = 0
+        else:
+            self.since_improvement += 1
+        self.curve.append((self.trials, self.best_gflops))
+        return improved
+
+    def expected_gain(self) -> float:
+        """Seconds per inference one more batch is expected to save (see module docstring)."""
+        if self.best_cost is None:
+            return math.inf
+        w = min(WINDOW, len(self.curve) - 1)
+        backward = 0.0
+        if w > 0:
+            then, now = self.curve[-1 - w][1], self.curve[-1][1]
+            if then > 0 and now > 0:
+                # GFLOP/s curve -> latency curve
+                backward = (self.spec.flops / then / 1e9 - self.spec.flops / now / 1e9) / w
+        optimistic = self.best_cost / (self.trials + 1) * 0.1
+        return self.weight * max(backward, optimistic)
+
+
+class Campaign:
+    """Runs tasks to a total trial budget with a measurer, writing records as it goes."""
+
+    def __init__(self, tasks: list[Task], target: Target, *, measure: Callable[[Task, list[Config], float | None], list[Candidate]],
+                 records: str | None, strategy: str = "model", batch_size: int = 8, early_stopping: int | None = None,
+                 seed: int = 0, progress: Any = None, transfer: bool = True) -> None:
+        self.tasks, self.target = tasks, target
+        self.measure = measure
+        self.records = records
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.progress = progress
+        self.transfer = transfer
+        self.strategy_name = strategy
+        rng = random.Random(seed)
+        search = get_strategy(strategy)
+        for task in tasks:
+            feat = Featurizer(task.spec, target, task.template)
+            task.ctx = SearchContext(task.template.space(task.spec, target), random.Random(rng.randrange(2**31)),
+                                     batch_size, featurize=feat, prior=self._prior_for(task) if transfer else None)
+            task.search = search(task.ctx)
+        self._resume()
+
+    # -- resume ---------------------------------------------------------------------------
+    def _resume(self) -> None:
+        if not self.records:
+            return
+        by_key = {(t.spec.key, t.template.name, t.ctx.space.hash): t for t in self.tasks}
+        seen: set[tuple] = set()
+        for r in rec.read(self.records):
+            if r.target != self.target.name:
+                continue
+            task = by_key.get((r.spec_key, r.template, r.space_hash))
+            if task is None or r.config not in task.ctx.space:
+                continue
+            k = r.trial_key()
+            if k in seen:
+                continue
+            seen.add(k)
+            verified = r.data.get("verified")
+            if r.error == "wrong_result":
+                task.wrong.add(config_key(r.config))
+                verified = False
+            task.record(r.config, r.median if r.ok else None, verified)
+            if config_key(r.config) == config_key(task.template.default(task.spec, self.target)) and r.ok:
+                task.default_cost = r.median
+
+    # -- transfer ---------------------------------------------------------------------------
+    def _prior_for(self, task: Task):
+        """Other tasks' measurements with the same template, as ranking groups."""
+
+        def prior():
+            X, y, groups = [], [], []
+            for other in self.tasks:
+                if other is task or other.template.name != task.template.name or not other.ctx.history:
+                    continue
+                X.append(other.ctx.featurize([c for c, _ in other.ctx.history]))
+                y.append(relative_throughput([cost for _, cost in other.ctx.history]))
+                groups.append(len(other.ctx.history))
+            if not X:
+                return np.zeros((0, len(task.ctx.featurize.keys))), np.zeros(0), []
+            return np.vstack(X), np.concatenate(y), groups
+
+        return prior
+
+    # -- the loop ---------------------------------------------------------------------------
+    def total_trials(self) -> int:
+        return sum(t.trials for t in self.tasks)
+
+    def _next_batch(self, task: Task) -> list[Config]:
+        if task.default_cost is None and task.trials == 0:
+            default = task.template.default(task.spec, self.target)
+            rest = next(task.search, [])
+            return [default] + [c for c in rest if config_key(c) != config_key(default)][: self.batch_size - 1]
+        try:
+            return next(task.search)
+        except StopIteration:
+            return []
+
+    def _pick(self) -> Task | None:
+        live = [t for t in self.tasks if not t.done]
+        if not live:
+            return None
+        fresh = [t for t in live if t.trials == 0]
+        if fresh:
+            return fresh[0]
+        return max(live, key=lambda t: t.expected_gain())
+
+    def run(self, trials: int) -> None:
+        """Measure until ``trials`` trials exist in total (resumed ones count) or every task is done."""
+        for t in self.tasks:
+            if self.early_stopping and t.since_improvement >= self.early_stopping and t.best_cost is not None:
+                t.done = True
+        if self.progress:
+            self.progress.start(self, trials)
+        while self.total_trials() < trials:
+            task = self._pick()
+            if task is None:
+                break
+            budget = min(self.batch_size, trials - self.total_trials())
+            batch = self._next_batch(task)[:budget]
+            if not batch:
+                task.done = True
+                continue
+            t0 = time.perf_counter()
+            results = self.measure(task, batch, task.best_cost)
+            for c in results:
+                cost = c.cost if c.error is None else None
+                task.record(c.config, cost, c.verified)
+                task.new_trials += 1
+                if c.error == "wrong_result":
+                    task.wrong.add(config_key(c.config))
+                if config_key(c.config) == config_key(task.template.default(task.spec, self.target)) and cost:
+                    task.default_cost = cost
+                if self.records:
+                    extra = {"verified": c.verified, "task": task.name, "build_s": round(c.build_s, 3)}
+                    rec.append(self.records, [rec.make_record(task.spec, self.target, task.template, c.config,
+                                                              times=c.times or None, error=c.error,
+                                                              message=c.message, extra=extra)])
+            if self.early_stopping and task.since_improvement >= self.early_stopping:
+                task.done = True
+            if self.progress:
+                self.progress.update(self, task, time.perf_counter() - t0, len(results))
+        if self.progress:
+            self.progress.finish(self)

@@ -1,0 +1,304 @@
+"""Measurement: build candidates in parallel worker processes, run each in an isolated one.
+
+Mirrors how AutoTVM and MetaSchedule measure, on TVM's own pieces:
+
+- :class:`Builder` compiles a batch of configs in a ``tvm.support.popen_pool`` pool (one
+  process per CPU, each with a timeout); a config the template or TVM rejects comes back
+  as an error, never an exception in the tuner.
+- :class:`LocalRunner` runs each built library in a separate worker process (a popen
+  worker restarted after a crash) with ``time_evaluator``; a segfault, SIGILL or hang is
+  recorded as ``crash`` / ``timeout`` and the campaign goes on. Builds and runs never
+  overlap, so compiling does not disturb timing.
+- :class:`RPCRunner` does the same on remote devices through ``tvm.rpc``, directly or via
+  a tracker, with one session per device in parallel: a fleet serves one campaign.
+
+A run can also check the output against the numpy reference; the tuner asks for that
+when a candidate beats the best so far (``verify_below``), so a wrong kernel is recorded
+as ``wrong_result`` and never chosen.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+import math
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..knobs import Config
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How candidates are timed (``time_evaluator`` arguments and timeouts)."""
+
+    number: int = 3               # calls averaged per repeat
+    repeat: int = 5               # repeats reported (the median is the cost)
+    min_repeat_ms: int = 40       # a repeat lasts at least this long (number grows)
+    cache_flush_bytes: int = 0    # flush this many bytes of cache before each repeat (cold-cache timing)
+    build_timeout: float = 120.0  # seconds per build
+    run_timeout: float = 60.0     # seconds per run (load + warm-up + timing + check)
+    num_threads: int | None = None  # CPU threads of the kernels (None: every CPU of the process)
+
+
+@dataclass
+class Candidate:
+    """One config of one task on its way through build and run."""
+
+    spec: dict[str, Any]
+    target: dict[str, Any]  # the target's TOML dict (workers rebuild the Target from it)
+    template: str
+    config: Config
+    template_module: str = ""  # imported by build workers first, so user templates register there too
+    path: str | None = None
+    error: str | None = None    # error kind: config, build, build_timeout, run, timeout, crash, wrong_result
+    message: str = ""
+    build_s: float = 0.0
+    times: list[float] = field(default_factory=list)
+    verified: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.times)
+
+    @property
+    def cost(self) -> float | None:
+        """Median seconds per call, ``None`` if it failed."""
+        return statistics.median(self.times) if self.ok else None
+
+
+# ---- worker functions (run in popen workers; module-level so they pickle by reference) ----------
+def build_worker(spec: dict, target: dict, template: str, config: Config, out_dir: str, module: str = "") -> tuple:
+    """Compile one candidate and export it; returns ``(path | None, error kind, message, seconds)``."""
+    t0 = time.perf_counter()
+    if module:
+        importlib.import_module(module)  # registers the template in this worker
+    from convgen.builder import BuildError, compile_module, export_library
+    from convgen.knobs import ConfigError
+    from convgen.schedules import get_template
+    from convgen.spec import ConvSpec
+    from convgen.target import _from_toml
+
+    tgt = _from_toml(target)
+    try:
+        spec_ = ConvSpec.from_dict(spec)
+        tmpl = get_template(template)
+        executable = compile_module(spec_, tgt, tmpl, config)
+        fd, path = tempfile.mkstemp(suffix=".so", dir=out_dir)
+        os.close(fd)
+        export_library(executable, tgt, path)
+    except ConfigError as e:
+        return None, "config", str(e), time.perf_counter() - t0
+    except BuildError as e:
+        return None, "build", str(e), time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - anything else in a build is a failed build
+        return None, "build", f"{type(e).__name__}: {e}"[-2000:], time.perf_counter() - t0
+    return path, None, "", time.perf_counter() - t0
+
+
+def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float | None) -> tuple:
+    """Time a library here; check it against the reference if its median beats ``verify_below``.
+
+    Returns ``(times, verified, message)``; ``verified`` is ``None`` when no check ran.
+    """
+    import tvm
+
+    from convgen.reference import conv2d_reference, random_inputs, tolerance
+    from convgen.runtime import set_num_threads
+    from convgen.spec import ConvSpec
+
+    import numpy as np
+
+    spec_ = ConvSpec.from_dict(spec)
+    set_num_threads(opts.num_threads)
+    dev = tvm.cpu(0)
+    module = tvm.runtime.load_module(path)
+    arrays = random_inputs(spec_, seed=0)
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    out = tvm.runtime.empty(spec_.output_shape, spec_.out_dtype, dev)
+    ev = module.time_evaluator("main", dev, number=opts.number, repeat=opts.repeat,
+                               min_repeat_ms=opts.min_repeat_ms, cache_flush_bytes=opts.cache_flush_bytes)
+    times = [float(t) for t in ev(*args, out).results]
+    verified, message = None, ""
+    if verify_below is not None and statistics.median(times) < verify_below:
+        module["main"](*args, out)
+        err = float(np.max(np.abs(out.numpy().astype(np.float64) - conv2d_reference(spec_, *arrays)))) if out.numpy().size else 0.0
+        verified = err <= tolerance(spec_)
+        message = "" if verified else f"max |error| {err:.3g} > tolerance {tolerance(spec_):.3g}"
+    return times, verified, message
+
+
+# ---- builder --------------------------------------------------------------------------------
+class Builder:
+    """Builds candidates in parallel popen workers, each build with a timeout."""
+
+    def __init__(self, n_parallel: int | None = None, timeout: float = 120.0) -> None:
+        from tvm.support.popen_pool import PopenPoolExecutor
+
+        self.n_parallel = n_parallel or max(1, len(os.sched_getaffinity(0)))
+        self.timeout = timeout
+        self.out_dir = tempfile.mkdtemp(prefix="convgen-build-")
+        # TVM's diagnostics go nowhere: every failure comes back as an error kind + message
+        self._pool = PopenPoolExecutor(max_workers=self.n_parallel, timeout=timeout,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def build(self, candidates: list[Candidate]) -> None:
+        """Fill ``path`` (or ``error``/``message``) of each candidate, in place."""
+        futures = [self._pool.submit(build_worker, c.spec, c.target, c.template, c.config, self.out_dir, c.template_module)
+                   for c in candidates]
+        for c, fut in zip(candidates, futures):
+            try:
+                c.path, c.error, c.message, c.build_s = fut.result()
+            except TimeoutError:
+                c.error, c.message = "build_timeout", f"build took longer than {self.timeout:.0f} s"
+            except ChildProcessError:
+                c.error, c.message = "build", "the build worker died (out of memory, or a crash in TVM)"
+            except Exception as e:  # noqa: BLE001
+                c.error, c.message = "build", f"{type(e).__name__}: {e}"[-2000:]
+
+    def close(self) -> None:
+        """Stop the workers and delete the built libraries."""
+        self._pool.shutdown(wait=False)
+        import shutil
+
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+
+
+# ---- runners --------------------------------------------------------------------------------
+class LocalRunner:
+    """Times candidates on this machine, one at a time, each in an isolated worker process."""
+
+    name = "local"
+
+    def __init__(self, options: MeasureOptions | None = None) -> None:
+        from tvm.support.popen_pool import PopenWorker
+
+        self.options = options or MeasureOptions()
+        # a crashing kernel makes TVM print a stack dump: the record says "crash" instead
+        self._worker = PopenWorker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def run(self, c: Candidate, verify_below: float | None = None) -> None:
+        """Fill ``times`` (or ``error``) and ``verified`` of a built candidate, in place."""
+        if c.path is None:
+            return
+        # the worker's own timer answers a hang; the kill on timeout restarts it
+        self._worker.send(run_worker, (c.path, c.spec, self.options, verify_below), timeout=self.options.run_timeout)
+        try:
+            c.times, c.verified, c.message = self._worker.recv()
+        except TimeoutError:
+            c.error, c.message = "timeout", f"run took longer than {self.options.run_timeout:.0f} s"
+        except ChildProcessError:
+            c.error, c.message = "crash", "the kernel crashed the run worker (segfault, SIGILL or abort)"
+        except Exception as e:  # noqa: BLE001
+            c.error, c.message = "run", _last_line(e)
+        if c.verified is False:
+            c.error = "wrong_result"
+
+    def run_batch(self, candidates: list[Candidate], verify_below: float | None) -> float | None:
+        """Run a batch sequentially; a candidate beating the running best gets verified."""
+        best = math.inf if verify_below is None else verify_below
+        for c in candidates:
+            self.run(c, best)
+            if c.ok and c.verified and c.cost < best:
+                best = c.cost
+        return best
+
+    def close(self) -> None:
+        self._worker.kill()
+
+
+def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: MeasureOptions,
+                   verify_below: float | None) -> tuple:
+    """Time (and maybe check) a library on a remote device; same result as :func:`run_worker`."""
+    import statistics as stats
+
+    from convgen import remote
+    from convgen.spec import ConvSpec
+
+    spec_ = ConvSpec.from_dict(spec)
+    session = remote.connect(rpc=address.get("rpc"), tracker=address.get("tracker"), key=address.get("key"),
+                             timeout=opts.run_timeout)
+    module = remote.upload(session, path)
+    meta = {"target_desc": target, "target": target.get("name")}
+    dev = remote.device_of(session, meta)
+    if dev.dlpack_device_type() == 1:
+        remote.set_remote_threads(session, opts.num_threads)
+    times = remote.remote_time(session, module, spec_, dev, number=opts.number, repeat=opts.repeat,
+                               min_repeat_ms=opts.min_repeat_ms)
+    verified, message = None, ""
+    if verify_below is not None and stats.median(times) < verify_below:
+        err, tol = remote.remote_check(module, spec_, dev)
+        verified = err <= tol
+        message = "" if verified else f"max |error| {err:.3g} > tolerance {tol:.3g}"
+    return times, verified, message
+
+
+class RPCRunner:
+    """Times candidates on remote devices through TVM RPC.
+
+    ``rpc="host:port"`` uses one server; ``tracker="host:port", key=...`` asks the tracker
+    for a free device per candidate, and ``n_parallel`` candidates run at once (one per
+    device of the fleet). Each measurement runs in its own popen worker, so a device that
+    dies mid-run fails that trial only.
+    """
+
+    name = "rpc"
+
+    def __init__(self, rpc: str | None = None, tracker: str | None = None, key: str | None = None,
+                 n_parallel: int = 1, options: MeasureOptions | None = None) -> None:
+        from tvm.support.popen_pool import PopenPoolExecutor
+
+        from ..remote import parse_address
+
+        if rpc:
+            parse_address(rpc, "rpc")
+        elif tracker:
+            parse_address(tracker, "tracker")
+            if not key:
+                raise ValueError("an RPC tracker needs a device key")
+        else:
+            raise ValueError("RPCRunner needs rpc='host:port' or tracker='host:port' with key=")
+        self.address = {"rpc": rpc, "tracker": tracker, "key": key}
+        self.options = options or MeasureOptions()
+        self.n_parallel = n_parallel
+        self._pool = PopenPoolExecutor(max_workers=n_parallel, timeout=self.options.run_timeout,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _finish(self, c: Candidate, fut: concurrent.futures.Future) -> None:
+        try:
+            c.times, c.verified, c.message = fut.result()
+        except TimeoutError:
+            c.error, c.message = "timeout", f"remote run took longer than {self.options.run_timeout:.0f} s"
+        except ChildProcessError:
+            c.error, c.message = "crash", "the RPC worker died"
+        except Exception as e:  # noqa: BLE001 - a dead server, a lost connection: this trial only
+            msg = _last_line(e)
+            c.error = "crash" if "connection" in msg.lower() or "closed" in msg.lower() else "run"
+            c.message = msg
+        if c.verified is False:
+            c.error = "wrong_result"
+
+    def run_batch(self, candidates: list[Candidate], verify_below: float | None) -> float | None:
+        """Run a batch across the fleet; new bests (vs the best before the batch) are verified."""
+        todo = [c for c in candidates if c.path is not None]
+        best = math.inf if verify_below is None else verify_below
+        futures = [self._pool.submit(rpc_run_worker, self.address, c.path, c.spec, c.target, self.options, best)
+                   for c in todo]
+        for c, fut in zip(todo, futures):
+            self._finish(c, fut)
+            if c.ok and c.verified and c.cost < best:
+                best = c.cost
+        return best
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:500]

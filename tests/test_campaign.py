@@ -1,0 +1,88 @@
+"""Campaign logic in simulation (no builds): budget split, early stopping, resume, wrong results."""
+
+import math
+import random
+
+from convgen import ConvSpec, get_target
+from convgen import records as rec
+from convgen.knobs import config_key
+from convgen.tuner import make_tasks
+from convgen.tuner.campaign import Campaign
+from convgen.tuner.measure import Candidate
+
+TARGET = get_target("x86-avx2")
+LAYERS = {
+    "big": ConvSpec(in_channels=64, out_channels=64, height=56, width=56, kernel=3, padding=1),
+    "mid": ConvSpec(in_channels=128, out_channels=128, height=28, width=28, kernel=3, padding=1),
+    "small": ConvSpec(in_channels=16, out_channels=16, height=7, width=7, kernel=1),
+}
+
+
+def fake_measure(flat=(), wrong=()):
+    """Cost from a hash of the config, scaled by the layer's FLOPs; 'flat' layers never improve."""
+
+    def measure(task, configs, best):
+        out = []
+        for c in configs:
+            cand = Candidate(task.spec.to_dict(), TARGET.to_dict(), task.template.name, c)
+            h = random.Random(config_key(c) + task.name).random()
+            scale = task.spec.flops / 30e9
+            cost = scale if task.name in flat else scale * (0.5 + h)
+            if config_key(c) in wrong:
+                cand.error, cand.verified = "wrong_result", False
+                cost = scale * 0.01
+            cand.times = [cost] * 3
+            if cand.verified is None and (best is None or cost < best):
+                cand.verified = True
+            out.append(cand)
+        return out
+
+    return measure
+
+
+def test_budget_goes_where_the_time_is_and_every_layer_starts_with_its_default():
+    tasks = make_tasks(LAYERS, TARGET)
+    camp = Campaign(tasks, TARGET, measure=fake_measure(), records=None, strategy="random", batch_size=4, seed=0)
+    camp.run(80)
+    by = {t.name: t for t in tasks}
+    assert sum(t.trials for t in tasks) == 80
+    assert all(t.trials >= 4 for t in tasks)
+    assert by["big"].trials > by["small"].trials  # the 1x1 7x7 layer costs almost nothing
+    for t in tasks:
+        assert config_key(t.ctx.history[0][0]) == config_key(t.template.default(t.spec, TARGET))
+        assert t.default_cost is not None and t.best_cost <= t.default_cost
+
+
+def test_early_stopping_stops_a_flat_layer():
+    tasks = make_tasks({"big": LAYERS["big"]}, TARGET)
+    camp = Campaign(tasks, TARGET, measure=fake_measure(flat={"big"}), records=None, strategy="random",
+                    batch_size=4, early_stopping=12, seed=0)
+    camp.run(200)
+    assert tasks[0].done and tasks[0].trials <= 4 + 12 + 4
+
+
+def test_wrong_results_are_never_best(tmp_path):
+    tasks = make_tasks({"mid": LAYERS["mid"]}, TARGET)
+    space = tasks[0].template.space(LAYERS["mid"], TARGET)
+    wrong = {config_key(c) for c in space}  # every config but the default would be "wrong"
+    wrong.discard(config_key(tasks[0].template.default(LAYERS["mid"], TARGET)))
+    path = str(tmp_path / "w.jsonl")
+    camp = Campaign(tasks, TARGET, measure=fake_measure(wrong=wrong), records=path, strategy="random", batch_size=4)
+    camp.run(12)
+    assert config_key(tasks[0].best_config) == config_key(tasks[0].template.default(LAYERS["mid"], TARGET))
+    assert rec.best_config(LAYERS["mid"], TARGET, path)[1] == tasks[0].best_config
+
+
+def test_resume_counts_old_trials_and_never_repeats_them(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    first = make_tasks(LAYERS, TARGET)
+    Campaign(first, TARGET, measure=fake_measure(), records=path, strategy="model", batch_size=4, seed=1).run(24)
+    old = {(r.spec_key, config_key(r.config)) for r in rec.read(path)}
+    second = make_tasks(LAYERS, TARGET)
+    camp = Campaign(second, TARGET, measure=fake_measure(), records=path, strategy="model", batch_size=4, seed=1)
+    assert camp.total_trials() == 24
+    camp.run(40)
+    rows = list(rec.read(path))
+    assert len(rows) == 40 and len({(r.spec_key, config_key(r.config)) for r in rows}) == 40
+    assert old <= {(r.spec_key, config_key(r.config)) for r in rows}
+    assert all(math.isfinite(t.best_cost) for t in second)
