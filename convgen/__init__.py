@@ -16,7 +16,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .knobs import ConfigError, Knob, Space  # noqa: E402
-from .runtime import Kernel, KernelError, aligned_empty, load, set_num_threads  # noqa: E402
+from .runtime import Kernel, KernelError, PackedWeights, aligned_empty, load, set_num_threads  # noqa: E402
 from .spec import ConvSpec, SpecError  # noqa: E402
 from .target import Target, TargetError, all_targets, get_target  # noqa: E402
 
@@ -37,6 +37,6 @@ def tune(specs, target="host", **kwargs):
 
 __all__ = [
     "ConvSpec", "SpecError", "Target", "TargetError", "Kernel", "KernelError", "ConfigError",
-    "Knob", "Space", "build", "tune", "load", "set_num_threads", "aligned_empty", "all_targets",
+    "Knob", "Space", "PackedWeights", "build", "tune", "load", "set_num_threads", "aligned_empty", "all_targets",
     "get_target", "__version__",
 ]

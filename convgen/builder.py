@@ -58,24 +58,85 @@ def select_template(spec: ConvSpec, target: Target, name: str | None = None) -> 
 
 
 def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> Any:
-    """The scheduled ``IRModule``; a config TVM rejects becomes a ``ConfigError``."""
+    """The scheduled ``IRModule``; a config TVM rejects becomes a ``ConfigError``.
+
+    When the template keeps its weights in a form of its own (a packed layout, Winograd's
+    transformed filters), the module also holds ``main_prepacked`` (the same kernel taking
+    prepared weights) and ``pack_weights`` (the preparation), so callers can prepare once.
+    """
+    import tvm
     import tvm.s_tir as s_tir
 
+    def scheduled(func: Any) -> Any:
+        try:
+            sch = s_tir.Schedule(func)
+            template.schedule(sch, spec, target, config)
+        except ConfigError:
+            raise
+        except Exception as e:  # ScheduleError and friends: a config the primitives refuse
+            raise ConfigError(f"{template.name} could not apply {config}: {_last_line(e)}") from None
+        return sch.mod["main"]
+
     try:
-        sch = s_tir.Schedule(template.primfunc(spec, target, config))
-        template.schedule(sch, spec, target, config)
+        main = template.primfunc(spec, target, config)
     except ConfigError:
         raise
-    except Exception as e:  # ScheduleError and friends: a config the primitives refuse
-        raise ConfigError(f"{template.name} could not apply {config}: {_last_line(e)}") from None
-    return sch.mod
+    except Exception as e:
+        raise ConfigError(f"{template.name} could not define {config}: {_last_line(e)}") from None
+    funcs = {"main": scheduled(main)}
+    if target.family != "cuda":
+        for name, func in template.variants(spec, target, config).items():
+            funcs[name] = scheduled(func)
+        index_map = template.weight_pack(spec, target, config)
+        if index_map is not None and "main_prepacked" not in funcs:
+            # TVM's pass drops the annotated packing block and takes the packed buffer as the
+            # weight parameter: the same loop nest, minus the per-call copy.
+            prepacked = s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(
+                tvm.IRModule({"main": funcs["main"]}))["main"]
+            pack_fn, packed_shape = _pack_function(spec, index_map)
+            if [int(x) for x in prepacked.params[1].shape] == packed_shape:  # else: block not marked
+                funcs["main_prepacked"], funcs["pack_weights"] = prepacked, pack_fn
+    return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
 
 
-def compile_module(spec: ConvSpec, target: Target, template: Any, config: Config) -> Any:
-    """Schedule and compile; returns the ``tvm.runtime.Executable``."""
+def packed_weight_shape(mod: Any) -> list[int] | None:
+    """Shape of the prepared weights ``main_prepacked`` takes, or ``None`` if there is none."""
+    if "main_prepacked" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return None
+    return [int(x) for x in mod["main_prepacked"].params[1].shape]
+
+
+def _pack_function(spec: ConvSpec, index_map: Any) -> tuple[Any, list[int]]:
+    """``pack_weights(weight, packed)``: the weight layout change as a function of its own."""
+    import tvm
+    import tvm.s_tir as s_tir
+    from tvm import te
+
+    shape = list(spec.weight_shape)
+    forward = tvm.tirx.IndexMap.from_func(index_map, ndim=len(shape))
+    packed_shape = [int(x) for x in forward.map_shape(shape)]
+    inverse = forward.inverse(shape)
+    weight = te.placeholder(shape, spec.dtype, name="weight")
+    packed = te.compute(packed_shape, lambda *p: weight[tuple(inverse.map_indices(list(p)))], name="packed")
+    sch = s_tir.Schedule(te.create_prim_func([weight, packed]))
+    sch.parallel(sch.get_loops(sch.get_sblock("packed"))[0])
+    return sch.mod["main"].with_attr("global_symbol", "pack_weights"), packed_shape
+
+
+def compile_module(spec: ConvSpec, target: Target, template: Any, config: Config, *,
+                   with_packed_shape: bool = False) -> Any:
+    """Schedule and compile; returns the ``tvm.runtime.Executable`` (and, if asked, the
+    shape of the prepared weights, see :func:`packed_weight_shape`)."""
+    mod = schedule(spec, target, template, config)
+    if with_packed_shape:
+        return compile_module_from(mod, spec, target, template, config), packed_weight_shape(mod)
+    return compile_module_from(mod, spec, target, template, config)
+
+
+def compile_module_from(mod: Any, spec: ConvSpec, target: Target, template: Any, config: Config) -> Any:
+    """Compile a scheduled module for ``target``."""
     import tvm
 
-    mod = schedule(spec, target, template, config)
     if target.family == "cuda":  # [cuda hook] GPU resource checks + nvcc fatbin: convgen/cuda.py
         from . import cuda
 
@@ -158,8 +219,10 @@ def build(
     target = get_target(target)
     check_supported(spec, target)
     tmpl, config, source = resolve_config(spec, target, config, template, records, builtin_records)
-    executable = compile_module(spec, target, tmpl, config)
+    executable, packed = compile_module(spec, target, tmpl, config, with_packed_shape=True)
     meta = metadata(spec, target, tmpl, config, source)
+    if packed:
+        meta["packed_weight_shape"] = packed
     module = executable.mod if target.runs_here() else None
     if target.family == "cuda":  # [cuda hook] device-code report; runs in process only on a fit GPU
         from . import cuda

@@ -26,7 +26,8 @@ is proven before anything runs:
    it with the numpy reference. Serially, each "thread" performs the whole cooperative
    copy of a tile before using it, so a copy with wrong bounds gives wrong numbers. Races
    and missing barriers are not modelled (TVM inserts the barriers), nor are tensor-core
-   intrinsics, which have no CPU implementation.
+   intrinsics, which have no CPU implementation (``intrinsics=False`` emulates a
+   tensor-core template's loop nest with its 16x16x16 tiles as plain loops).
 
 The runtime-side helpers (:func:`runtime_problem`, :func:`device_problem`) import only the
 TVM runtime: :mod:`convgen.runtime` uses them for kernels loaded on a GPU machine.
@@ -314,6 +315,8 @@ def _nvcc_callback(code: str) -> bytes:
     """``tvm_callback_cuda_compile`` while convgen compiles: nvcc to a fatbin for the target."""
     target = getattr(_hook_local, "target", None)
     if target is None:  # a CUDA compile elsewhere in the process (another thread): TVM's own
+        if _hook_saved is None:
+            raise RuntimeError("no CUDA compile callback outside a convgen build")
         return _hook_saved(code)
     device = nvcc_fatbin(code, target)
     _hook_local.compiled.append(device)
@@ -462,7 +465,7 @@ def patch_library_bin(blob: bytes, fatbin: bytes, source: str) -> bytes:
     Modules already holding binary code (compiled by a loaded CUDA runtime) are kept. The
     result is checked to hold no CUDA module in source form.
     """
-    nbytes, pos = _u64(blob, 0)
+    _, pos = _u64(blob, 0)
     n, pos2 = _u64(blob, pos)
     pos2 += 8 * n
     n, pos2 = _u64(blob, pos2)

@@ -235,6 +235,11 @@ class Kernel:
         if self.num_threads != _threads_configured and self.target.is_cpu:
             set_num_threads(self.num_threads)
         specs = self.arg_specs()
+        func = self.func
+        if isinstance(weight, PackedWeights):
+            func = self._prepacked_func(weight)
+            specs[1] = ("weight", tuple(weight.tensor.shape), s.dtype)
+            weight = weight.tensor
         given = [data, weight] + ([bias] if s.bias else [])
         tensors = [self._to_tvm(x, *spec_) for x, spec_ in zip(given, specs)]
         kind = self._kind(data)
@@ -251,12 +256,44 @@ class Kernel:
 
                 # launch on torch's current stream, ordered with the torch work around it
                 with tvm_ffi.use_torch_stream():
-                    self.func(*tensors, out_t)
+                    func(*tensors, out_t)
             else:
-                self.func(*tensors, out_t)
+                func(*tensors, out_t)
         except Exception as e:
             raise KernelError(f"kernel {self.template} failed: {str(e).splitlines()[-1]}") from None
         return finish()
+
+    def pack_weights(self, weight: Any) -> "PackedWeights":
+        """Weights in the kernel's own layout, for calls ``k(x, packed)`` that skip the copy.
+
+        Inference calls a layer many times with the same weights; packing once moves the
+        ``K*C*R*S`` layout change out of every call. Kernels that read weights as given
+        (the generic template) just hold them. Packed weights belong to this kernel's
+        layout: another kernel refuses them.
+        """
+        self._require_runnable()
+        w = self._to_tvm(weight, "weight", self.spec.weight_shape, self.spec.dtype)
+        shape = self.meta.get("packed_weight_shape")
+        if not shape:
+            import tvm
+
+            held = tvm.runtime.empty(self.spec.weight_shape, self.spec.dtype, self.device)
+            held.copyfrom(w)
+            return PackedWeights(held, self._layout_id())
+        import tvm
+
+        packed = tvm.runtime.empty(tuple(shape), self.spec.dtype, self.device)
+        self.module["pack_weights"](w, packed)
+        return PackedWeights(packed, self._layout_id())
+
+    def _layout_id(self) -> str:
+        return json.dumps([self.spec.key, self.template, self.meta.get("space_hash"), self.config], sort_keys=True)
+
+    def _prepacked_func(self, packed: "PackedWeights") -> Any:
+        if packed.layout != self._layout_id():
+            raise ValueError("weight: these packed weights belong to another kernel (another spec, template "
+                             "or config); pack them with this kernel's pack_weights()")
+        return self.module["main_prepacked"] if self.meta.get("packed_weight_shape") else self.func
 
     def _kind(self, x: Any) -> str:
         import tvm
@@ -381,7 +418,11 @@ class Kernel:
     # -- measuring, exporting -------------------------------------------------------------
     def benchmark(self, *, number: int = 10, repeat: int = 5, min_repeat_ms: int = 100,
                   cache_flush_bytes: int = 0, seed: int = 0) -> list[float]:
-        """Seconds per call, one entry per repeat, measured by TVM's ``time_evaluator``."""
+        """Seconds per call, one entry per repeat, measured by TVM's ``time_evaluator``.
+
+        Kernels that keep their own weight layout are timed as deployed: weights packed
+        once (:meth:`pack_weights`), then ``main_prepacked``.
+        """
         from .reference import random_inputs
 
         self._require_runnable()
@@ -392,8 +433,11 @@ class Kernel:
 
         arrays = random_inputs(self.spec, seed)
         args = [tvm.runtime.tensor(a, dev) for a in arrays]
+        name = "main"
+        if self.meta.get("packed_weight_shape"):
+            args[1], name = self.pack_weights(arrays[1]).tensor, "main_prepacked"
         args.append(tvm.runtime.empty(self.spec.output_shape, self.spec.out_dtype, dev))
-        ev = self.module.time_evaluator("main", dev, number=number, repeat=repeat,
+        ev = self.module.time_evaluator(name, dev, number=number, repeat=repeat,
                                         min_repeat_ms=min_repeat_ms, cache_flush_bytes=cache_flush_bytes)
         return [float(t) for t in ev(*args).results]
 
@@ -412,6 +456,23 @@ class Kernel:
 
     def __repr__(self) -> str:
         return f"<convgen.Kernel {self.spec.describe()} on {self.target.name} via {self.template} {self.config}>"
+
+
+class PackedWeights:
+    """Weights already in a kernel's layout (from :meth:`Kernel.pack_weights`)."""
+
+    __slots__ = ("tensor", "layout")
+
+    def __init__(self, tensor: Any, layout: str) -> None:
+        self.tensor = tensor
+        self.layout = layout
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.tensor.shape)
+
+    def __repr__(self) -> str:
+        return f"<convgen.PackedWeights {self.shape}>"
 
 
 def load(path: str, *, num_threads: int | None = None) -> Kernel:

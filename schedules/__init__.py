@@ -53,6 +53,23 @@ class Template:
         """Schedule ``sch`` (a ``tvm.s_tir.Schedule`` of the conv PrimFunc) with ``config``."""
         raise NotImplementedError
 
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """The layout the kernel keeps its weights in, as an index map over the weight's own
+        axes (``lambda o, i, h, w: (...)``), or ``None`` when it reads them as given.
+
+        A template that packs weights does it in a block annotated as a layout-rewrite
+        preprocess (see :func:`schedules.common.pack_weights`); the builder then also emits
+        ``main_prepacked`` (weights already packed) and ``pack_weights`` so a caller can pack
+        once and call many times.
+        """
+        return None
+
+    def variants(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        """Functions to build beside ``main`` when the weight preprocessing is a computation
+        rather than a layout change (Winograd's filter transform): ``{"main_prepacked": f,
+        "pack_weights": g}`` as unscheduled PrimFuncs, each scheduled by :meth:`apply`."""
+        return {}
+
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
         """Derived numbers for the tuner's cost model (register use, working set, ...).
 
@@ -86,7 +103,7 @@ def _load() -> None:
     # Import for the side effect of registering; order = preference within a family.
     global _LOADED
     _LOADED = True
-    from . import generic, x86  # noqa: F401
+    from . import generic, winograd, x86  # noqa: F401
 
     try:
         from . import arm  # noqa: F401

@@ -61,3 +61,18 @@ def vectorize_inner(sch: Any, block: Any, lanes: int) -> None:
 def _extent(sch: Any, loop: Any) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if hasattr(extent, "value") or isinstance(extent, int) else None
+
+
+# The attribute TVM's RemoveWeightLayoutRewriteBlock pass looks for: the builder removes the
+# annotated block (and takes the packed buffer as the parameter) to make ``main_prepacked``.
+PACK_ATTR = "meta_schedule.layout_rewrite_preproc"
+
+
+def pack_weights(sch: Any, conv: Any, index_map: Any) -> Any:
+    """Copy the weights into the layout ``index_map`` gives, in a parallel block marked as the
+    weight-layout preprocess; returns that block."""
+    wpack = sch.cache_read(conv, "weight", "global")
+    sch.transform_layout(wpack, ("write", 0), index_map)
+    sch.annotate(wpack, PACK_ATTR, True)
+    parallel_outer(sch, wpack, 1)
+    return wpack

@@ -34,7 +34,7 @@ from convgen.spec import ConvSpec
 from convgen.target import Target
 
 from . import Template, register
-from .common import data_stage, parallel_outer, spatial_loops, vectorize_inner
+from .common import data_stage, pack_weights, parallel_outer, spatial_loops, vectorize_inner
 
 
 def _live_registers(config: Config, lanes: int) -> int:
@@ -116,6 +116,12 @@ class DirectX86(Template):
         f["tasks"] = spec.batch * (spec.out_channels // config["tile_oc"]) * (spec.out_height // config["tile_oh"])
         return f
 
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        ob, ib = config["tile_oc"], config["tile_ic"]
+        if spec.layout == "NCHW":
+            return lambda o, i, h, w: (o // ob, i // ib, h, w, i % ib, o % ob)
+        return lambda h, w, i, o: (o // ob, i // ib, h, w, i % ib, o % ob)
+
     def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         ob, ib = config["tile_oc"], config["tile_ic"]
         rh, rw = config["tile_oh"], config["tile_ow"]
@@ -136,13 +142,7 @@ class DirectX86(Template):
             vectorize_inner(sch, data, target.vector_lanes)
 
         # -- weights packed to K/ob C/ib R S ib ob: one contiguous vector per (ic, kh, kw) ---
-        wpack = sch.cache_read(conv, "weight", "global")
-        if nchw:
-            pack = lambda o, i, h, w: (o // ob, i // ib, h, w, i % ib, o % ob)  # noqa: E731
-        else:
-            pack = lambda h, w, i, o: (o // ob, i // ib, h, w, i % ib, o % ob)  # noqa: E731
-        sch.transform_layout(wpack, ("write", 0), pack)
-        parallel_outer(sch, wpack, 1)
+        pack_weights(sch, conv, self.weight_pack(spec, target, config))
 
         # -- the reduction's result tile, ob innermost, so accumulators are whole vectors ----
         if nchw:
@@ -222,6 +222,12 @@ class DepthwiseX86(Template):
         fit = [w for w in space["tile_ow"].values if w * vec + vec + 1 <= regs // 2]
         return {"tile_c": tile_c, "tile_ow": max(fit) if fit else 1, "unroll_kw": True}
 
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        cb = config["tile_c"]
+        if spec.layout == "NCHW":
+            return lambda o, i, h, w: (o // cb, i, h, w, o % cb)
+        return lambda h, w, i, o: (o // cb, i, h, w, o % cb)
+
     def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         cb, rw = config["tile_c"], config["tile_ow"]
         nchw = spec.layout == "NCHW"
@@ -239,12 +245,7 @@ class DepthwiseX86(Template):
             parallel_outer(sch, data, 2)
             vectorize_inner(sch, data, target.vector_lanes)
 
-        wpack = sch.cache_read(conv, "weight", "global")
-        if nchw:
-            pack = lambda o, i, h, w: (o // cb, i, h, w, o % cb)  # noqa: E731
-        else:
-            pack = lambda h, w, i, o: (o // cb, i, h, w, o % cb)  # noqa: E731
-        sch.transform_layout(wpack, ("write", 0), pack)
+        pack_weights(sch, conv, self.weight_pack(spec, target, config))
 
         L = spatial_loops(sch, spec, conv)
         oco, oci = sch.split(L["oc"], [None, cb])
@@ -261,5 +262,80 @@ class DepthwiseX86(Template):
         sch.decompose_reduction(conv, L["ic"])
 
 
+class DepthwiseRowsX86(Template):
+    """Depthwise on NCHW data as given: output rows in vector lanes, no layout change.
+
+    ``out[c, oh, ow:ow+8] += w[c, kh, kw] * data[c, oh+kh, ow+kw : ow+kw+8]``: one broadcast
+    weight and one unaligned row load per FMA, contiguous because the stride is 1. Depthwise
+    layers move little data per FLOP, so skipping the NCHW->NCHWc copy of the channel-blocked
+    template matters more than its aligned loads. Registers: ``tile_oh x tile_w``
+    accumulators + the weight + the data vector.
+    """
+
+    name = "x86.depthwise_rows"
+    version = 1
+    families = ("x86",)
+    priority = 25
+
+    def _vec(self, spec: ConvSpec, target: Target) -> int | None:
+        lanes = target.vector_lanes
+        if spec.out_width % lanes == 0:
+            return lanes
+        return spec.out_width if spec.out_width <= 2 * lanes else None
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        if spec.dtype != "float32":
+            return f"dtype {spec.dtype} (float32 only)"
+        if spec.layout != "NCHW" or not spec.is_depthwise:
+            return "not NCHW depthwise"
+        if spec.stride[1] != 1:
+            return "a row stride > 1 would gather (the channel-blocked template serves it)"
+        if self._vec(spec, target) is None:
+            return f"output width {spec.out_width} is neither a multiple of {target.vector_lanes} nor short"
+        return None
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        vec, regs = self._vec(spec, target), target.registers
+        return Space(
+            self.name,
+            self.version,
+            (
+                Knob("tile_oh", tuple(divisors(spec.out_height, upto=4)), "output rows per register tile"),
+                Knob("tile_w", tuple(divisors(spec.out_width // vec, upto=8)), "row vectors per register tile"),
+                Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
+            ),
+            lambda c: None if c["tile_oh"] * c["tile_w"] + 2 <= regs else "register tile too large",
+        )
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        space = self.space(spec, target)
+        # 4-6 accumulators hide the FMA latency; more only lengthens the row tail.
+        best = max((c for c in space if c["unroll_kw"] and c["tile_oh"] * c["tile_w"] <= 6),
+                   key=lambda c: (c["tile_oh"] * c["tile_w"], c["tile_w"]))
+        return best
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        vec = self._vec(spec, target)
+        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
+        if spec.padding != (0, 0, 0, 0):
+            pad = sch.get_sblock("data_pad")
+            parallel_outer(sch, pad, 2)
+            vectorize_inner(sch, pad, target.vector_lanes)
+        L = spatial_loops(sch, spec, conv)
+        oho, ohi = sch.split(L["oh"], [None, config["tile_oh"]])
+        owo, owt, owv = sch.split(L["ow"], [None, config["tile_w"], vec])
+        sch.reorder(L["n"], L["oc"], oho, owo, L["ic"], L["kh"], L["kw"], ohi, owt, owv)
+        sch.parallel(sch.fuse(L["n"], L["oc"], oho))
+        sch.reverse_compute_at(out, owo)
+        sch.vectorize(owv)
+        sch.unroll(owt)
+        sch.unroll(ohi)
+        if config["unroll_kw"]:
+            sch.unroll(L["kw"])
+        vectorize_inner(sch, out, vec)
+        sch.decompose_reduction(conv, L["ic"])
+
+
 register(DirectX86())
 register(DepthwiseX86())
+register(DepthwiseRowsX86())

@@ -74,6 +74,8 @@ TEMPLATE_SPECS = [
     ConvSpec(in_channels=8, out_channels=32, height=7, width=10, kernel=(3, 2), dilation=(2, 1), padding="same", groups=2, layout="NHWC"),
     ConvSpec(batch=2, in_channels=32, out_channels=32, height=10, width=10, kernel=3, padding=1, groups=32, bias=True),
     ConvSpec(in_channels=16, out_channels=16, height=11, width=12, kernel=3, stride=2, padding="same", groups=16, layout="NHWC", activation="relu"),
+    ConvSpec(in_channels=16, out_channels=32, height=9, width=16, kernel=3, stride=(2, 1), padding=(1, 0, 2, 1), groups=16),
+    ConvSpec(in_channels=24, out_channels=24, height=14, width=14, kernel=5, padding=2, groups=24, bias=True),
 ]
 
 

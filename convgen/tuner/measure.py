@@ -55,6 +55,7 @@ class Candidate:
     template: str
     config: Config
     template_module: str = ""  # imported by build workers first, so user templates register there too
+    packed_shape: list[int] | None = None  # set when the library has main_prepacked
     path: str | None = None
     error: str | None = None    # error kind: config, build, build_timeout, run, timeout, crash, wrong_result
     message: str = ""
@@ -74,7 +75,10 @@ class Candidate:
 
 # ---- worker functions (run in popen workers; module-level so they pickle by reference) ----------
 def build_worker(spec: dict, target: dict, template: str, config: Config, out_dir: str, module: str = "") -> tuple:
-    """Compile one candidate and export it; returns ``(path | None, error kind, message, seconds)``."""
+    """Compile one candidate and export it.
+
+    Returns ``(path | None, error kind, message, seconds, packed weight shape | None)``.
+    """
     t0 = time.perf_counter()
     if module:
         importlib.import_module(module)  # registers the template in this worker
@@ -88,23 +92,26 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
     try:
         spec_ = ConvSpec.from_dict(spec)
         tmpl = get_template(template)
-        executable = compile_module(spec_, tgt, tmpl, config)
+        executable, packed = compile_module(spec_, tgt, tmpl, config, with_packed_shape=True)
         fd, path = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         export_library(executable, tgt, path)
     except ConfigError as e:
-        return None, "config", str(e), time.perf_counter() - t0
+        return None, "config", str(e), time.perf_counter() - t0, None
     except BuildError as e:
-        return None, "build", str(e), time.perf_counter() - t0
+        return None, "build", str(e), time.perf_counter() - t0, None
     except Exception as e:  # noqa: BLE001 - anything else in a build is a failed build
-        return None, "build", f"{type(e).__name__}: {e}"[-2000:], time.perf_counter() - t0
-    return path, None, "", time.perf_counter() - t0
+        return None, "build", f"{type(e).__name__}: {e}"[-2000:], time.perf_counter() - t0, None
+    return path, None, "", time.perf_counter() - t0, packed
 
 
-def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float | None) -> tuple:
+def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float | None,
+               packed_shape: list[int] | None = None) -> tuple:
     """Time a library here; check it against the reference if its median beats ``verify_below``.
 
-    Returns ``(times, verified, message)``; ``verified`` is ``None`` when no check ran.
+    Kernels with pre-packed weights are timed as deployed (``main_prepacked``, weights packed
+    once); the check runs both entry points. Returns ``(times, verified, message)``;
+    ``verified`` is ``None`` when no check ran.
     """
     import tvm
 
@@ -121,15 +128,26 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
     arrays = random_inputs(spec_, seed=0)
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     out = tvm.runtime.empty(spec_.output_shape, spec_.out_dtype, dev)
-    ev = module.time_evaluator("main", dev, number=opts.number, repeat=opts.repeat,
+    entries = [("main", args)]
+    if packed_shape:
+        packed = tvm.runtime.empty(tuple(packed_shape), spec_.dtype, dev)
+        module["pack_weights"](args[1], packed)
+        entries.insert(0, ("main_prepacked", [args[0], packed] + args[2:]))
+    name, timed = entries[0]
+    ev = module.time_evaluator(name, dev, number=opts.number, repeat=opts.repeat,
                                min_repeat_ms=opts.min_repeat_ms, cache_flush_bytes=opts.cache_flush_bytes)
-    times = [float(t) for t in ev(*args, out).results]
+    times = [float(t) for t in ev(*timed, out).results]
     verified, message = None, ""
     if verify_below is not None and statistics.median(times) < verify_below:
-        module["main"](*args, out)
-        err = float(np.max(np.abs(out.numpy().astype(np.float64) - conv2d_reference(spec_, *arrays)))) if out.numpy().size else 0.0
-        verified = err <= tolerance(spec_)
-        message = "" if verified else f"max |error| {err:.3g} > tolerance {tolerance(spec_):.3g}"
+        want = conv2d_reference(spec_, *arrays)
+        verified = True
+        for name, entry_args in entries:
+            module[name](*entry_args, out)
+            got = out.numpy().astype(np.float64)
+            err = float(np.max(np.abs(got - want))) if got.size else 0.0
+            if err > tolerance(spec_):
+                verified = False
+                message = f"{name}: max |error| {err:.3g} > tolerance {tolerance(spec_):.3g}"
     return times, verified, message
 
 
@@ -153,7 +171,7 @@ class Builder:
                    for c in candidates]
         for c, fut in zip(candidates, futures):
             try:
-                c.path, c.error, c.message, c.build_s = fut.result()
+                c.path, c.error, c.message, c.build_s, c.packed_shape = fut.result()
             except TimeoutError:
                 c.error, c.message = "build_timeout", f"build took longer than {self.timeout:.0f} s"
             except ChildProcessError:
@@ -187,7 +205,8 @@ class LocalRunner:
         if c.path is None:
             return
         # the worker's own timer answers a hang; the kill on timeout restarts it
-        self._worker.send(run_worker, (c.path, c.spec, self.options, verify_below), timeout=self.options.run_timeout)
+        self._worker.send(run_worker, (c.path, c.spec, self.options, verify_below, c.packed_shape),
+                          timeout=self.options.run_timeout)
         try:
             c.times, c.verified, c.message = self._worker.recv()
         except TimeoutError:

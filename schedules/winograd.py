@@ -1,0 +1,263 @@
+"""Winograd F(m x m, 3 x 3) for 3x3 stride-1 convolutions on x86.
+
+A 3x3 convolution of an ``m x m`` output tile needs ``9 m^2`` multiply-adds directly and
+``(m + 2)^2`` in the Winograd domain, where the work becomes ``(m + 2)^2`` independent
+GEMMs over the channels (Lavin & Gray, 2015)::
+
+    U = G g G^T   (weights, per filter and channel: packed once)     alpha x alpha
+    V = B^T d B   (data, per input tile and channel)                alpha x alpha
+    M = sum_c U * V (a K x P x C GEMM per point of the alpha x alpha grid)
+    Y = A^T M A   (back to an m x m output tile)
+
+F(2x2, 3x3) does 2.25x fewer multiplies than the direct method, F(4x4, 3x3) 4x, at the
+price of transforms and of rounding: the transform constants grow with m (F(4x4) loses
+about two decimal digits in float32). The tuner picks this template only where it is
+faster; ``tests/test_winograd.py`` bounds its error against the reference.
+
+Layouts are chosen in the definition itself (this template defines its own algorithm):
+``U[e, n, K/kb, C, kb]`` and ``M[e, n, K/kb, P, kb]`` keep ``kb`` output channels in vector
+lanes, so the GEMM micro-kernel is the direct template's: ``tile_p`` tiles x ``kb`` channels
+of accumulators, one broadcast of ``V`` per tile per channel.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from convgen.knobs import Config, Knob, Space, divisors
+from convgen.spec import ConvSpec
+from convgen.target import Target
+
+from . import Template, register
+from .common import has_block
+
+
+@functools.cache
+def transform_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, B, G) of F(m, 3) from TVM's Cook-Toom construction (float64)."""
+    from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+
+    a, b, g = _cook_toom_convolution(_interpolation_points(m + 2), m, 3)
+    return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
+
+
+def _bilinear(left: np.ndarray, right: np.ndarray, i: Any, j: Any, term: Any, dtype: str) -> Any:
+    """``sum_{a,b} left[a, i] * right[b, j] * term(a, b)`` for symbolic ``i, j``, as a select
+    over their values of sums with the zero coefficients dropped. Once the ``i, j`` loops
+    are unrolled, each select folds to the few terms of its (i, j)."""
+    from tvm import tirx
+
+    out = tirx.const(0.0, dtype)
+    for ii in range(left.shape[1]):
+        for jj in range(right.shape[1]):
+            s = None
+            for a in range(left.shape[0]):
+                for b in range(right.shape[0]):
+                    coef = left[a, ii] * right[b, jj]
+                    if coef == 0:
+                        continue
+                    t = term(a, b) * tirx.const(float(coef), dtype)
+                    s = t if s is None else s + t
+            if s is not None:
+                out = tirx.Select(tirx.all(i == ii, j == jj), s, out)
+    return out
+
+
+class WinogradX86(Template):
+    """Winograd F(2x2,3x3) / F(4x4,3x3): transforms + a vectorized batched GEMM."""
+
+    name = "x86.winograd"
+    version = 1
+    families = ("x86",)
+    priority = 5  # never the untuned default: the tuner chooses it where it wins
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        if spec.dtype != "float32":
+            return f"dtype {spec.dtype} (float32 only)"
+        if spec.kernel != (3, 3) or spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.groups != 1:
+            return "Winograd here is for 3x3, stride 1, no dilation, no groups"
+        if spec.out_channels % target.vector_lanes:
+            return f"output channels not a multiple of {target.vector_lanes} lanes"
+        return None
+
+    def _tiles(self, spec: ConvSpec, m: int) -> int:
+        return spec.batch * (-(-spec.out_height // m)) * (-(-spec.out_width // m))
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        lanes, regs = target.vector_lanes, target.registers
+        tile_k = tuple(x * lanes for x in (1, 2) if spec.out_channels % (x * lanes) == 0)
+        tile_p = sorted(set(divisors(self._tiles(spec, 2), upto=regs - 2)) | set(divisors(self._tiles(spec, 4), upto=regs - 2)))
+
+        def legal(c: Config) -> str | None:
+            if self._tiles(spec, c["tile_m"]) % c["tile_p"]:
+                return "tile_p must divide the number of tiles"
+            vec = c["tile_k"] // lanes
+            live = c["tile_p"] * vec + vec + 1
+            return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
+
+        return Space(self.name, self.version, (
+            Knob("tile_m", (2, 4), "output tile m of F(m x m, 3 x 3)"),
+            Knob("tile_k", tile_k, "output channels in vector lanes of the GEMM"),
+            Knob("tile_p", tuple(tile_p), "Winograd tiles per GEMM register tile"),
+        ), legal)
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        lanes, regs = target.vector_lanes, target.registers
+        tiles = self._tiles(spec, 2)
+        fit = [p for p in divisors(tiles, upto=regs - 2) if p + 2 <= regs]
+        return {"tile_m": 2, "tile_k": lanes, "tile_p": max(fit)}
+
+    def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
+        alpha = config["tile_m"] + 2
+        return {"gemm_flops_ratio": alpha * alpha / (9.0 * config["tile_m"] ** 2),
+                "tiles": float(self._tiles(spec, config["tile_m"]))}
+
+    # -- the algorithm ------------------------------------------------------------------------
+    def _te(self, spec: ConvSpec, config: Config, prepacked: bool):
+        from tvm import te, tirx
+
+        m, kb = config["tile_m"], config["tile_k"]
+        alpha = m + 2
+        A, B, G = transform_matrices(m)
+        nchw = spec.layout == "NCHW"
+        N, C, K = spec.batch, spec.in_channels, spec.out_channels
+        OH, OW = spec.out_height, spec.out_width
+        nH, nW = -(-OH // m), -(-OW // m)
+        P = N * nH * nW
+        pt, pl = spec.padding[0], spec.padding[1]
+        Hp, Wp = nH * m + 2, nW * m + 2
+        dt = spec.dtype
+
+        data = te.placeholder(spec.input_shape, dt, name="data")
+        weight = te.placeholder(spec.weight_shape, dt, name="weight")
+
+        def x(n, c, h, w):
+            return data[n, c, h, w] if nchw else data[n, h, w, c]
+
+        def pad(*i):
+            n, c, h, w = (i[0], i[1], i[2], i[3]) if nchw else (i[0], i[3], i[1], i[2])
+            inside = tirx.all(h >= pt, h < pt + spec.height, w >= pl, w < pl + spec.width)
+            return tirx.if_then_else(inside, x(n, c, h - pt, w - pl), tirx.const(0, dt))
+
+        data_pad = te.compute((N, C, Hp, Wp) if nchw else (N, Hp, Wp, C), pad, name="data_pad")
+
+        def dpad(n, c, h, w):
+            return data_pad[n, c, h, w] if nchw else data_pad[n, h, w, c]
+
+        def tile_origin(p):
+            return p // (nH * nW), (p // nW) % nH * m, p % nW * m
+
+        def v_body(e, nu, p, c):
+            n, h0, w0 = tile_origin(p)
+            return _bilinear(B, B, e, nu, lambda a, b: dpad(n, c, h0 + a, w0 + b), dt)
+
+        V = te.compute((alpha, alpha, P, C), v_body, name="data_transform")
+
+        if prepacked:
+            U = te.placeholder((alpha, alpha, K // kb, C, kb), dt, name="weight_packed")
+        else:
+            def g(k, c, a, b):
+                a, b = (2 - a, 2 - b) if spec.flip else (a, b)
+                return weight[k, c, a, b] if nchw else weight[a, b, c, k]
+
+            U = te.compute((alpha, alpha, K // kb, C, kb),
+                           lambda e, nu, ko, c, ki: _bilinear(G.T, G.T, e, nu, lambda a, b: g(ko * kb + ki, c, a, b), dt),
+                           name="weight_transform")
+
+        rc = te.reduce_axis((0, C), name="rc")
+        M = te.compute((alpha, alpha, K // kb, P, kb),
+                       lambda e, nu, ko, p, ki: te.sum(U[e, nu, ko, rc, ki] * V[e, nu, p, rc], axis=rc),
+                       name="batch_gemm")
+
+        def y(n, k, h, w):
+            p = (n * nH + h // m) * nW + w // m
+            return _bilinear(A, A, h % m, w % m, lambda a, b: M[a, b, k // kb, p, k % kb], dt)
+
+        if nchw:
+            conv = te.compute(spec.output_shape, lambda n, k, h, w: y(n, k, h, w), name="conv")
+        else:
+            conv = te.compute(spec.output_shape, lambda n, h, w, k: y(n, k, h, w), name="conv")
+        args = [data, U if prepacked else weight]
+        bias = te.placeholder(spec.bias_shape, dt, name="bias") if spec.bias else None
+        if bias is not None:
+            args.append(bias)
+
+        def epilogue(*i):
+            v = conv(*i)
+            if bias is not None:
+                v = v + bias[i[1] if nchw else i[3]]
+            return tirx.max(v, tirx.const(0, dt)) if spec.activation == "relu" else v
+
+        out = te.compute(spec.output_shape, epilogue, name="out")
+        return args, out, weight, U
+
+    def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        from tvm import te
+
+        args, out, _, _ = self._te(spec, config, prepacked=False)
+        return te.create_prim_func(args + [out])
+
+    def variants(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        from tvm import te
+
+        args, out, _, _ = self._te(spec, config, prepacked=True)
+        _, _, weight, U = self._te(spec, config, prepacked=False)
+        return {"main_prepacked": te.create_prim_func(args + [out]), "pack_weights": te.create_prim_func([weight, U])}
+
+    # -- the schedule ---------------------------------------------------------------------------
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        lanes = target.vector_lanes
+        kb, tp = config["tile_k"], config["tile_p"]
+        if has_block(sch, "weight_transform"):
+            wt = sch.get_sblock("weight_transform")
+            e, nu, ko, c, ki = sch.get_loops(wt)
+            sch.reorder(ko, c, e, nu, ki)
+            sch.parallel(ko)
+            sch.unroll(e)
+            sch.unroll(nu)
+            sch.vectorize(ki)
+        if not has_block(sch, "data_transform"):
+            return  # pack_weights: the weight transform alone
+        pad = sch.get_sblock("data_pad")
+        loops = sch.get_loops(pad)
+        sch.parallel(sch.fuse(loops[0], loops[1]))
+        dtb = sch.get_sblock("data_transform")
+        e, nu, p, c = sch.get_loops(dtb)
+        sch.reorder(p, c, e, nu)
+        sch.parallel(p)
+        sch.unroll(e)
+        sch.unroll(nu)
+
+        gemm = sch.get_sblock("batch_gemm")
+        e, nu, ko, p, ki, rc = sch.get_loops(gemm)
+        po, pi = sch.split(p, [None, tp])
+        sch.reorder(e, nu, ko, po, rc, pi, ki)
+        sch.parallel(sch.fuse(e, nu, ko))
+        sch.unroll(pi)
+        sch.vectorize(ki)
+
+        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
+        names = ("n", "k", "h", "w") if spec.layout == "NCHW" else ("n", "h", "w", "k")
+        L = dict(zip(names, sch.get_loops(conv)))
+        m = config["tile_m"]
+        ho, hi = sch.split(L["h"], [None, m])
+        wo, wi = sch.split(L["w"], [None, m])
+        if spec.layout == "NCHW":
+            sch.reorder(L["n"], L["k"], ho, wo, hi, wi)
+            sch.parallel(sch.fuse(L["n"], L["k"], ho))
+            sch.reverse_compute_at(out, wo)
+        else:
+            ko, ki = sch.split(L["k"], [None, lanes])
+            sch.reorder(L["n"], ho, ko, wo, hi, wi, ki)
+            sch.parallel(sch.fuse(L["n"], ho))
+            sch.vectorize(ki)
+            sch.reverse_compute_at(out, wo)
+        sch.unroll(hi)
+        sch.unroll(wi)
+        sch.decompose_reduction(gemm, rc)
+
+
+register(WinogradX86())

@@ -1,0 +1,69 @@
+"""Winograd F(2x2,3x3) and F(4x4,3x3): the algebra, correctness, and its error bounds."""
+
+import random
+
+import numpy as np
+import pytest
+
+import convgen
+from convgen import ConvSpec, workloads
+from convgen.reference import conv2d_reference, random_inputs, tolerance
+from convgen.schedules import get_template
+from convgen.schedules.winograd import transform_matrices
+
+from .conftest import check_kernel
+
+WINO = get_template("x86.winograd")
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_transform_matrices_compute_a_1d_correlation(m):
+    # F(m, 3): y = A^T [(G g) * (B^T d)] equals the direct correlation of d by g.
+    A, B, G = transform_matrices(m)
+    rng = np.random.default_rng(m)
+    d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+    want = np.array([d[i : i + 3] @ g for i in range(m)])
+    np.testing.assert_allclose(A.T @ ((G @ g) * (B.T @ d)), want, atol=1e-12)
+
+
+SPECS = [
+    ConvSpec(in_channels=16, out_channels=16, height=10, width=10, kernel=3, padding=1, bias=True),
+    ConvSpec(in_channels=8, out_channels=16, height=7, width=9, kernel=3, padding=(1, 0, 2, 1), layout="NHWC",
+             flip=True, activation="relu"),
+    ConvSpec(batch=2, in_channels=5, out_channels=8, height=6, width=5, kernel=3, padding="valid"),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_sampled_configs_match_reference_per_call_and_prepacked(spec, host):
+    space = WINO.space(spec, host)
+    configs = [WINO.default(spec, host)] + space.sample(random.Random(spec.key), 3)
+    assert {c["tile_m"] for c in space} == {2, 4}
+    for config in configs:
+        k = convgen.build(spec, host, config, template=WINO.name)
+        x, w, *b = random_inputs(spec)
+        want = conv2d_reference(spec, x, w, *b)
+        np.testing.assert_allclose(k(x, w, *b), want, atol=tolerance(spec))
+        np.testing.assert_allclose(k(x, k.pack_weights(w), *b), want, atol=tolerance(spec))
+
+
+@pytest.mark.parametrize("m,bound", [(2, 3e-6), (4, 3e-5)])
+def test_error_stays_within_bounds_on_a_resnet_layer(host, m, bound):
+    # 256 channels, 14x14 (ResNet-50 stage 4): max error relative to the output's range.
+    # Measured: F(2x2) ~7e-7, F(4x4) ~5e-6; the direct method ~2e-6. Both far inside the
+    # tolerance the tuner verifies new bests against.
+    spec = workloads.layer("resnet50.r4_3x3")
+    config = next(c for c in WINO.space(spec, host) if c["tile_m"] == m)
+    arrays = random_inputs(spec)
+    want = conv2d_reference(spec, *arrays)
+    err = np.abs(convgen.build(spec, host, config, template=WINO.name)(*arrays) - want).max()
+    assert err / np.abs(want).max() < bound
+    assert err < tolerance(spec)
+
+
+def test_winograd_serves_only_3x3_stride_1(host):
+    assert WINO.supports(SPECS[0].replace(stride=2), host)
+    assert WINO.supports(SPECS[0].replace(kernel=5, padding=2), host)
+    assert WINO.supports(SPECS[0], host) is None
+    # it is never the untuned default: the tuner picks it where it wins
+    assert convgen.build(SPECS[0], host, builtin_records=False).template == "x86.direct"
