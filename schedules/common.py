@@ -76,3 +76,20 @@ def pack_weights(sch: Any, conv: Any, index_map: Any) -> Any:
     sch.annotate(wpack, PACK_ATTR, True)
     parallel_outer(sch, wpack, 1)
     return wpack
+
+
+def channels_innermost(sch: Any, spec: ConvSpec, conv: Any, block: int, lanes: int) -> None:
+    """Lay out the data stage with channels innermost, in blocks of ``block`` for NCHW data
+    (``N C/block H W block``: a vector of channels per pixel); NHWC has them innermost
+    already, so only its padding copy (if any) is scheduled."""
+    if spec.layout == "NCHW":
+        data = data_stage(sch, spec, conv)
+        sch.transform_layout(data, ("write", 0), lambda n, c, h, w: (n, c // block, h, w, c % block))
+        n, c, h, w = sch.get_loops(data)
+        co, ci = sch.split(c, [None, block])
+        sch.reorder(n, co, h, w, ci)
+        sch.parallel(sch.fuse(n, co, h))
+    elif has_block(sch, "data_pad"):
+        data = sch.get_sblock("data_pad")
+        parallel_outer(sch, data, 2)
+        vectorize_inner(sch, data, lanes)

@@ -34,7 +34,7 @@ from convgen.spec import ConvSpec
 from convgen.target import Target
 
 from . import Template, register
-from .common import data_stage, pack_weights, parallel_outer, spatial_loops, vectorize_inner
+from .common import channels_innermost, pack_weights, parallel_outer, spatial_loops, vectorize_inner
 
 
 def _live_registers(config: Config, lanes: int) -> int:
@@ -129,17 +129,7 @@ class DirectX86(Template):
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
 
         # -- data: channels innermost in blocks of ib (NHWC has them innermost already) --------
-        if nchw:
-            data = data_stage(sch, spec, conv)
-            sch.transform_layout(data, ("write", 0), lambda n, c, h, w: (n, c // ib, h, w, c % ib))
-            n, c, h, w = sch.get_loops(data)
-            co, ci = sch.split(c, [None, ib])
-            sch.reorder(n, co, h, w, ci)
-            sch.parallel(sch.fuse(n, co, h))
-        elif any(spec.padding):
-            data = sch.get_sblock("data_pad")
-            parallel_outer(sch, data, 2)
-            vectorize_inner(sch, data, target.vector_lanes)
+        channels_innermost(sch, spec, conv, ib, target.vector_lanes)
 
         # -- weights packed to K/ob C/ib R S ib ob: one contiguous vector per (ic, kh, kw) ---
         pack_weights(sch, conv, self.weight_pack(spec, target, config))
@@ -232,18 +222,9 @@ class DepthwiseX86(Template):
         cb, rw = config["tile_c"], config["tile_ow"]
         nchw = spec.layout == "NCHW"
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
+        channels_innermost(sch, spec, conv, cb, target.vector_lanes)
         if nchw:
-            data = data_stage(sch, spec, conv)
-            sch.transform_layout(data, ("write", 0), lambda n, c, h, w: (n, c // cb, h, w, c % cb))
-            n, c, h, w = sch.get_loops(data)
-            co, ci = sch.split(c, [None, cb])
-            sch.reorder(n, co, h, w, ci)
-            sch.parallel(sch.fuse(n, co, h))
             sch.transform_layout(conv, ("write", 0), lambda n, k, h, w: (n, k // cb, h, w, k % cb))
-        elif any(spec.padding):
-            data = sch.get_sblock("data_pad")
-            parallel_outer(sch, data, 2)
-            vectorize_inner(sch, data, target.vector_lanes)
 
         pack_weights(sch, conv, self.weight_pack(spec, target, config))
 

@@ -29,6 +29,10 @@ import time
 
 import numpy as np
 
+from benchutil import interleaved
+
+MS_DB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "metaschedule")
+
 
 def ms_build(mod, target, _params):
     """MetaSchedule build without importing tvm.s_tir.tensor_intrin (not needed for fp32 CPU)."""
@@ -84,19 +88,6 @@ def ms_best_after(mod, target, db, k):
     return tvm.compile(sch.mod, target=target), cost(best)
 
 
-def _timer(fn, min_time=0.05):
-    fn()
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt >= min_time:
-            return dt / n
-        n = max(n * 2, int(n * min_time / max(dt, 1e-6)) + 1)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("layer", help="a built-in layer, e.g. resnet50.r2_3x3")
@@ -107,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--ms-db", default=MS_DB, help="keep MetaSchedule's database here (<dir>/<layer>/), for bench_cpu.py")
     args = ap.parse_args(argv)
 
     import torch
@@ -144,7 +136,9 @@ def main(argv=None) -> int:
     print(f"convgen: {max(args.convgen_budgets)} trials in {cg_wall:.0f} s", flush=True)
 
     # -- MetaSchedule ---------------------------------------------------------------------------
-    mod, ms_target, db, ms_wall = tune_metaschedule(spec, target.tvm, threads, max(args.budgets), os.path.join(work, "ms"), args.seed)
+    ms_dir = os.path.join(args.ms_db, args.layer)
+    shutil.rmtree(ms_dir, ignore_errors=True)
+    mod, ms_target, db, ms_wall = tune_metaschedule(spec, target.tvm, threads, max(args.budgets), ms_dir, args.seed)
     print(f"MetaSchedule: {max(args.budgets)} trials in {ms_wall:.0f} s", flush=True)
     ms = {k: ms_best_after(mod, ms_target, db, k)[0] for k in args.budgets}
 
@@ -155,8 +149,9 @@ def main(argv=None) -> int:
     targs = [tvm.runtime.tensor(a, dev) for a in arrays] + [tvm.runtime.empty(spec.output_shape, "float32", dev)]
     fns = {}
     for k, kern in cg.items():
-        np.testing.assert_allclose(kern(*arrays), want, atol=tolerance(spec))
-        fns[f"convgen-{k}"] = (lambda kern=kern: kern(*arrays))
+        packed = kern.pack_weights(arrays[1])  # weights prepared once, as deployed
+        np.testing.assert_allclose(kern(arrays[0], packed), want, atol=tolerance(spec))
+        fns[f"convgen-{k}"] = (lambda kern=kern, packed=packed: kern(arrays[0], packed))
     for k, lib in ms.items():
         if lib is None:
             continue
@@ -170,10 +165,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         fns["onednn-nchw"] = lambda: torch.nn.functional.conv2d(tx, tw, **kw)
         fns["onednn-cl"] = lambda: torch.nn.functional.conv2d(tx.contiguous(memory_format=torch.channels_last), tw_cl, **kw)
-        samples = {n: [] for n in fns}
-        for _ in range(args.rounds):
-            for n, fn in fns.items():
-                samples[n].append(_timer(fn))
+        samples = interleaved(fns, args.rounds)
     med = {n: float(np.median(v)) for n, v in samples.items()}
     onednn = min(med["onednn-nchw"], med["onednn-cl"])
     ms_best = med.get(f"metaschedule-{max(args.budgets)}")

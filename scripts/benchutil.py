@@ -1,0 +1,37 @@
+"""Helpers shared by the benchmark scripts (timing from Python, the way users call kernels)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+
+def seconds_per_call(fn: Callable[[], object], min_time: float = 0.05) -> float:
+    """Seconds per call of ``fn``: enough calls to last ``min_time``, after one warm-up."""
+    fn()
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / n
+        n = max(n * 2, int(n * min_time / max(elapsed, 1e-6)) + 1)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_time: float = 0.05) -> dict[str, list[float]]:
+    """Time every function once per round, round after round, so that machine noise (a
+    neighbour, a frequency change) hits all candidates alike; returns the samples."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(seconds_per_call(fn, min_time))
+    return samples
+
+
+def geomean(values: list[float]) -> float:
+    """Geometric mean of the positive values (nan if none)."""
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
