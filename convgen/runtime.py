@@ -163,13 +163,8 @@ class Kernel:
     # -- properties -----------------------------------------------------------------------
     @property
     def runs_here(self) -> bool:
-        """Can this machine run the kernel (same ISA, the CPU features it needs)?"""
-        if self.target.family == "cuda":
-            # TVM's CUDA runtime, a GPU, and compute capability >= the target's
-            # (loading only the real NVIDIA libraries, see convgen.cuda.runtime_problem)
-            from .cuda import device_problem
-
-            return device_problem(self.target) is None
+        """Can this machine run the kernel (same ISA and CPU features, or a CUDA GPU of the
+        target's compute capability or later: see :meth:`convgen.target.Target.runs_here`)?"""
         return self.target.runs_here()
 
     @property

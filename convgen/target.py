@@ -57,7 +57,12 @@ class Target:
         return per_core * cores
 
     def runs_here(self) -> bool:
-        """Can kernels for this target run on this machine (ISA and CPU flags present)?"""
+        """Can kernels for this target run on this machine (ISA and CPU flags present, or a
+        CUDA GPU of the target's compute capability or later)?"""
+        if self.family == "cuda":
+            from .cuda import device_problem
+
+            return device_problem(self) is None
         if not self.is_cpu:
             return False
         want = {"x86": ("x86_64", "amd64"), "arm": ("aarch64", "arm64")}[self.family]

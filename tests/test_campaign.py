@@ -41,7 +41,7 @@ def fake_measure(flat=(), wrong=()):
 
 
 def test_budget_goes_where_the_time_is_and_every_layer_starts_with_its_default():
-    tasks = make_tasks(LAYERS, TARGET)
+    tasks = make_tasks(LAYERS, TARGET, template="x86.direct")
     camp = Campaign(tasks, TARGET, measure=fake_measure(), records=None, strategy="random", batch_size=4, seed=0)
     camp.run(80)
     by = {t.name: t for t in tasks}
@@ -54,7 +54,7 @@ def test_budget_goes_where_the_time_is_and_every_layer_starts_with_its_default()
 
 
 def test_early_stopping_stops_a_flat_layer():
-    tasks = make_tasks({"big": LAYERS["big"]}, TARGET)
+    tasks = make_tasks({"big": LAYERS["big"]}, TARGET, template="x86.direct")
     camp = Campaign(tasks, TARGET, measure=fake_measure(flat={"big"}), records=None, strategy="random",
                     batch_size=4, early_stopping=12, seed=0)
     camp.run(200)
@@ -62,7 +62,7 @@ def test_early_stopping_stops_a_flat_layer():
 
 
 def test_wrong_results_are_never_best(tmp_path):
-    tasks = make_tasks({"mid": LAYERS["mid"]}, TARGET)
+    tasks = make_tasks({"mid": LAYERS["mid"]}, TARGET, template="x86.direct")
     space = tasks[0].template.space(LAYERS["mid"], TARGET)
     wrong = {config_key(c) for c in space}  # every config but the default would be "wrong"
     wrong.discard(config_key(tasks[0].template.default(LAYERS["mid"], TARGET)))
@@ -75,7 +75,7 @@ def test_wrong_results_are_never_best(tmp_path):
 
 def test_resume_counts_old_trials_and_never_repeats_them(tmp_path):
     path = str(tmp_path / "r.jsonl")
-    first = make_tasks(LAYERS, TARGET)
+    first = make_tasks(LAYERS, TARGET)  # 3x3 layers get a direct and a Winograd task each
     Campaign(first, TARGET, measure=fake_measure(), records=path, strategy="model", batch_size=4, seed=1).run(24)
     old = {(r.spec_key, config_key(r.config)) for r in rec.read(path)}
     second = make_tasks(LAYERS, TARGET)
@@ -86,3 +86,8 @@ def test_resume_counts_old_trials_and_never_repeats_them(tmp_path):
     assert len(rows) == 40 and len({(r.spec_key, config_key(r.config)) for r in rows}) == 40
     assert old <= {(r.spec_key, config_key(r.config)) for r in rows}
     assert all(math.isfinite(t.best_cost) for t in second)
+
+
+def test_a_layer_served_by_two_templates_gets_a_task_for_each():
+    tasks = make_tasks({"big": LAYERS["big"], "small": LAYERS["small"]}, TARGET)
+    assert sorted(t.name for t in tasks) == ["big:x86.direct", "big:x86.winograd", "small"]

@@ -121,7 +121,8 @@ def tune(
     tasks = make_tasks(named, target, template, weights)
     runner, own_runner = _make_runner(runner, target, options), runner is None or isinstance(runner, str)
     threads = options.num_threads or default_num_threads()
-    peak = measured_peak_gflops(target, threads) if isinstance(runner, LocalRunner) else target.nominal_peak_gflops(threads)
+    local_cpu = isinstance(runner, LocalRunner) and target.is_cpu
+    peak = measured_peak_gflops(target, threads) if local_cpu else target.nominal_peak_gflops(threads)
     builder = None
 
     def measure(task, configs: list[Config], best: float | None) -> list[Candidate]:

@@ -106,7 +106,7 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
 
 
 def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float | None,
-               packed_shape: list[int] | None = None) -> tuple:
+               packed_shape: list[int] | None = None, target: dict | None = None) -> tuple:
     """Time a library here; check it against the reference if its median beats ``verify_below``.
 
     Kernels with pre-packed weights are timed as deployed (``main_prepacked``, weights packed
@@ -122,8 +122,17 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
     import numpy as np
 
     spec_ = ConvSpec.from_dict(spec)
-    set_num_threads(opts.num_threads)
-    dev = tvm.cpu(0)
+    if target and target.get("family") == "cuda":
+        from convgen.cuda import device_problem
+        from convgen.target import _from_toml
+
+        why = device_problem(_from_toml(target))
+        if why:
+            raise RuntimeError(why)
+        dev = tvm.cuda(0)
+    else:
+        set_num_threads(opts.num_threads)
+        dev = tvm.cpu(0)
     module = tvm.runtime.load_module(path)
     arrays = random_inputs(spec_, seed=0)
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
@@ -205,7 +214,7 @@ class LocalRunner:
         if c.path is None:
             return
         # the worker's own timer answers a hang; the kill on timeout restarts it
-        self._worker.send(run_worker, (c.path, c.spec, self.options, verify_below, c.packed_shape),
+        self._worker.send(run_worker, (c.path, c.spec, self.options, verify_below, c.packed_shape, c.target),
                           timeout=self.options.run_timeout)
         try:
             c.times, c.verified, c.message = self._worker.recv()
