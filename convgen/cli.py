@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convgen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `convgen info k.so | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except Exception as e:  # noqa: BLE001 - one clear line, not a traceback
         if args.debug:
             raise

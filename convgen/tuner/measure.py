@@ -306,7 +306,8 @@ class RPCRunner:
             c.error, c.message = "crash", "the RPC worker died"
         except Exception as e:  # noqa: BLE001 - a dead server, a lost connection: this trial only
             msg = _last_line(e)
-            c.error = "crash" if "connection" in msg.lower() or "closed" in msg.lower() else "run"
+            died = ("connection", "closed", "sigill", "sigsegv", "died", "killed by")
+            c.error = "crash" if any(word in msg.lower() for word in died) else "run"
             c.message = msg
         if c.verified is False:
             c.error = "wrong_result"
