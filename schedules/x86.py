@@ -86,24 +86,22 @@ class DirectX86(Template):
     def default(self, spec: ConvSpec, target: Target) -> Config:
         lanes, regs = target.vector_lanes, target.registers
         space = self.space(spec, target)
-        # One vector of channels per FMA on AVX2 (16 registers leave room for 14 pixels);
-        # two on AVX-512, whose 32 registers hold 2 x 14 accumulators.
-        want_oc = lanes * (2 if regs >= 32 else 1)
-        tile_oc = want_oc if want_oc in space["tile_oc"].values else space["tile_oc"].values[0]
-        vec_oc = tile_oc // lanes
-        # Widest pixel run whose accumulators fit next to the weights and the broadcast.
-        fit = [w for w in space["tile_ow"].values if w * vec_oc + vec_oc + 1 <= regs]
-        tile_ow = max(fit) if fit else 1
-        # 8 channels of input per block: one cache line of packed data holds 2 pixels' worth.
-        ib = [d for d in space["tile_ic"].values if d <= 8]
-        return {
-            "tile_oc": tile_oc,
-            "tile_ic": max(ib),
-            "tile_ow": tile_ow,
-            "tile_oh": 1,
-            "reduce_order": "ic_kh_kw",
-            "unroll_kw": spec.kernel[1] <= 3,
-        }
+        # Each reduction step loads v weight vectors and broadcasts p pixels for v*p FMAs.
+        # Loads, not FMAs, limit the micro-kernel (on AMD Zen a 256-bit broadcast costs as
+        # much as an FMA issue slot), so the default maximises FMAs per load, v*p / (v + p),
+        # within the register file (v*p accumulators + v weights + 1 broadcast <= registers).
+        # AVX2 (16 registers): 2 vectors of channels x 2x2 pixels (8 FMAs per 6 loads) or
+        # 1 x 7; AVX-512 (32): 2 x 14 or 2 x 12. Ties go to square pixel tiles, whose input
+        # rows overlap under a 3x3 window.
+        def score(c: Config) -> tuple:
+            v, p = c["tile_oc"] // lanes, c["tile_oh"] * c["tile_ow"]
+            return (v * p / (v + p), -abs(c["tile_oh"] - c["tile_ow"]), c["tile_ow"])
+
+        tiles = [c for c in space if c["reduce_order"] == "ic_kh_kw" and c["unroll_kw"] and c["tile_ic"] == space["tile_ic"].values[-1]
+                 and _live_registers(c, lanes) <= regs]
+        best = max(tiles, key=score)
+        # the largest channel block up to 64: the packed data of one pixel stays in 4 cache lines
+        return dict(best, unroll_kw=spec.kernel[1] <= 3)
 
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
         lanes = target.vector_lanes

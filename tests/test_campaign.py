@@ -18,15 +18,16 @@ LAYERS = {
 }
 
 
-def fake_measure(flat=(), wrong=()):
-    """Cost from a hash of the config, scaled by the layer's FLOPs; 'flat' layers never improve."""
+def fake_measure(flat=(), wrong=(), slow_templates=()):
+    """Cost from a hash of the config, scaled by the layer's FLOPs; 'flat' layers never
+    improve; templates in 'slow_templates' are 3x slower."""
 
     def measure(task, configs, best):
         out = []
         for c in configs:
             cand = Candidate(task.spec.to_dict(), TARGET.to_dict(), task.template.name, c)
             h = random.Random(config_key(c) + task.name).random()
-            scale = task.spec.flops / 30e9
+            scale = task.spec.flops / 30e9 * (3 if task.template.name in slow_templates else 1)
             cost = scale if task.name in flat else scale * (0.5 + h)
             if config_key(c) in wrong:
                 cand.error, cand.verified = "wrong_result", False
@@ -91,3 +92,12 @@ def test_resume_counts_old_trials_and_never_repeats_them(tmp_path):
 def test_a_layer_served_by_two_templates_gets_a_task_for_each():
     tasks = make_tasks({"big": LAYERS["big"], "small": LAYERS["small"]}, TARGET)
     assert sorted(t.name for t in tasks) == ["big:x86.direct", "big:x86.winograd", "small"]
+
+
+def test_a_template_far_behind_its_layers_best_gets_few_trials():
+    tasks = make_tasks({"big": LAYERS["big"]}, TARGET)
+    camp = Campaign(tasks, TARGET, measure=fake_measure(slow_templates={"x86.direct"}), records=None,
+                    strategy="random", batch_size=4, seed=0)
+    camp.run(30)
+    by = {t.template.name: t for t in tasks}
+    assert by["x86.winograd"].trials > by["x86.direct"].trials + 4

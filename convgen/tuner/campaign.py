@@ -11,9 +11,12 @@ Each (layer, template) is a :class:`Task` with its own search strategy. The camp
 4. appends one record per trial as soon as it is measured (and verified, for a new best).
 
 Expected gain of a batch on task *i* (latency ``t_i`` after ``n_i`` trials): the recent
-rate of improvement ``(t_i[n_i - w] - t_i) / w`` over a window of ``w`` trials, floored by
-an optimistic ``t_i / (n_i + 1) * 0.1`` so a flat stretch does not starve a layer, times
-the number of times the layer occurs in the network (``weight``).
+rate of improvement ``r_i = (t_i[n_i - w] - t_i) / w`` over a window of ``w`` trials,
+floored by an optimistic ``t_i / (n_i + 1) * 0.1`` so a flat stretch does not starve a
+layer; the batch is projected to reach ``t_i - r_i * batch``, and what counts is how far
+that beats the best of the layer's tasks (a direct template far behind its layer's Winograd
+task saves nothing), times the number of times the layer occurs in the network
+(``weight``). When no task is projected to gain, the highest rate gets the batch.
 """
 
 from __future__ import annotations
@@ -75,8 +78,8 @@ class Task:
         self.curve.append((self.trials, self.best_gflops))
         return improved
 
-    def expected_gain(self) -> float:
-        """Seconds per inference one more batch is expected to save (see module docstring)."""
+    def improvement_rate(self) -> float:
+        """Seconds of latency one more trial is expected to save on this task."""
         if self.best_cost is None:
             return math.inf
         w = min(WINDOW, len(self.curve) - 1)
@@ -87,7 +90,15 @@ class Task:
                 # GFLOP/s curve -> latency curve
                 backward = (self.spec.flops / then / 1e9 - self.spec.flops / now / 1e9) / w
         optimistic = self.best_cost / (self.trials + 1) * 0.1
-        return self.weight * max(backward, optimistic)
+        return max(backward, optimistic)
+
+    def expected_gain(self, layer_best: float, batch: int) -> float:
+        """Seconds per inference one more batch is expected to save *for the layer*: a
+        template whose projected best stays behind the layer's best saves nothing."""
+        if self.best_cost is None:
+            return math.inf
+        projected = self.best_cost - self.improvement_rate() * batch
+        return self.weight * max(layer_best - projected, 0.0)
 
 
 class Campaign:
@@ -176,7 +187,16 @@ class Campaign:
         fresh = [t for t in live if t.trials == 0]
         if fresh:
             return fresh[0]
-        return max(live, key=lambda t: t.expected_gain())
+        layer_best: dict[str, float] = {}
+        for t in self.tasks:
+            if t.best_cost is not None:
+                layer_best[t.spec.key] = min(layer_best.get(t.spec.key, math.inf), t.best_cost)
+        gains = [(t.expected_gain(layer_best.get(t.spec.key, math.inf), self.batch_size), t) for t in live]
+        best_gain, task = max(gains, key=lambda g: g[0])
+        if best_gain > 0:
+            return task
+        # nothing is projected to beat its layer's best: keep exploring where the rate is highest
+        return max(live, key=lambda t: t.weight * t.improvement_rate())
 
     def run(self, trials: int) -> None:
         """Measure until ``trials`` trials exist in total (resumed ones count) or every task is done."""
