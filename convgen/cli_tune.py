@@ -48,6 +48,8 @@ def add_tune_parsers(sub: Any, fmt: Any, add_spec_args: Any, cmd_tune: Any, cmd_
     g.add_argument("--early-stopping", type=int, default=None, help="stop a layer after this many trials without improvement")
     g.add_argument("--seed", type=int, default=0, help="seed of the search (same seed, same proposals)")
     g.add_argument("--no-transfer", action="store_true", help="do not learn from the other layers' results")
+    g.add_argument("--refine", type=int, default=3, metavar="K",
+                   help="at the end, time each layer's K fastest configs twice more, interleaved (0: off)")
     g.add_argument("-o", "--output", help="write the best kernel(s): a .so for one layer, a folder for several")
     g.add_argument("--plot", help="tuning-curve PNG (default: <records>.png for campaigns of several layers)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress line")
@@ -121,7 +123,8 @@ def run_tune(args: argparse.Namespace) -> int:
     plot = args.plot or (os.path.splitext(args.records)[0] + ".png" if len(named) > 1 else None)
     results = tune(named, target, trials=args.trials, records=args.records, strategy=args.strategy, runner=runner,
                    template=args.template, batch_size=args.batch_size, early_stopping=args.early_stopping,
-                   seed=args.seed, options=options, transfer=not args.no_transfer, progress=not args.quiet, plot=plot)
+                   seed=args.seed, options=options, transfer=not args.no_transfer, progress=not args.quiet, plot=plot,
+                   refine=args.refine)
     threads = args.threads or default_num_threads()
     peak = measured_peak_gflops(target, threads) if runner is None else target.nominal_peak_gflops(threads)
     print(summary_table(list(results.values()), peak))
@@ -157,9 +160,10 @@ def run_records(args: argparse.Namespace) -> int:
             c[0] += 1
             c[1] += r.error is not None
         print(f"{'workload':<46} {'target':<11} {'template':<14} {'trials':>6} {'errors':>6} {'GFLOP/s':>8} {'ms':>8}")
-        for (key, target), r in sorted(best.items(), key=lambda kv: kv[0]):
+        for (key, target), (cost, r) in sorted(best.items(), key=lambda kv: kv[0]):
             n, err = counts[(key, target)]
-            print(f"{r.spec.describe()[:46]:<46} {target:<11} {r.template:<14} {n:>6} {err:>6} {r.gflops:8.1f} {r.median * 1e3:8.3f}")
+            gflops = r.spec.flops / cost / 1e9
+            print(f"{r.spec.describe()[:46]:<46} {target:<11} {r.template:<14} {n:>6} {err:>6} {gflops:8.1f} {cost * 1e3:8.3f}")
         failed = {k for k in counts if k not in best}
         for key, target in sorted(failed):
             print(f"{key[:46]:<46} {target:<11} {'(no valid kernel)':<14} {counts[(key, target)][0]:>6}")

@@ -167,41 +167,60 @@ class RecordWarning(UserWarning):
     """A record line could not be read."""
 
 
-def best_records(records: Iterable[Record]) -> dict[tuple[str, str], Record]:
-    """The fastest valid record per (spec key, target)."""
-    best: dict[tuple[str, str], Record] = {}
+def _aggregate(records: Iterable[Record]) -> dict[tuple, tuple[float, Record]]:
+    """Per measured candidate (trial key): the median of its timings and one of its records.
+
+    A candidate timed several times (the tuner re-times each layer's leaders) is judged by
+    the median over all its timings; one that ever failed or gave a wrong result is out.
+    """
+    import statistics
+
+    times: dict[tuple, list[float]] = {}
+    first: dict[tuple, Record] = {}
+    bad: set[tuple] = set()
     for r in records:
+        k = r.trial_key()
+        first.setdefault(k, r)
         if not r.ok or r.data.get("verified") is False:
-            continue
+            bad.add(k)
+        else:
+            times.setdefault(k, []).append(r.median)
+    return {k: (statistics.median(v), first[k]) for k, v in times.items() if k not in bad}
+
+
+def best_records(records: Iterable[Record]) -> dict[tuple[str, str], tuple[float, Record]]:
+    """``(median seconds, record)`` of the fastest valid candidate per (spec key, target)."""
+    best: dict[tuple[str, str], tuple[float, Record]] = {}
+    for cost, r in _aggregate(records).values():
         k = (r.spec_key, r.target)
-        if k not in best or r.median < best[k].median:
-            best[k] = r
+        if k not in best or cost < best[k][0]:
+            best[k] = (cost, r)
     return best
 
 
 def best_config(spec: ConvSpec, target: Target, paths: str | list[str], *, template: str | None = None):
-    """``(template, config)`` of the fastest valid record for ``spec`` on ``target``, or ``None``.
+    """``(template, config)`` of the fastest valid candidate for ``spec`` on ``target``, or ``None``.
 
-    Valid: measured without error, not marked wrong, and made against the template's current
-    space (same space hash), so a config from an older template version is never applied.
+    Valid: measured without error, never marked wrong, and made against the template's
+    current space (same space hash), so a config from an older template version is never
+    applied. A candidate timed several times counts with the median of its timings.
     """
     from convgen.schedules import all_templates
 
     templates = all_templates()
+    mine = [r for r in read(paths) if r.spec_key == spec.key and r.target == target.name
+            and (template is None or r.template == template)]
     best = None
-    for r in read(paths):
-        if r.spec_key != spec.key or r.target != target.name or not r.ok or r.data.get("verified") is False:
-            continue
-        if template is not None and r.template != template:
-            continue
+    for cost, r in _aggregate(mine).values():
         tmpl = templates.get(r.template)
         if tmpl is None or tmpl.supports(spec, target) is not None:
             continue
-        if tmpl.space(spec, target).hash != r.space_hash or r.config not in tmpl.space(spec, target):
+        space = tmpl.space(spec, target)
+        if space.hash != r.space_hash or r.config not in space:
             continue
-        if best is None or r.median < best[0].median:
-            best = (r, tmpl)
-    return None if best is None else (best[1], dict(best[0].config))
+        if best is None or cost < best[0]:
+            best = (cost, r, tmpl)
+    return None if best is None else (best[2], dict(best[1].config))
 
 
 def builtin_record_files() -> list[str]:

@@ -101,3 +101,17 @@ def test_a_template_far_behind_its_layers_best_gets_few_trials():
     camp.run(30)
     by = {t.template.name: t for t in tasks}
     assert by["x86.winograd"].trials > by["x86.direct"].trials + 4
+
+
+def test_refine_retimes_the_leaders_and_ranks_by_median(tmp_path):
+    path = str(tmp_path / "f.jsonl")
+    tasks = make_tasks({"mid": LAYERS["mid"]}, TARGET, template="x86.direct")
+    camp = Campaign(tasks, TARGET, measure=fake_measure(), records=path, strategy="random", batch_size=4)
+    camp.run(12)
+    before = tasks[0].best_cost
+    camp.refine(top=3, rounds=2)
+    rows = list(rec.read(path))
+    assert len(rows) == 12 + 6 and sum(bool(r.data.get("refine")) for r in rows) == 6
+    assert tasks[0].trials == 12 and tasks[0].best_cost == before  # the fake timings repeat exactly
+    again = make_tasks({"mid": LAYERS["mid"]}, TARGET, template="x86.direct")
+    assert Campaign(again, TARGET, measure=fake_measure(), records=path, strategy="random").total_trials() == 12

@@ -101,6 +101,7 @@ def tune(
     progress: bool = True,
     plot: str | None = None,
     weights: Mapping[str, float] | None = None,
+    refine: int = 3,
 ) -> dict[str, TuneResult]:
     """Tune one spec, a list, or a ``{name: spec}`` dict for ``target``.
 
@@ -108,7 +109,9 @@ def tune(
     re-running resumes instead of re-measuring). ``strategy``: ``"model"`` (xgboost-guided,
     with transfer between layers), ``"random"`` or ``"grid"``. ``runner``: ``None`` (this
     machine), an :class:`RPCRunner`, or a string ``"rpc://host:port"`` /
-    ``"tracker://host:port/key"``. Returns the best result per workload name.
+    ``"tracker://host:port/key"``. ``refine``: re-time each layer's ``refine`` fastest
+    configs twice more at the end (0: off), so a noisy timing does not pick the winner.
+    Returns the best result per workload name.
     """
     from ..peak import measured_peak_gflops
     from ..runtime import default_num_threads
@@ -140,6 +143,8 @@ def tune(
                         transfer=transfer)
     try:
         campaign.run(trials)
+        if refine:
+            campaign.refine(top=refine)
     finally:
         if builder is not None:
             builder.close()

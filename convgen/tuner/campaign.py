@@ -65,8 +65,36 @@ class Task:
     def best_gflops(self) -> float:
         return self.spec.flops / self.best_cost / 1e9 if self.best_cost else 0.0
 
+    costs: dict[str, list[float]] = field(default_factory=dict)    # config key -> every good timing
+    config_by_key: dict[str, Config] = field(default_factory=dict)
+
+    def config_costs(self) -> dict[str, float]:
+        """Median timing per config (configs that ever failed or gave a wrong result excluded)."""
+        import statistics
+
+        return {k: statistics.median(v) for k, v in self.costs.items() if v and k not in self.wrong}
+
+    def _note(self, config: Config, cost: float | None, verified: bool | None) -> None:
+        key = config_key(config)
+        self.config_by_key[key] = dict(config)
+        if verified is False:
+            self.wrong.add(key)
+        elif cost is not None:
+            self.costs.setdefault(key, []).append(cost)
+
+    def remeasured(self, config: Config, cost: float | None, verified: bool | None) -> None:
+        """Account for a repeated timing of a measured config (not a new trial)."""
+        self._note(config, cost, verified)
+        agg = self.config_costs()
+        if agg:
+            key = min(agg, key=agg.get)
+            self.best_cost, self.best_config = agg[key], dict(self.config_by_key[key])
+        else:
+            self.best_cost = self.best_config = None
+
     def record(self, config: Config, cost: float | None, verified: bool | None) -> bool:
         """Account for one measurement; returns True if it is a new (verified) best."""
+        self._note(config, cost, verified)
         self.ctx.history.append((config, cost))
         self.trials += 1
         improved = False
@@ -137,13 +165,14 @@ class Campaign:
             if task is None or r.config not in task.ctx.space:
                 continue
             k = r.trial_key()
-            if k in seen:
-                continue
-            seen.add(k)
             verified = r.data.get("verified")
             if r.error == "wrong_result":
                 task.wrong.add(config_key(r.config))
                 verified = False
+            if k in seen:  # a repeated timing (refine): not a trial of its own
+                task.remeasured(r.config, r.median if r.ok else None, verified)
+                continue
+            seen.add(k)
             task.record(r.config, r.median if r.ok else None, verified)
             if config_key(r.config) == config_key(task.template.default(task.spec, self.target)) and r.ok:
                 task.default_cost = r.median
@@ -198,6 +227,48 @@ class Campaign:
         # nothing is projected to beat its layer's best: keep exploring where the rate is highest
         return max(live, key=lambda t: t.weight * t.improvement_rate())
 
+    def _account(self, task: Task, c: Candidate, refine: bool = False) -> None:
+        cost = c.cost if c.error is None else None
+        if refine:
+            task.remeasured(c.config, cost, c.verified)
+        else:
+            task.record(c.config, cost, c.verified)
+            task.new_trials += 1
+        if c.error == "wrong_result":
+            task.wrong.add(config_key(c.config))
+        if config_key(c.config) == config_key(task.template.default(task.spec, self.target)) and cost:
+            task.default_cost = cost
+        if self.records:
+            extra = {"verified": c.verified, "task": task.name, "build_s": round(c.build_s, 3)}
+            if refine:
+                extra["refine"] = True
+            rec.append(self.records, [rec.make_record(task.spec, self.target, task.template, c.config,
+                                                      times=c.times or None, error=c.error,
+                                                      message=c.message, extra=extra)])
+
+    def refine(self, top: int = 3, rounds: int = 2) -> None:
+        """Time each layer's fastest configs again, round after round.
+
+        A shared machine has slow spells (a neighbour, two vCPUs landing on one physical
+        core); a config timed in one looks worse than it is, one timed in a lucky moment
+        better. Re-timing the leaders in alternating order and ranking them by the median
+        over all their measurements makes the final choice robust. Each candidate is
+        checked against the reference once more on the way.
+        """
+        layers: dict[str, list[Task]] = {}
+        for t in self.tasks:
+            layers.setdefault(t.spec.key, []).append(t)
+        for tasks in layers.values():
+            if not any(t.new_trials for t in tasks):
+                continue  # nothing new since the last run: its leaders were re-timed then
+            leaders = sorted(((cost, t, cfg) for t in tasks for cfg, cost in t.config_costs().items()),
+                             key=lambda x: x[0])[:top]
+            for r in range(rounds):
+                for _, task, cfg in (leaders if r % 2 == 0 else leaders[::-1]):
+                    # round 0 checks every leader against the reference; later rounds only time
+                    (c,) = self.measure(task, [task.config_by_key[cfg]], None if r == 0 else 0.0)
+                    self._account(task, c, refine=True)
+
     def run(self, trials: int) -> None:
         """Measure until ``trials`` trials exist in total (resumed ones count) or every task is done."""
         for t in self.tasks:
@@ -217,18 +288,7 @@ class Campaign:
             t0 = time.perf_counter()
             results = self.measure(task, batch, task.best_cost)
             for c in results:
-                cost = c.cost if c.error is None else None
-                task.record(c.config, cost, c.verified)
-                task.new_trials += 1
-                if c.error == "wrong_result":
-                    task.wrong.add(config_key(c.config))
-                if config_key(c.config) == config_key(task.template.default(task.spec, self.target)) and cost:
-                    task.default_cost = cost
-                if self.records:
-                    extra = {"verified": c.verified, "task": task.name, "build_s": round(c.build_s, 3)}
-                    rec.append(self.records, [rec.make_record(task.spec, self.target, task.template, c.config,
-                                                              times=c.times or None, error=c.error,
-                                                              message=c.message, extra=extra)])
+                self._account(task, c)
             if self.early_stopping and task.since_improvement >= self.early_stopping:
                 task.done = True
             if self.progress:
