@@ -105,12 +105,20 @@ class SpatialPackARM(DirectX86):
         return _extend(base, self.name, self.version, extra, fits)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
-        base = super().default(spec, target)
-        # x86's default is already the NEON one: tile_oc = 2 vectors (32 registers), the
-        # widest pixel run that fits (up to 14 pixels: 28 accumulators, 31 registers).
+        lanes, regs = target.vector_lanes, target.registers
+        space = self.space(spec, target)
+        # NEON's FMLA takes its multiplier from a lane of a loaded vector (by-element form),
+        # so broadcasts cost no extra loads as they do on x86: the default is simply the
+        # largest accumulator tile, tile_oc = 2 vectors and the widest pixel run that fits
+        # (up to 14 pixels: 28 accumulators + 2 weights + 1 input = 31 of 32 registers).
         # Rolled kh and ic loops keep the code small; unrolling them is the tuner's call.
-        config = dict(base, unroll_kh=False, unroll_ic=False)
-        return self.space(spec, target).check(config)
+        tile_oc = 2 * lanes if 2 * lanes in space["tile_oc"].values else space["tile_oc"].values[0]
+        vec = tile_oc // lanes
+        fit = [w for w in space["tile_ow"].values if w * vec + vec + 1 <= regs]
+        config = {"tile_oc": tile_oc, "tile_ic": max(d for d in space["tile_ic"].values if d <= 8),
+                  "tile_ow": max(fit) if fit else 1, "tile_oh": 1, "reduce_order": "ic_kh_kw",
+                  "unroll_kw": spec.kernel[1] <= 3, "unroll_kh": False, "unroll_ic": False}
+        return space.check(config)
 
     def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         base = super().space(spec, target)
