@@ -157,7 +157,9 @@ class Kernel:
         self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
         self._module = module
         self._executable = executable  # set when built in this process (export needs it)
-        self._func = None
+        self._functions: dict[str, Any] = {}  # looked up once: a module lookup costs ~0.2 ms
+        self._runs_here: bool | None = None
+        self._layout = json.dumps([self.spec.key, self.template, meta.get("space_hash"), self.config], sort_keys=True)
         self._staging: dict[str, np.ndarray] = {}
 
     # -- properties -----------------------------------------------------------------------
@@ -165,7 +167,9 @@ class Kernel:
     def runs_here(self) -> bool:
         """Can this machine run the kernel (same ISA and CPU features, or a CUDA GPU of the
         target's compute capability or later: see :meth:`convgen.target.Target.runs_here`)?"""
-        return self.target.runs_here()
+        if self._runs_here is None:
+            self._runs_here = self.target.runs_here()
+        return self._runs_here
 
     @property
     def device(self) -> Any:
@@ -206,9 +210,14 @@ class Kernel:
     @property
     def func(self) -> Any:
         """The packed function ``main(data, weight, [bias], out)``."""
-        if self._func is None:
-            self._func = self.module["main"]
-        return self._func
+        return self.function("main")
+
+    def function(self, name: str) -> Any:
+        """One of the library's entry points (``main``, ``main_prepacked``, ``pack_weights``)."""
+        f = self._functions.get(name)
+        if f is None:
+            f = self._functions[name] = self.module[name]
+        return f
 
     def arg_specs(self) -> list[tuple[str, tuple[int, ...], str]]:
         """(name, shape, dtype) of each argument, output last."""
@@ -274,21 +283,18 @@ class Kernel:
 
             held = tvm.runtime.empty(self.spec.weight_shape, self.spec.dtype, self.device)
             held.copyfrom(w)
-            return PackedWeights(held, self._layout_id())
+            return PackedWeights(held, self._layout)
         import tvm
 
         packed = tvm.runtime.empty(tuple(shape), self.spec.dtype, self.device)
-        self.module["pack_weights"](w, packed)
-        return PackedWeights(packed, self._layout_id())
-
-    def _layout_id(self) -> str:
-        return json.dumps([self.spec.key, self.template, self.meta.get("space_hash"), self.config], sort_keys=True)
+        self.function("pack_weights")(w, packed)
+        return PackedWeights(packed, self._layout)
 
     def _prepacked_func(self, packed: "PackedWeights") -> Any:
-        if packed.layout != self._layout_id():
+        if packed.layout != self._layout:
             raise ValueError("weight: these packed weights belong to another kernel (another spec, template "
                              "or config); pack them with this kernel's pack_weights()")
-        return self.module["main_prepacked"] if self.meta.get("packed_weight_shape") else self.func
+        return self.function("main_prepacked") if self.meta.get("packed_weight_shape") else self.func
 
     def _kind(self, x: Any) -> str:
         import tvm

@@ -46,7 +46,7 @@ from convgen.target import Target
 
 from . import Template, register
 from .common import channels_innermost, pack_weights, spatial_loops, vectorize_inner
-from .x86 import DepthwiseX86, DirectX86
+from .x86 import DepthwiseX86, DirectX86, tile_knobs
 
 
 def _find_loop(sch: Any, block_name: str, loop_name: str) -> Any:
@@ -280,19 +280,8 @@ class DotprodInt8ARM(Template):
                 return f"register tile has {acc} > {regs // 2} int32x4 accumulators (spills)"
             return None
 
-        return Space(
-            self.name,
-            self.version,
-            (
-                Knob("tile_oc", tile_oc, "output channels per register tile (4 per SDOT)"),
-                Knob("tile_ic", tile_ic, "input-channel block of the packed data and weights (4 per SDOT)"),
-                Knob("tile_ow", tile_ow, "output pixels per row in the register tile"),
-                Knob("tile_oh", tile_oh, "output rows in the register tile"),
-                Knob("reduce_order", ("ic_kh_kw", "kh_kw_ic"), "order of the reduction loops outside the channel block"),
-                Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
-            ),
-            fits,
-        )
+        # tile_oc and tile_ic in steps of 4: one SDOT multiplies 4 int8 channels for 4 outputs
+        return Space(self.name, self.version, tile_knobs(tile_oc, tile_ic, tile_ow, tile_oh), fits)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         space = self.space(spec, target)

@@ -37,6 +37,18 @@ from . import Template, register
 from .common import channels_innermost, pack_weights, parallel_outer, spatial_loops, vectorize_inner
 
 
+def tile_knobs(tile_oc: tuple, tile_ic: tuple, tile_ow: tuple, tile_oh: tuple) -> tuple[Knob, ...]:
+    """The knobs of a blocked direct convolution (shared with the ARM templates)."""
+    return (
+        Knob("tile_oc", tile_oc, "output channels per register tile (a multiple of the vector lanes)"),
+        Knob("tile_ic", tile_ic, "input-channel block of the packed data and weights"),
+        Knob("tile_ow", tile_ow, "output pixels per row in the register tile"),
+        Knob("tile_oh", tile_oh, "output rows in the register tile"),
+        Knob("reduce_order", ("ic_kh_kw", "kh_kw_ic"), "order of the reduction loops outside the channel block"),
+        Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
+    )
+
+
 def _live_registers(config: Config, lanes: int) -> int:
     vec_oc = config["tile_oc"] // lanes
     return config["tile_oh"] * config["tile_ow"] * vec_oc + vec_oc + 1
@@ -69,19 +81,7 @@ class DirectX86(Template):
             # One spilled register is tolerated (the broadcast can come from memory).
             return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
 
-        return Space(
-            self.name,
-            self.version,
-            (
-                Knob("tile_oc", tile_oc, "output channels per register tile (a multiple of the vector lanes)"),
-                Knob("tile_ic", tile_ic, "input-channel block of the packed data and weights"),
-                Knob("tile_ow", tile_ow, "output pixels per row in the register tile"),
-                Knob("tile_oh", tile_oh, "output rows in the register tile"),
-                Knob("reduce_order", ("ic_kh_kw", "kh_kw_ic"), "order of the reduction loops outside the channel block"),
-                Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
-            ),
-            fits,
-        )
+        return Space(self.name, self.version, tile_knobs(tile_oc, tile_ic, tile_ow, tile_oh), fits)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         lanes, regs = target.vector_lanes, target.registers

@@ -7,12 +7,14 @@ machine noise hits every candidate alike (the median per candidate is reported):
 - convgen ``default``: the template's untuned default config;
 - convgen ``tuned``: the shipped records (or ``--records``), when they cover the layer;
 - oneDNN: torch 2.13's CPU convolution on the user's NCHW tensors, and on channels_last
-  (the layout change inside the timed call, as for convgen); the faster of the two is the peer;
+  (the layout change inside the timed call, as for convgen); the faster of the two in each
+  round is the peer;
 - MetaSchedule: the best of a ``scripts/compare_metaschedule.py`` database, where one exists.
 
 convgen kernels run with prepared weights (``k.pack_weights(w)`` once, as in inference;
-``--per-call-weights`` times the path that prepares them on every call). Prints GFLOP/s,
-% of the measured FMA peak, ratios vs oneDNN and the geomeans.
+``--per-call-weights`` times the path that prepares them on every call). Prints GFLOP/s
+(median time), % of the measured FMA peak, ratios vs oneDNN (median over rounds of the
+ratio within a round: robust to the slow spells of a shared machine) and the geomeans.
 
     python scripts/bench_cpu.py                      # the ResNet-50 + MobileNet set
     python scripts/bench_cpu.py --layers resnet50.r2_3x3 resnet50.r4_3x3 --rounds 30
@@ -27,7 +29,7 @@ import sys
 
 import numpy as np
 
-from benchutil import geomean, interleaved
+from benchutil import geomean, interleaved, paired_ratio
 
 RESNET = ["resnet50.conv1", "resnet50.r2_3x3", "resnet50.r2_1x1_reduce", "resnet50.r3_3x3", "resnet50.r3_3x3_s2",
           "resnet50.r4_3x3", "resnet50.r5_3x3", "resnet50.r5_1x1_expand"]
@@ -99,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.layers:
         spec = workloads.layer(name)
-        x, w = random_inputs(spec)[:2]
+        # 64-byte aligned data, as a framework allocates it (unaligned numpy would cost
+        # convgen a copy per call: TVM takes DLPack data only 64-byte aligned)
+        x0, w = random_inputs(spec)[:2]
+        x = convgen.aligned_empty(x0.shape, x0.dtype)
+        x[...] = x0
         kernels = {"default": convgen.build(spec, target, num_threads=threads, builtin_records=False)}
         tmpl, cfg, source = builder.resolve_config(spec, target, None, None, args.records, not args.no_builtin_records)
         if source in ("records", "builtin"):
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in ("default", "tuned", "metaschedule"):
             if c in med:
                 row[f"{c}_s"] = med[c]
-                row[f"{c}_ratio"] = onednn / med[c]
+                row[f"{c}_ratio"] = paired_ratio(samples, ["onednn_nchw", "onednn_cl"], c)
         if "tuned" in kernels:
             row["tuned_template"] = kernels["tuned"].template
         rows.append(row)

@@ -35,3 +35,16 @@ def geomean(values: list[float]) -> float:
     """Geometric mean of the positive values (nan if none)."""
     values = [v for v in values if v and v > 0]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def paired_ratio(samples: dict[str, list[float]], peer: list[str], name: str) -> float:
+    """Median over rounds of (fastest ``peer`` in the round / ``name`` in the round).
+
+    A shared machine has slow spells that last seconds; a round lasts a fraction of one, so
+    the candidates of one round share the machine's state and their ratio is stable even
+    when the absolute times are not.
+    """
+    import statistics
+
+    rounds = len(samples[name])
+    return statistics.median(min(samples[p][i] for p in peer) / samples[name][i] for i in range(rounds))

@@ -88,7 +88,7 @@ def plot_curves(tasks: list[Any], path: str, title: str = "") -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     for t in tasks:
         if t.curve:
             xs, ys = zip(*t.curve)
@@ -97,8 +97,8 @@ def plot_curves(tasks: list[Any], path: str, title: str = "") -> str | None:
     ax.set_ylabel("best GFLOP/s")
     ax.set_title(title or "convgen tuning curves")
     ax.grid(alpha=0.3)
-    if len(tasks) <= 16:
-        ax.legend(fontsize=7, loc="lower right")
+    if len(tasks) <= 40:  # beside the axes, so it hides no curve
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
