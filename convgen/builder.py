@@ -223,12 +223,11 @@ def build(
     meta = metadata(spec, target, tmpl, config, source)
     if packed:
         meta["packed_weight_shape"] = packed
-    module = executable.mod if target.runs_here() else None
-    if target.family == "cuda":  # [cuda hook] device-code report; runs in process only on a fit GPU
+    if target.family == "cuda":  # [cuda hook] device-code report (registers, spills, fatbin)
         from . import cuda
 
         meta["cuda"] = cuda.report(executable)
-        module = cuda.runtime_module(executable, target)
+    module = executable.mod if target.runs_here() else None  # a GPU target runs here only on a fit GPU
     if module is not None and target.is_cpu:
         set_num_threads(num_threads)
     return Kernel(meta, module, num_threads=num_threads, executable=executable)

@@ -665,11 +665,6 @@ def device_problem(target: Target, device_id: int = 0) -> str | None:
     return None
 
 
-def runtime_module(executable: Any, target: Target) -> Any:
-    """The executable's module when this process can run it on a GPU, else ``None``."""
-    return executable.mod if device_problem(target) is None else None
-
-
 # ---- CPU emulation -------------------------------------------------------------------------------
 _THREAD_BINDING = re.compile(r'T\.thread_binding\((?P<args>[^=]*?),\s*thread="[^"]*"')
 _GPU_SCOPE = re.compile(r'scope="(shared|shared\.dyn|wmma\.\w+)"')
