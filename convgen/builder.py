@@ -267,6 +267,7 @@ def _builtin(enabled: bool) -> list[str]:
 
 
 def _last_line(e: BaseException) -> str:
+    """The line of a TVM error that says what went wrong (the last one naming an error)."""
     lines = [line for line in str(e).splitlines() if line.strip()]
     msg = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
     return msg.strip()[:500] or type(e).__name__

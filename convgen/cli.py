@@ -50,7 +50,38 @@ def _padding(text: str) -> Any:
     return text if text in ("same", "valid") else _ints(text)
 
 
-def add_spec_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return _bounded_int(text, 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return _bounded_int(text, 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _bounded_int(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
     """The flags that describe one convolution (or ``--layer`` for a built-in one)."""
     g = p.add_argument_group("workload", "either --layer NAME or the shape flags (-c, -k, --size, ...)")
     g.add_argument("--layer", help="a built-in layer, e.g. resnet50.r2_3x3 (list: convgen layers)")
@@ -81,16 +112,13 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     fields: dict[str, Any] = {}
     if args.layer:
         fields = layer(args.layer).to_dict()
-    names = {"batch": "batch", "in_channels": "in_channels", "out_channels": "out_channels", "height": "height",
-             "width": "width", "kernel": "kernel", "stride": "stride", "padding": "padding",
-             "dilation": "dilation", "groups": "groups", "layout": "layout", "dtype": "dtype",
-             "bias": "bias", "flip": "flip"}
     if args.size is not None:
         fields["height"] = fields["width"] = args.size
-    for attr, field in names.items():
-        value = getattr(args, attr, None)
+    for name in ("batch", "in_channels", "out_channels", "height", "width", "kernel", "stride", "padding",
+                 "dilation", "groups", "layout", "dtype", "bias", "flip"):
+        value = getattr(args, name, None)
         if value is not None:
-            fields[field] = value
+            fields[name] = value
     if args.relu:
         fields["activation"] = "relu"
     missing = [f for f in ("in_channels", "out_channels", "height", "width") if f not in fields]
@@ -102,6 +130,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 # ---- subcommands --------------------------------------------------------------------------------
 def cmd_targets(args: argparse.Namespace) -> int:
+    """``convgen targets``: the targets, and which of them run on this machine."""
     from .target import all_targets, host_target, TargetError
 
     try:
@@ -121,6 +150,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    """``convgen layers``: the built-in workloads, by network."""
     from .workloads import PRESETS
 
     for net, layers in PRESETS.items():
@@ -133,6 +163,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_space(args: argparse.Namespace) -> int:
+    """``convgen space``: each template's knobs and default config for one workload."""
     from .builder import select_template
     from .schedules import candidates
     from .target import get_target
@@ -151,10 +182,11 @@ def cmd_space(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """``convgen build``: compile one workload to a ``.so`` with its metadata."""
     from .builder import build
 
     spec = spec_from_args(args)
-    config = json.loads(args.config) if args.config else None
+    config = _config_arg(args.config) if args.config is not None else None
     t0 = time.perf_counter()
     kernel = build(spec, args.target, config, template=args.template, records=args.records,
                    builtin_records=not args.no_builtin_records, num_threads=args.threads)
@@ -165,14 +197,39 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_arg(text: str) -> dict:
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--config: not valid JSON ({e}): {text!r}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--config: expected a JSON object of knob values like '{{\"tile_oc\": 8}}', got {text!r}")
+    return config
+
+
+def _metadata(path: str) -> dict:
+    """A kernel's metadata, with the fields the commands read checked."""
+    from .runtime import KernelError, read_metadata
+
+    meta = read_metadata(path)
+    if not isinstance(meta, dict):
+        raise KernelError(f"{path}: corrupt metadata (not a JSON object)")
+    for key, kind in (("spec", dict), ("template", str), ("config", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise KernelError(f"{path}: corrupt metadata ({key!r} missing or not a {kind.__name__})")
+    return meta
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    """``convgen info``: a kernel's metadata."""
     from .runtime import read_metadata
 
-    meta = read_metadata(args.kernel)
     if args.json:
-        print(json.dumps(meta, indent=2, sort_keys=True))
+        print(json.dumps(read_metadata(args.kernel), indent=2, sort_keys=True))
         return 0
     from .spec import ConvSpec
+
+    meta = _metadata(args.kernel)
 
     spec = ConvSpec.from_dict(meta["spec"])
     print(f"{args.kernel}: {spec.describe()}")
@@ -182,12 +239,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``convgen run``: check a kernel against the numpy reference and time it."""
     import numpy as np
 
     from .reference import conv2d_reference, random_inputs, tolerance
-    from .runtime import load, read_metadata, target_from_metadata
+    from .runtime import load, target_from_metadata
 
-    meta = read_metadata(args.kernel)
+    meta = _metadata(args.kernel)
     if args.rpc or args.tracker:
         from .remote import connect, run_remote
 
@@ -229,23 +287,26 @@ def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
         print(f"  check vs numpy reference: max |error| {result['max_error']:.2e} "
               f"(tolerance {result['tolerance']:.1e}) {'OK' if ok else 'FAILED'}")
     if target.is_cpu:
-        peak = measured_peak_gflops(target, threads) if where == "this machine" else target.nominal_peak_gflops(threads)
-        kind = "measured" if where == "this machine" and target.runs_here() else "nominal"
+        measured = where == "this machine" and target.runs_here() and spec.dtype == "float32"
+        peak = measured_peak_gflops(target, threads) if measured else target.nominal_peak_gflops(threads, spec.dtype)
+        kind = "measured" if measured else "nominal"
         pct = f", {100 * gflops / peak:.0f}% of the {kind} peak ({peak:.0f} GFLOP/s)" if peak else ""
     else:
-        peak = target.nominal_peak_gflops(1)
+        peak = target.nominal_peak_gflops(1, spec.dtype)
         pct = f", {100 * gflops / peak:.1f}% of the nominal peak" if peak else ""
     print(f"  on {where}, {threads} thread{'s' if threads != 1 else ''}: median {median * 1e3:.3f} ms over "
           f"{len(result['times'])} repeats, {gflops:.1f} GFLOP/s{pct}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    """``convgen tune`` (see :func:`convgen.cli_tune.run_tune`)."""
     from .cli_tune import run_tune
 
     return run_tune(args)
 
 
 def cmd_records(args: argparse.Namespace) -> int:
+    """``convgen records`` (see :func:`convgen.cli_tune.run_records`)."""
     from .cli_tune import run_records
 
     return run_records(args)
@@ -296,7 +357,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--template", help="force a template (see convgen space)")
     s.add_argument("--records", nargs="+", help="tuning logs to take the best config from")
     s.add_argument("--no-builtin-records", action="store_true", help="ignore the tuned records shipped with convgen")
-    s.add_argument("--threads", type=int, help="CPU threads (default: every CPU this process may use)")
+    s.add_argument("--threads", type=positive_int, help="CPU threads (default: every CPU this process may use)")
     s.set_defaults(fn=cmd_build)
 
     s = sub.add_parser(
@@ -305,8 +366,8 @@ def make_parser() -> argparse.ArgumentParser:
                "  convgen run arm.so --rpc 127.0.0.1:9090\n  convgen run arm.so --tracker 127.0.0.1:9190 --key arm-neon",
     )
     s.add_argument("kernel", help="a .so written by convgen build / tune")
-    s.add_argument("--threads", type=int, help="CPU threads (default: every CPU this process may use)")
-    s.add_argument("--repeat", type=int, default=10, help="timed repeats (each >= 100 ms)")
+    s.add_argument("--threads", type=positive_int, help="CPU threads (default: every CPU this process may use)")
+    s.add_argument("--repeat", type=positive_int, default=10, help="timed repeats (each >= 100 ms)")
     s.add_argument("--no-check", action="store_true", help="skip the comparison with the reference")
     s.add_argument("--rpc", metavar="HOST:PORT", help="run on a TVM RPC server (a board) instead of here")
     s.add_argument("--tracker", metavar="HOST:PORT", help="run on a device from a TVM RPC tracker")

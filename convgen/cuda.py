@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .builder import _last_line
 from .knobs import ConfigError
 from .target import Target, TargetError
 
@@ -112,14 +113,17 @@ def limits(target: Target) -> GPULimits:
 
 
 # ---- nvcc ----------------------------------------------------------------------------------------
+def _toolkit_roots() -> list[str]:
+    """CUDA toolkit folders, in the order CUDA's own tools look: $CUDA_HOME, $CUDA_PATH, the
+    default install; then versioned installs, newest first."""
+    roots = [p for p in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if p]
+    return roots + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+
+
 def find_nvcc(target: Target) -> str:
     """Path of nvcc: the target's ``compiler.nvcc`` on PATH, ``$CUDA_HOME/bin``, ``/usr/local/cuda/bin``."""
     name = str(target.compiler.get("nvcc", "nvcc"))
-    candidates = [shutil.which(name)]
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root:
-            candidates.append(os.path.join(root, "bin", "nvcc"))
-    candidates += sorted(glob.glob("/usr/local/cuda-*/bin/nvcc"), reverse=True)
+    candidates = [shutil.which(name)] + [os.path.join(root, "bin", "nvcc") for root in _toolkit_roots()]
     for path in candidates:
         if path and os.path.isfile(path) and os.access(path, os.X_OK):
             return path
@@ -593,9 +597,7 @@ def _cudart_candidates() -> list[str]:
     import site
     import sys
 
-    roots = [p for p in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if p]
-    found = [os.path.join(r, sub, "libcudart.so.13") for r in roots for sub in ("lib64", "lib")]
-    found += sorted(glob.glob("/usr/local/cuda-13*/lib*/libcudart.so.13"))
+    found = [os.path.join(r, sub, "libcudart.so.13") for r in _toolkit_roots() for sub in ("lib64", "lib")]
     for base in site.getsitepackages() + [site.getusersitepackages()] + sys.path:
         found += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libcudart.so.13")))
     return [p for p in found if os.path.isfile(p)]
@@ -701,7 +703,6 @@ def emulate(spec: Any, target: Target | str, config: Any = None, *, template: st
     ``ConfigError`` unless ``intrinsics=False``, which emulates its loop nest with the
     16x16x16 blocks left as plain loops (the data movement, not the WMMA instructions).
     """
-    import tvm
     from tvm import s_tir
 
     from .builder import resolve_config
@@ -737,8 +738,3 @@ def emulate_module(mod: Any, spec: Any, pass_config: dict[str, Any] | None = Non
 
     return run
 
-
-def _last_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    msg = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
-    return msg[:500] or type(e).__name__

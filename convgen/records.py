@@ -10,7 +10,10 @@ One line::
 
 Appends take an exclusive ``flock`` and write the whole line with one ``write`` on an
 ``O_APPEND`` descriptor, then ``fsync``: two tuners can share a file and a crash loses at
-most the trial being written. A truncated or corrupt line is skipped with a warning.
+most the trial being written. :func:`rewrite` (``convgen records prune/merge`` in place)
+holds the same lock while it reads and atomically replaces the file, and an appender that
+waited on the replaced file reopens the new one. A truncated or corrupt line is skipped
+with a warning.
 """
 
 from __future__ import annotations
@@ -18,17 +21,31 @@ from __future__ import annotations
 import datetime
 import fcntl
 import json
+import math
 import os
+import stat
+import statistics
 import warnings
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .knobs import Config, config_key
 from .spec import ConvSpec
 from .target import Target
 
 FORMAT = 1
+
+DEVICE_ERRORS = frozenset({"device"})
+"""Error kinds that say nothing about the config (the device could not be reached, nothing
+ran): such a record is neither a timing nor a failure of its candidate."""
+
+
+def median(times: Sequence[float]) -> float:
+    """The cost of a candidate from its timings: their median (the mean of the two middle
+    ones for an even count). The one definition the records, the campaign and the measurer
+    share, so they rank candidates alike."""
+    return statistics.median(times)
 
 
 @dataclass
@@ -39,42 +56,47 @@ class Record:
 
     @property
     def spec_key(self) -> str:
+        """The workload's :attr:`ConvSpec.key <convgen.spec.ConvSpec.key>`."""
         return self.data["spec_key"]
 
     @property
     def target(self) -> str:
+        """Name of the target the trial was measured for."""
         return self.data["target"]
 
     @property
     def template(self) -> str:
+        """Name of the schedule template."""
         return self.data["template"]
 
     @property
     def space_hash(self) -> str:
+        """Hash of the template's knob space the config belongs to (``""`` if unknown)."""
         return self.data.get("space_hash", "")
 
     @property
     def config(self) -> Config:
+        """The knob values measured."""
         return self.data["config"]
 
     @property
     def error(self) -> str | None:
+        """The error kind (``"build"``, ``"wrong_result"``, ...), ``None`` for a good trial."""
         return self.data.get("result", {}).get("error")
 
     @property
     def ok(self) -> bool:
+        """Measured without error (it may still be marked ``"verified": false``)."""
         return self.error is None and self.median is not None
 
     @property
     def median(self) -> float | None:
+        """Median seconds per call of this trial, ``None`` if it failed."""
         return self.data.get("result", {}).get("median_s")
 
     @property
-    def gflops(self) -> float | None:
-        return self.data.get("result", {}).get("gflops")
-
-    @property
     def spec(self) -> ConvSpec:
+        """The workload, parsed."""
         return ConvSpec.from_dict(self.data["spec"])
 
     def trial_key(self) -> tuple[str, str, str, str, str]:
@@ -91,8 +113,8 @@ def make_record(spec: ConvSpec, target: Target, template: Any, config: Config, *
 
     result: dict[str, Any] = {"error": error, "message": message[:2000]}
     if times:
-        median = sorted(times)[len(times) // 2]
-        result.update(median_s=median, times_s=list(times), gflops=spec.flops / median / 1e9)
+        cost = median(times)
+        result.update(median_s=cost, times_s=list(times), gflops=spec.flops / cost / 1e9)
     rec = {
         "v": FORMAT,
         "spec": spec.to_dict(),
@@ -115,11 +137,12 @@ def make_record(spec: ConvSpec, target: Target, template: Any, config: Config, *
 def append(path: str, records: Iterable[dict[str, Any]]) -> None:
     """Append records atomically (one locked write per record, then fsync)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    flags = os.O_RDWR | os.O_APPEND
+    fd = os.open(path, flags | os.O_CREAT, 0o644)
     try:
         for rec in records:
             line = (json.dumps(rec, sort_keys=True, default=str) + "\n").encode()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = _lock_current(path, fd, flags)
             try:
                 _ensure_newline(fd)
                 os.write(fd, line)
@@ -128,6 +151,69 @@ def append(path: str, records: Iterable[dict[str, Any]]) -> None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def rewrite(path: str, produce: Callable[[], Iterable[dict[str, Any]]]) -> int:
+    """Replace the records in ``path`` with ``produce()``'s, atomically; returns their number.
+
+    ``produce`` runs while this holds the lock appenders take, so it may read ``path``
+    without an append slipping in between the read and the replace; the new file is
+    written to a temporary, fsynced, then renamed over ``path``.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fd = _lock_current(path, fd, os.O_RDONLY)
+        datas = list(produce())
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as fh:
+                for d in datas:
+                    fh.write((json.dumps(d, sort_keys=True, default=str) + "\n").encode())
+                fh.flush()
+                os.fchmod(fh.fileno(), stat.S_IMODE(os.fstat(fd).st_mode))
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path)
+    finally:
+        os.close(fd)  # releases the lock: appenders waiting on the old file move to the new one
+    return len(datas)
+
+
+def _lock_current(path: str, fd: int, flags: int) -> int:
+    """Take the exclusive lock on ``fd``, first reopening ``path`` until ``fd`` is the file
+    at ``path`` (a :func:`rewrite` may have replaced it while we waited). Returns the
+    locked descriptor; ``fd`` is closed if another one is returned."""
+    while True:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        mine = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+            return fd
+        new = os.open(path, flags | os.O_CREAT, 0o644)
+        os.close(fd)  # also drops the lock on the replaced file
+        fd = new
+
+
+def _fsync_dir(path: str) -> None:
+    # The rename itself is durable only once the folder is synced.
+    try:
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def _ensure_newline(fd: int) -> None:
@@ -139,12 +225,26 @@ def _ensure_newline(fd: int) -> None:
 
 
 def read(paths: str | Iterable[str], *, warn: bool = True) -> Iterator[Record]:
-    """Records from one or more files; corrupt or truncated lines are skipped with a warning."""
+    """Records from one or more files; corrupt or truncated lines are skipped with a warning.
+
+    Every path must exist: a missing one raises ``FileNotFoundError`` at once (a mistyped
+    name must not silently mean "no records").
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    paths = [os.fspath(p) for p in paths]
+    _require(paths)
+    return _read(paths, warn)
+
+
+def _require(paths: Iterable[str]) -> None:
     for path in paths:
         if not os.path.exists(path):
-            continue
+            raise FileNotFoundError(f"records file not found: {path}")
+
+
+def _read(paths: list[str], warn: bool) -> Iterator[Record]:
+    for path in paths:
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 raw = raw.strip()
@@ -152,15 +252,35 @@ def read(paths: str | Iterable[str], *, warn: bool = True) -> Iterator[Record]:
                     continue
                 try:
                     data = json.loads(raw)
-                    if not isinstance(data, dict) or data.get("v") != FORMAT:
-                        raise ValueError("not a convgen record")
-                    for key in ("spec_key", "target", "template", "config", "result"):
-                        data[key]  # noqa: B018 - presence check
+                    _check(data)
                 except (ValueError, KeyError, TypeError) as e:
                     if warn:
                         warnings.warn(f"{path}:{lineno}: skipping a corrupt record ({e})", RecordWarning, stacklevel=2)
                     continue
                 yield Record(data)
+
+
+_FIELDS = {"spec": dict, "spec_key": str, "target": str, "template": str, "config": dict, "result": dict}
+
+
+def _check(data: Any) -> None:
+    """Raise ``ValueError`` unless ``data`` has every field a :class:`Record` reads, of the right type."""
+    if not isinstance(data, dict) or data.get("v") != FORMAT:
+        raise ValueError("not a convgen record")
+    for key, kind in _FIELDS.items():
+        if key not in data:
+            raise ValueError(f"no {key!r} field")
+        if not isinstance(data[key], kind):
+            raise ValueError(f"{key!r} is a {type(data[key]).__name__}, not a {kind.__name__}")
+    if not isinstance(data.get("space_hash", ""), str):
+        raise ValueError("'space_hash' is not a str")
+    result = data["result"]
+    if not isinstance(result.get("error"), (str, type(None))):
+        raise ValueError("'result.error' is not a str or null")
+    cost = result.get("median_s")
+    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float))
+                             or not math.isfinite(cost) or cost <= 0):
+        raise ValueError(f"'result.median_s' is not a positive number ({cost!r})")
 
 
 class RecordWarning(UserWarning):
@@ -171,21 +291,22 @@ def _aggregate(records: Iterable[Record]) -> dict[tuple, tuple[float, Record]]:
     """Per measured candidate (trial key): the median of its timings and one of its records.
 
     A candidate timed several times (the tuner re-times each layer's leaders) is judged by
-    the median over all its timings; one that ever failed or gave a wrong result is out.
+    the median over all its timings; one that ever failed or gave a wrong result is out
+    (a record of a :data:`DEVICE_ERRORS` kind counts neither way).
     """
-    import statistics
-
     times: dict[tuple, list[float]] = {}
     first: dict[tuple, Record] = {}
     bad: set[tuple] = set()
     for r in records:
         k = r.trial_key()
         first.setdefault(k, r)
+        if r.error in DEVICE_ERRORS:
+            continue
         if not r.ok or r.data.get("verified") is False:
             bad.add(k)
         else:
             times.setdefault(k, []).append(r.median)
-    return {k: (statistics.median(v), first[k]) for k, v in times.items() if k not in bad}
+    return {k: (median(v), first[k]) for k, v in times.items() if k not in bad}
 
 
 def best_records(records: Iterable[Record]) -> dict[tuple[str, str], tuple[float, Record]]:
@@ -224,7 +345,10 @@ def best_config(spec: ConvSpec, target: Target, paths: str | list[str], *, templ
 
 
 def builtin_record_files() -> list[str]:
-    """Tuning logs shipped inside the package (``convgen/tuned/*.jsonl``), like TVM's TopHub."""
+    """Tuning logs shipped inside the package (``convgen/tuned/*.jsonl``), like TVM's TopHub.
+
+    Only files that exist are listed: the one place where "no records" is not an error.
+    """
     try:
         folder = resources.files("convgen") / "tuned"
         return sorted(str(p) for p in folder.iterdir() if p.name.endswith(".jsonl"))

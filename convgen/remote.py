@@ -3,12 +3,18 @@
 ``connect`` reaches a device directly (``HOST:PORT`` of a ``tvm.exec.rpc_server``) or
 through a TVM RPC tracker with a device key, so one campaign can use a pool of boards.
 Everything here is TVM's own RPC (``tvm.rpc``): upload, load, ``time_evaluator`` remotely.
+
+:func:`measure_kernel` (inputs, packed weights, timing, check vs the reference) works on
+any device, local or remote: the tuner's local and RPC workers and ``convgen run --rpc``
+all measure through it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +26,11 @@ from .spec import ConvSpec
 
 class RemoteError(RuntimeError):
     """The device could not be reached, or it failed (crashed) while running a kernel."""
+
+
+class DeviceUnavailable(RemoteError):
+    """The device could not be reached, or a library could not be sent to it: nothing ran
+    there yet, so the kernel is not to blame (the tuner records error kind ``device``)."""
 
 
 # What a client sees when the device's session process died under it: the emulated board
@@ -61,8 +72,11 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
 
 
 def connect(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-            *, timeout: float = 600, priority: int = 1) -> Any:
-    """An RPC session: directly to ``rpc`` (HOST:PORT) or from ``tracker`` for device ``key``."""
+            *, timeout: float = 600) -> Any:
+    """An RPC session: directly to ``rpc`` (HOST:PORT) or from ``tracker`` for device ``key``.
+
+    Raises :class:`DeviceUnavailable` when the device (or tracker) cannot be reached.
+    """
     from tvm import rpc as tvm_rpc
 
     try:
@@ -73,20 +87,27 @@ def connect(rpc: str | None = None, tracker: str | None = None, key: str | None 
             if not key:
                 raise ValueError("a tracker needs a device key (--key)")
             host, port = parse_address(tracker, "--tracker")
-            return tvm_rpc.connect_tracker(host, port).request(key, priority=priority, session_timeout=int(timeout))
+            return tvm_rpc.connect_tracker(host, port).request(key, session_timeout=int(timeout))
     except ValueError:
         raise
     except Exception as e:  # socket errors, tracker refusals: one clear line
         where = rpc or f"tracker {tracker} (key {key})"
-        raise RemoteError(f"cannot reach the RPC device at {where}: {_last_line(e)}") from None
+        raise DeviceUnavailable(f"cannot reach the RPC device at {where}: {_last_line(e)}") from None
     raise ValueError("give --rpc HOST:PORT or --tracker HOST:PORT")
 
 
 def upload(session: Any, path: str) -> Any:
-    """Upload a kernel library and load it on the device; returns the remote module."""
+    """Upload a kernel library and load it on the device; returns the remote module.
+
+    A failed transfer is :class:`DeviceUnavailable`; a library the device cannot load
+    (a broken or foreign file) is :class:`RemoteError`.
+    """
     name = os.path.basename(path)
     try:
         session.upload(path, target=name)
+    except Exception as e:
+        raise DeviceUnavailable(f"could not send {name} to the device: {_last_line(e)}") from None
+    try:
         return session.load_module(name)
     except Exception as e:
         raise RemoteError(f"the device could not load {name}: {_last_line(e)}") from None
@@ -98,46 +119,133 @@ def device_of(session: Any, meta: dict[str, Any]) -> Any:
 
 
 def set_remote_threads(session: Any, num_threads: int | None) -> int:
-    """Size the remote CPU thread pool (``None``: leave the server's default); returns the count."""
+    """Size the remote CPU thread pool (``None``: leave the server's default); returns the count.
+
+    Call it first in a session: TVM sizes a thread pool once, when it is first used, to
+    the length of the CPU list configured then (else to its default, half the logical
+    CPUs on x86), and never grows it after. So the list names ``num_threads`` CPUs,
+    ``0 .. num_threads - 1``, which the threads share (mode -3; the remote process's
+    affinity mask is unknown here). RPC cannot send a list: it is built on the device.
+    """
     if num_threads:
-        # -3: threads share all cores (the remote process's affinity is unknown here)
-        session.get_function("runtime.config_threadpool")(-3, int(num_threads))
+        n = int(num_threads)
+        config = session.get_function("runtime.config_threadpool")
+        try:
+            cpus = session.get_function("ffi.Array")(*[str(i) for i in range(n)])
+        except Exception:  # noqa: BLE001 - a server without it: its default pool size caps n
+            config(-3, n)
+        else:
+            config(-3, n, cpus)
     return int(session.get_function("runtime.NumThreads")())
 
 
-def remote_time(session: Any, module: Any, spec: ConvSpec, dev: Any, *, number: int = 3, repeat: int = 5,
-                min_repeat_ms: int = 50, seed: int = 0, target: Any = None) -> list[float]:
-    """Seconds per call (one per repeat) of ``module``'s ``main`` on the device.
+# ---- measuring (any device: local, or remote through RPC) ------------------------------------
+@dataclass
+class KernelRun:
+    """What :func:`measure_kernel` found."""
 
-    ``target`` (the kernel's :class:`~convgen.target.Target`) only makes a crash's error say
-    which ISA the kernel needs.
+    entry: str                    # the entry point timed: main_prepacked (weights packed once) or main
+    times: list[float] = field(default_factory=list)   # seconds per call, one per repeat ([]: not timed)
+    errors: dict[str, float] = field(default_factory=dict)  # entry point -> max |error| ({}: not checked)
+    tolerance: float = 0.0
+
+    @property
+    def max_error(self) -> float:
+        return max(self.errors.values(), default=0.0)
+
+    @property
+    def verified(self) -> bool | None:
+        """``None`` when nothing was checked, else whether every entry point was right."""
+        return None if not self.errors else self.max_error <= self.tolerance
+
+    @property
+    def mismatch(self) -> str:
+        """One line naming the wrong entry points ("" when all are right)."""
+        return "; ".join(f"{name}: max |error| {err:.3g} > tolerance {self.tolerance:.3g}"
+                         for name, err in self.errors.items() if not err <= self.tolerance)
+
+
+def _max_abs_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want|; ``inf`` where ``got`` holds NaN or inf (an output left unwritten)."""
+    if not got.size:
+        return 0.0
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    return float(np.max(diff)) if np.isfinite(diff).all() else math.inf
+
+
+def _poison(out: Any, spec: ConvSpec) -> None:
+    """Fill an output tensor with NaN (the most negative integer for int outputs), so an
+    element the kernel does not write shows up in the check instead of an older result."""
+    dtype = np.dtype(spec.out_dtype)
+    fill = np.nan if dtype.kind == "f" else np.iinfo(dtype).min
+    out.copyfrom(np.full(spec.output_shape, fill, dtype=dtype))
+
+
+def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[int] | tuple[int, ...] | None = None,
+                   timed: bool = True, number: int = 3, repeat: int = 5, min_repeat_ms: int = 50,
+                   cache_flush_bytes: int = 0, check_below: float | None = math.inf, seed: int = 0) -> KernelRun:
+    """Set up random inputs on ``dev``, time the kernel as deployed, check it vs the reference.
+
+    ``module`` is a loaded library, local or remote (:func:`upload`). Kernels with their own
+    weight layout (``packed_shape``, from the library's ``packed_weight_shape`` metadata) get
+    their weights packed once by the library's ``pack_weights`` and are timed through
+    ``main_prepacked``; others through ``main``. ``timed=False`` only checks. The check runs
+    when ``check_below`` is not ``None`` and the median time is below it (``inf``: always);
+    it runs every entry point (``main_prepacked`` and ``main``) on an output filled with NaN
+    first, so a kernel that skips part of the output fails. Device errors propagate as they
+    are (callers on RPC turn them into :class:`RemoteError` with :func:`explain_failure`).
     """
-    import tvm
-
-    args = [tvm.runtime.tensor(a, dev) for a in random_inputs(spec, seed)]
-    args.append(tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev))
-    try:
-        ev = module.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
-        return [float(t) for t in ev(*args).results]
-    except Exception as e:
-        raise RemoteError(explain_failure(e, target)) from None
-
-
-def remote_check(module: Any, spec: ConvSpec, dev: Any, *, seed: int = 1, target: Any = None) -> tuple[float, float]:
-    """(max |error| vs the reference, tolerance) of one remote run on random data."""
     import tvm
 
     arrays = random_inputs(spec, seed)
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
+    entries = [("main", args)]
+    if packed_shape:
+        packed = tvm.runtime.empty(tuple(int(x) for x in packed_shape), spec.dtype, dev)
+        module["pack_weights"](args[1], packed)
+        entries.insert(0, ("main_prepacked", [args[0], packed] + args[2:]))
+    name, timed_args = entries[0]
+    run = KernelRun(entry=name, tolerance=tolerance(spec))
+    if timed:
+        ev = module.time_evaluator(name, dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                   cache_flush_bytes=cache_flush_bytes)
+        run.times = [float(t) for t in ev(*timed_args, out).results]
+    if check_below is not None and (not run.times or statistics.median(run.times) < check_below):
+        want = conv2d_reference(spec, *arrays)
+        for name, entry_args in entries:
+            _poison(out, spec)
+            module[name](*entry_args, out)
+            run.errors[name] = _max_abs_error(out.numpy(), want)
+    return run
+
+
+def remote_time(module: Any, spec: ConvSpec, dev: Any, *, number: int = 3, repeat: int = 5,
+                min_repeat_ms: int = 50, cache_flush_bytes: int = 0, seed: int = 0, target: Any = None,
+                packed_shape: list[int] | None = None) -> list[float]:
+    """Seconds per call (one per repeat) of ``module`` on the device, as deployed
+    (``main_prepacked`` on weights packed once when ``packed_shape`` is given, else ``main``).
+
+    ``target`` (the kernel's :class:`~convgen.target.Target`) only makes a crash's error say
+    which ISA the kernel needs.
+    """
     try:
-        module["main"](*args, out)
-        got = out.numpy()
+        return measure_kernel(module, spec, dev, packed_shape=packed_shape, number=number, repeat=repeat,
+                              min_repeat_ms=min_repeat_ms, cache_flush_bytes=cache_flush_bytes,
+                              check_below=None, seed=seed).times
     except Exception as e:
         raise RemoteError(explain_failure(e, target)) from None
-    want = conv2d_reference(spec, *arrays)
-    err = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
-    return err, tolerance(spec)
+
+
+def remote_check(module: Any, spec: ConvSpec, dev: Any, *, seed: int = 1, target: Any = None,
+                 packed_shape: list[int] | None = None) -> tuple[float, float]:
+    """(max |error| vs the reference, tolerance) of one remote run on random data: of every
+    entry point (``main``, and ``main_prepacked`` when ``packed_shape`` is given)."""
+    try:
+        run = measure_kernel(module, spec, dev, packed_shape=packed_shape, timed=False, seed=seed)
+    except Exception as e:
+        raise RemoteError(explain_failure(e, target)) from None
+    return run.max_error, run.tolerance
 
 
 def run_remote(session: Any, path: str, meta: dict[str, Any], *, num_threads: int | None = None,
@@ -149,14 +257,23 @@ def run_remote(session: Any, path: str, meta: dict[str, Any], *, num_threads: in
     target = target_from_metadata(meta)
     module = upload(session, path)
     dev = device_of(session, meta)
-    result: dict[str, Any] = {"threads": set_remote_threads(session, num_threads) if dev.dlpack_device_type() == 1 else 1}
+    result: dict[str, Any] = {"threads": 1}
+    try:
+        # a remote device's type carries the session (1 + 128 * (index + 1) for a CPU): ask the target
+        if target.family != "cuda":
+            result["threads"] = set_remote_threads(session, num_threads)
+        run = measure_kernel(module, spec, dev, packed_shape=meta.get("packed_weight_shape"), repeat=repeat,
+                             check_below=math.inf if check else None, seed=1)
+    except Exception as e:
+        raise RemoteError(explain_failure(e, target)) from None
     if check:
-        result["max_error"], result["tolerance"] = remote_check(module, spec, dev, target=target)
-    result["times"] = remote_time(session, module, spec, dev, repeat=repeat, target=target)
-    result["median"] = statistics.median(result["times"])
+        result["max_error"], result["tolerance"] = run.max_error, run.tolerance
+    result["times"] = run.times
+    result["median"] = statistics.median(run.times)
     return result
 
 
 def _last_line(e: BaseException) -> str:
+    """The last non-empty line of an error (TVM's errors end with the message), at most 500 characters."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[-1][:400] if lines else type(e).__name__
+    return (lines[-1] if lines else type(e).__name__)[:500]

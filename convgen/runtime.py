@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,7 +34,32 @@ try:
     _PROCESS_MASK: list[int] = sorted(os.sched_getaffinity(0))
 except AttributeError:  # not Linux
     _PROCESS_MASK = []
-_threads_configured: int | None = None
+# TVM keeps one CPU thread pool per calling thread (ThreadPool::ThreadLocal), so the thread
+# count configured is tracked per Python thread too.
+_thread_state = threading.local()
+_tvm_module: Any = None
+_tvm_ffi_module: Any = None
+
+
+def _tvm() -> Any:
+    """The ``tvm`` package, imported on first use and bound once (``import convgen`` stays
+    light; with ``TVM_USE_RUNTIME_LIB=1`` this is the runtime alone)."""
+    global _tvm_module
+    if _tvm_module is None:
+        import tvm
+
+        _tvm_module = tvm
+    return _tvm_module
+
+
+def _tvm_ffi() -> Any:
+    """The ``tvm_ffi`` package, imported on first use and bound once."""
+    global _tvm_ffi_module
+    if _tvm_ffi_module is None:
+        import tvm_ffi
+
+        _tvm_ffi_module = tvm_ffi
+    return _tvm_ffi_module
 
 
 class KernelError(RuntimeError):
@@ -50,35 +76,45 @@ def default_num_threads() -> int:
     return len(_PROCESS_MASK) or available_cpus()
 
 
+def _clamp_threads(n: int) -> int:
+    """``n`` capped at the CPUs this process may use (TVM starts no more workers than that)."""
+    return min(int(n), default_num_threads())
+
+
 def set_num_threads(n: int | None = None) -> int:
-    """Size TVM's CPU thread pool to ``n`` threads (default: :func:`default_num_threads`).
+    """Size the calling thread's TVM CPU thread pool to ``n`` threads (default:
+    :func:`default_num_threads`). Returns the thread count in effect.
+
+    ``n`` is clamped to the CPUs this process may use (:func:`default_num_threads`): TVM
+    never starts more workers than the affinity mask holds, so asking for more gets that
+    many, and the count returned (as :attr:`Kernel.num_threads` and ``convgen run``
+    report it) is the real one.
 
     Worker ``i`` is pinned to the ``i``-th CPU of the process's affinity mask (threads that
     float share cores now and then: a 2-thread kernel measured 1.5x slower in those
     spells). The calling thread keeps the whole mask, so other libraries in the process
-    (torch's OpenMP pool, say) still see every core. Returns the thread count in effect.
+    (torch's OpenMP pool, say) still see every core.
+
+    TVM keeps one pool per calling thread: this configures the caller's. A kernel called
+    from another Python thread configures that thread's pool on its first call.
     """
-    global _threads_configured
     n = default_num_threads() if n is None else int(n)
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
-    if _threads_configured == n:
+    n = _clamp_threads(n)
+    if getattr(_thread_state, "num_threads", None) == n:
         return n
-    import tvm
-
     # mode -2 = kSpecifyOneCorePerThread over the listed CPUs
-    tvm.get_global_func("runtime.config_threadpool")(-2, n, [str(c) for c in _PROCESS_MASK])
+    _tvm().get_global_func("runtime.config_threadpool")(-2, n, [str(c) for c in _PROCESS_MASK])
     if _PROCESS_MASK:
         os.sched_setaffinity(0, _PROCESS_MASK)
-    _threads_configured = n
+    _thread_state.num_threads = n
     return n
 
 
 def current_num_threads() -> int:
-    """Threads TVM's pool uses now."""
-    import tvm
-
-    return int(tvm.runtime.num_threads())
+    """Threads the calling thread's TVM pool uses now."""
+    return int(_tvm().runtime.num_threads())
 
 
 # ---- metadata trailer -----------------------------------------------------------------------
@@ -144,6 +180,12 @@ class Kernel:
     Inputs are checked (type, dtype, shape, contiguity, device) before anything runs.
     numpy in gives numpy out, torch in gives torch out (zero-copy through DLPack when the
     data is 64-byte aligned), ``tvm.runtime.Tensor`` in gives one out.
+
+    Attributes: ``meta`` (the metadata dict), ``spec`` (:class:`~convgen.spec.ConvSpec`),
+    ``target`` (:class:`~convgen.target.Target`), ``template`` and ``config`` (the schedule
+    it was built with), ``path`` (the library file, if loaded from one) and ``num_threads``
+    (the CPU threads it runs with: ``num_threads`` as given, default
+    :func:`default_num_threads`, capped at the CPUs this process may use).
     """
 
     def __init__(self, meta: dict[str, Any], module: Any = None, *, path: str | None = None,
@@ -154,13 +196,29 @@ class Kernel:
         self.template: str = meta.get("template", "")
         self.config: dict[str, Any] = meta.get("config", {})
         self.path = path
-        self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
+        self.num_threads = default_num_threads() if num_threads is None else _clamp_threads(num_threads)
         self._module = module
         self._executable = executable  # set when built in this process (export needs it)
         self._functions: dict[str, Any] = {}  # looked up once: a module lookup costs ~0.2 ms
         self._runs_here: bool | None = None
+        self._device: Any = None
         self._layout = json.dumps([self.spec.key, self.template, meta.get("space_hash"), self.config], sort_keys=True)
-        self._staging: dict[str, np.ndarray] = {}
+        # fixed per kernel, so computed once rather than on every call
+        s = self.spec
+        self._is_cuda = self.target.family == "cuda"
+        self._is_cpu = self.target.is_cpu
+        self._dl_device_type = 2 if self._is_cuda else 1  # kDLCUDA / kDLCPU
+        packed = meta.get("packed_weight_shape")
+        self._packed_shape: tuple[int, ...] | None = tuple(int(d) for d in packed) if packed else None
+        specs = [("data", tuple(s.input_shape), s.dtype), ("weight", tuple(s.weight_shape), s.dtype)]
+        if s.bias:
+            specs.append(("bias", tuple(s.bias_shape), s.out_dtype))
+        self._arg_specs: tuple[tuple[str, tuple[int, ...], str], ...] = tuple(
+            specs + [("out", tuple(s.output_shape), s.out_dtype)])
+        # what PackedWeights hold: the kernel's own layout, or the weights as given
+        self._packed_spec = ("weight", self._packed_shape or tuple(s.weight_shape), s.dtype)
+        # staging buffers for data that cannot go zero-copy, one set per calling thread
+        self._local = threading.local()
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -174,19 +232,18 @@ class Kernel:
     @property
     def device(self) -> Any:
         """The TVM device the kernel runs on."""
-        import tvm
-
-        return tvm.cuda(0) if self.target.family == "cuda" else tvm.cpu(0)
+        if self._device is None:
+            tvm = _tvm()
+            self._device = tvm.cuda(0) if self._is_cuda else tvm.cpu(0)
+        return self._device
 
     @property
     def module(self) -> Any:
         """The TVM runtime module (loaded on first use)."""
         if self._module is None:
             self._require_runnable()
-            import tvm
-
             try:
-                self._module = tvm.runtime.load_module(self.path)
+                self._module = _tvm().runtime.load_module(self.path)
             except Exception as e:  # a broken or foreign library: say so, no TVM trace
                 raise KernelError(f"{self.path}: TVM could not load the library: {str(e).splitlines()[-1]}") from None
         return self._module
@@ -197,7 +254,7 @@ class Kernel:
 
             where = f"this {platform.machine()} machine"
             hint = f"run it on the device (convgen run {self.path or 'conv.so'} --rpc HOST:PORT)"
-            if self.target.family == "cuda":
+            if self._is_cuda:
                 from .cuda import device_problem
 
                 raise KernelError(f"kernel for {self.target.name} cannot run on {where}: "
@@ -220,46 +277,46 @@ class Kernel:
         return f
 
     def arg_specs(self) -> list[tuple[str, tuple[int, ...], str]]:
-        """(name, shape, dtype) of each argument, output last."""
-        s = self.spec
-        args = [("data", s.input_shape, s.dtype), ("weight", s.weight_shape, s.dtype)]
-        if s.bias:
-            args.append(("bias", s.bias_shape, s.out_dtype))
-        return args + [("out", s.output_shape, s.out_dtype)]
+        """(name, shape, dtype) of each argument, output last (a fresh list)."""
+        return list(self._arg_specs)
 
     # -- calling --------------------------------------------------------------------------
     def __call__(self, data: Any, weight: Any, bias: Any = None, *, out: Any = None) -> Any:
         """Run the convolution; returns ``out`` (allocated if not given) in the input's kind."""
         s = self.spec
-        if s.bias and bias is None:
-            raise ValueError(f"this kernel was built with bias=True: call k(data, weight, bias) with bias of shape {s.bias_shape}")
-        if not s.bias and bias is not None:
+        if s.bias:
+            if bias is None:
+                raise ValueError(f"this kernel was built with bias=True: call k(data, weight, bias) with bias of shape {s.bias_shape}")
+        elif bias is not None:
             raise ValueError("this kernel was built without bias: rebuild with bias=True to pass one")
-        self._require_runnable()
-        if self.num_threads != _threads_configured and self.target.is_cpu:
+        if self._runs_here is not True:
+            self._require_runnable()
+        if self._is_cpu and self.num_threads != getattr(_thread_state, "num_threads", None):
             set_num_threads(self.num_threads)
-        specs = self.arg_specs()
-        func = self.func
+        specs = self._arg_specs
+        func = self._functions.get("main")
+        if func is None:
+            func = self.function("main")
+        wspec = specs[1]
         if isinstance(weight, PackedWeights):
             func = self._prepacked_func(weight)
-            specs[1] = ("weight", tuple(weight.tensor.shape), s.dtype)
+            wspec = self._packed_spec
             weight = weight.tensor
-        given = [data, weight] + ([bias] if s.bias else [])
-        tensors = [self._to_tvm(x, *spec_) for x, spec_ in zip(given, specs)]
         kind = self._kind(data)
+        tensors = [self._to_tvm(data, *specs[0], kind=kind), self._to_tvm(weight, *wspec)]
+        if s.bias:
+            tensors.append(self._to_tvm(bias, *specs[2]))
         name, shape, dtype = specs[-1]
         if out is None:
             out_t, finish = self._allocate(kind, shape, dtype, data)
         else:
             if self._kind(out) != kind:
                 raise TypeError(f"out: expected the same kind of array as data ({_describe(data)}), got {_describe(out)}")
-            out_t, finish = self._to_tvm_out(out, name, shape, dtype)
+            out_t, finish = self._to_tvm_out(out, name, shape, dtype, kind)
         try:
-            if kind == "torch" and self.target.family == "cuda":
-                import tvm_ffi
-
+            if kind == "torch" and self._is_cuda:
                 # launch on torch's current stream, ordered with the torch work around it
-                with tvm_ffi.use_torch_stream():
+                with _tvm_ffi().use_torch_stream():
                     func(*tensors, out_t)
             else:
                 func(*tensors, out_t)
@@ -276,17 +333,13 @@ class Kernel:
         layout: another kernel refuses them.
         """
         self._require_runnable()
+        tvm = _tvm()
         w = self._to_tvm(weight, "weight", self.spec.weight_shape, self.spec.dtype)
-        shape = self.meta.get("packed_weight_shape")
-        if not shape:
-            import tvm
-
+        if not self._packed_shape:
             held = tvm.runtime.empty(self.spec.weight_shape, self.spec.dtype, self.device)
             held.copyfrom(w)
             return PackedWeights(held, self._layout)
-        import tvm
-
-        packed = tvm.runtime.empty(tuple(shape), self.spec.dtype, self.device)
+        packed = tvm.runtime.empty(self._packed_shape, self.spec.dtype, self.device)
         self.function("pack_weights")(w, packed)
         return PackedWeights(packed, self._layout)
 
@@ -294,14 +347,12 @@ class Kernel:
         if packed.layout != self._layout:
             raise ValueError("weight: these packed weights belong to another kernel (another spec, template "
                              "or config); pack them with this kernel's pack_weights()")
-        return self.function("main_prepacked") if self.meta.get("packed_weight_shape") else self.func
+        return self.function("main_prepacked") if self._packed_shape else self.func
 
     def _kind(self, x: Any) -> str:
-        import tvm
-
         if isinstance(x, np.ndarray):
             return "numpy"
-        if isinstance(x, tvm.runtime.Tensor):
+        if isinstance(x, _tvm().runtime.Tensor):
             return "tvm"
         if type(x).__module__.split(".")[0] == "torch":
             return "torch"
@@ -320,7 +371,7 @@ class Kernel:
             raise ValueError(f"{name}: must be C-contiguous (use np.ascontiguousarray / tensor.contiguous())")
 
     def _check_device(self, name: str, device_type: int) -> None:
-        want = 2 if self.target.family == "cuda" else 1  # kDLCUDA / kDLCPU
+        want = self._dl_device_type
         # A CUDA kernel dereferences its pointers on the GPU: host tensors (torch CPU, a
         # CPU tvm Tensor) are refused; numpy arrays are copied to the GPU instead.
         if device_type != want:
@@ -328,10 +379,11 @@ class Kernel:
             raise ValueError(f"{name}: the tensor lives on {where}; this {self.target.name} kernel needs "
                              f"{'a CPU' if want == 1 else 'a CUDA'} tensor")
 
-    def _to_tvm(self, x: Any, name: str, shape: tuple, dtype: str) -> Any:
-        import tvm
-
-        kind = self._kind(x)
+    def _to_tvm(self, x: Any, name: str, shape: tuple, dtype: str, kind: str | None = None) -> Any:
+        """``x`` checked and wrapped as a tvm Tensor the kernel reads (a staged copy when
+        it cannot go zero-copy); ``kind`` is ``self._kind(x)`` when the caller has it."""
+        if kind is None:
+            kind = self._kind(x)
         if kind == "numpy":
             self._check(name, shape, dtype, x.shape, str(x.dtype), x.flags.c_contiguous)
             return self._from_numpy(x, name)
@@ -339,53 +391,70 @@ class Kernel:
             self._check(name, shape, dtype, tuple(x.shape), str(x.dtype), True)
             self._check_device(name, x.device.dlpack_device_type())
             return x
+        t, host = self._from_dlpack(x, name, shape, dtype)
+        return t if host is None else self._from_numpy(host, name)
+
+    def _from_dlpack(self, x: Any, name: str, shape: tuple, dtype: str) -> tuple[Any, np.ndarray | None]:
+        """A DLPack tensor, checked: ``(tvm Tensor, None)`` zero-copy, or ``(None, numpy view)``
+        when its CPU data is not 64-byte aligned and has to go through a staging buffer."""
         try:
             dev_type, _ = x.__dlpack_device__()
         except Exception as e:
             raise TypeError(f"{name}: cannot read the DLPack device of {_describe(x)}: {e}") from None
         self._check_device(name, int(dev_type))
         try:
-            t = tvm.runtime.from_dlpack(x)
+            t = _tvm().runtime.from_dlpack(x)
         except Exception as e:
             msg = str(e)
             if "aligned" in msg and int(dev_type) == 1:
-                arr = np.from_dlpack(x)  # a CPU view: copy to an aligned staging buffer
+                arr = np.from_dlpack(x)  # a CPU view of the caller's memory
                 self._check(name, shape, dtype, arr.shape, str(arr.dtype), arr.flags.c_contiguous)
-                return self._from_numpy(arr, name)
+                return None, arr
             raise TypeError(f"{name}: {_describe(x)} cannot be passed through DLPack: {msg.splitlines()[-1]}") from None
         contiguous = t.is_contiguous() if hasattr(t, "is_contiguous") else True
         self._check(name, shape, dtype, tuple(t.shape), str(t.dtype), contiguous)
-        return t
+        return t, None
 
     def _from_numpy(self, x: np.ndarray, name: str) -> Any:
-        import tvm
-
-        if self.target.family == "cuda":
+        """A checked numpy array as a tvm Tensor: zero-copy when its data is writable and
+        64-byte aligned (numpy refuses to export read-only arrays through DLPack), else a
+        copy in a staging buffer (on the GPU for a CUDA kernel)."""
+        tvm = _tvm()
+        if self._is_cuda:
             return tvm.runtime.tensor(x, self.device)
-        if x.ctypes.data % _ALIGN == 0:
+        if x.flags.writeable and x.ctypes.data % _ALIGN == 0:
             return tvm.runtime.from_dlpack(x)
-        buf = self._staging.get(name)
-        if buf is None or buf.shape != x.shape:
-            buf = self._staging[name] = aligned_empty(x.shape, x.dtype)
+        buf, t = self._staging(name, x.shape, x.dtype)
         np.copyto(buf, x)
-        return tvm.runtime.from_dlpack(buf)
+        return t
+
+    def _staging(self, name: str, shape: tuple, dtype: Any) -> tuple[np.ndarray, Any]:
+        """This thread's 64-byte aligned host buffer for argument ``name``, and a tvm Tensor
+        viewing it (kept between calls: a kernel is called again and again with one shape)."""
+        staging = getattr(self._local, "staging", None)
+        if staging is None:
+            staging = self._local.staging = {}
+        entry = staging.get(name)
+        if entry is None or entry[0].shape != tuple(shape) or entry[0].dtype != dtype:
+            buf = aligned_empty(shape, dtype)
+            entry = staging[name] = (buf, _tvm().runtime.from_dlpack(buf))
+        return entry
 
     def _allocate(self, kind: str, shape: tuple, dtype: str, like: Any) -> tuple[Any, Any]:
         """A fresh output: (tvm tensor to write, function returning what the caller gets)."""
-        import tvm
-
-        if kind == "numpy" and self.target.is_cpu:
+        tvm = _tvm()
+        if kind == "numpy" and self._is_cpu:
             arr = aligned_empty(shape, dtype)
             return tvm.runtime.from_dlpack(arr), lambda: arr
-        if self.target.family == "cuda" and kind == "torch":
+        if self._is_cuda and kind == "torch":
             # on the input's GPU (cuda:1 stays on cuda:1), from torch's caching allocator
             torch = sys.modules["torch"]
             arr = torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
             return tvm.runtime.from_dlpack(arr), lambda: arr
-        if self.target.family == "cuda" and kind == "dlpack":
+        if self._is_cuda and kind == "dlpack":
             t = tvm.runtime.empty(shape, dtype, tvm.cuda(int(like.__dlpack_device__()[1])))
             return t, lambda: t  # a tvm Tensor: itself a DLPack GPU tensor
-        if self.target.family == "cuda" and kind == "tvm":
+        if self._is_cuda and kind == "tvm":
             t = tvm.runtime.empty(shape, dtype, like.device)
             return t, lambda: t
         t = tvm.runtime.empty(shape, dtype, self.device)
@@ -397,24 +466,43 @@ class Kernel:
             return t, lambda: np.from_dlpack(t)
         return t, lambda: t
 
-    def _to_tvm_out(self, out: Any, name: str, shape: tuple, dtype: str) -> tuple[Any, Any]:
-        """Wrap a caller's ``out=``; unaligned numpy goes through a staging tensor."""
-        import tvm
+    def _to_tvm_out(self, out: Any, name: str, shape: tuple, dtype: str, kind: str) -> tuple[Any, Any]:
+        """Wrap a caller's ``out=``: (tvm tensor to write, function returning ``out``).
 
-        if isinstance(out, np.ndarray):
+        Where the kernel cannot write ``out`` in place (unaligned CPU data, numpy or
+        DLPack/torch; host numpy for a GPU kernel) it writes a staging tensor, and the
+        function copies the result into ``out``.
+        """
+        tvm = _tvm()
+        if kind == "numpy":
             self._check(name, shape, dtype, out.shape, str(out.dtype), out.flags.c_contiguous)
             if not out.flags.writeable:
                 raise ValueError("out: the array is read-only")
-            if self.target.is_cpu and out.ctypes.data % _ALIGN == 0:
+            if not self._is_cpu:
+                staging = tvm.runtime.empty(shape, dtype, self.device)
+
+                def finish_device():
+                    np.copyto(out, staging.numpy())
+                    return out
+
+                return staging, finish_device
+            if out.ctypes.data % _ALIGN == 0:
                 return tvm.runtime.from_dlpack(out), lambda: out
-            staging = tvm.runtime.empty(shape, dtype, self.device)
+            host = out
+        elif kind == "tvm":
+            return self._to_tvm(out, name, shape, dtype, kind), lambda: out
+        else:
+            t, host = self._from_dlpack(out, name, shape, dtype)
+            if host is None:
+                return t, lambda: out
+        # the kernel writes every output element: nothing to copy in, only the result out
+        buf, t = self._staging(name, shape, dtype)
 
-            def finish():
-                np.copyto(out, staging.numpy())
-                return out
+        def finish():
+            np.copyto(host, buf)
+            return out
 
-            return staging, finish
-        return self._to_tvm(out, name, shape, dtype), lambda: out
+        return t, finish
 
     # -- measuring, exporting -------------------------------------------------------------
     def benchmark(self, *, number: int = 10, repeat: int = 5, min_repeat_ms: int = 100,
@@ -427,15 +515,15 @@ class Kernel:
         from .reference import random_inputs
 
         self._require_runnable()
-        if self.target.is_cpu:
+        if self._is_cpu:
             set_num_threads(self.num_threads)
         dev = self.device
-        import tvm
+        tvm = _tvm()
 
         arrays = random_inputs(self.spec, seed)
         args = [tvm.runtime.tensor(a, dev) for a in arrays]
         name = "main"
-        if self.meta.get("packed_weight_shape"):
+        if self._packed_shape:
             args[1], name = self.pack_weights(arrays[1]).tensor, "main_prepacked"
         args.append(tvm.runtime.empty(self.spec.output_shape, self.spec.out_dtype, dev))
         ev = self.module.time_evaluator(name, dev, number=number, repeat=repeat,
@@ -460,7 +548,12 @@ class Kernel:
 
 
 class PackedWeights:
-    """Weights already in a kernel's layout (from :meth:`Kernel.pack_weights`)."""
+    """Weights already in a kernel's layout (from :meth:`Kernel.pack_weights`).
+
+    ``tensor`` is the tvm Tensor holding them (on the kernel's device); ``layout`` names
+    the kernel layout they belong to (spec, template, config), so another kernel can
+    refuse them.
+    """
 
     __slots__ = ("tensor", "layout")
 
@@ -470,6 +563,7 @@ class PackedWeights:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the packed tensor (the kernel's weight layout, not always ``K, C, R, S``)."""
         return tuple(int(x) for x in self.tensor.shape)
 
     def __repr__(self) -> str:

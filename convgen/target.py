@@ -49,12 +49,16 @@ class Target:
         """True for targets whose kernels run on the CPU that loads them."""
         return self.family in ("x86", "arm")
 
-    def nominal_peak_gflops(self, cores: int) -> float:
-        """Nominal fp32 peak of ``cores`` cores from the TOML's per-cycle figure and clock."""
-        per_core = float(self.peak.get("flops_per_cycle", 0)) * float(self.peak.get("ghz", 0))
+    def nominal_peak_gflops(self, cores: int, dtype: str = "float32") -> float:
+        """Nominal peak of ``cores`` cores for ``dtype`` (GFLOP/s, or GOP/s for int8) from the
+        TOML's ``[peak]``: per-cycle figure x clock on CPUs, the whole chip on GPUs (fp16 on
+        tensor cores). A dtype without its own figure falls back to the fp32 one."""
         if self.family == "cuda":  # GPU peaks are given for the whole chip
-            return float(self.peak.get("fp32_tflops", 0)) * 1e3
-        return per_core * cores
+            key = "fp16_tensor_tflops" if dtype == "float16" else "fp32_tflops"
+            return float(self.peak.get(key, self.peak.get("fp32_tflops", 0))) * 1e3
+        per_cycle = self.peak.get("int8_ops_per_cycle" if dtype == "int8" else "flops_per_cycle")
+        per_cycle = per_cycle if per_cycle is not None else self.peak.get("flops_per_cycle", 0)
+        return float(per_cycle) * float(self.peak.get("ghz", 0)) * cores
 
     def runs_here(self) -> bool:
         """Can kernels for this target run on this machine (ISA and CPU flags present, or a
@@ -132,7 +136,7 @@ def host_cpu_name() -> str:
 
 def host_target() -> Target:
     """The widest-vector CPU target this machine can run."""
-    candidates = [t for t in all_targets().values() if t.runs_here()]
+    candidates = [t for t in all_targets().values() if t.is_cpu and t.runs_here()]
     if not candidates:
         raise TargetError(
             f"no shipped target runs on this machine ({platform.machine()}, flags "

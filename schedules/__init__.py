@@ -101,18 +101,15 @@ def register(template: Template) -> Template:
 
 def _load() -> None:
     # Import for the side effect of registering; order = preference within a family.
+    # (TVM itself is imported lazily by the templates: these imports are cheap.)
     global _LOADED
-    _LOADED = True
-    from . import generic, winograd, x86  # noqa: F401
-
+    _LOADED = True  # first, so a template module that asks for the registry does not recurse
     try:
-        from . import arm  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        from . import cuda  # noqa: F401
-    except ImportError:
-        pass
+        from . import generic, winograd, x86  # noqa: F401, I001
+        from . import arm, cuda  # noqa: F401
+    except BaseException:
+        _LOADED = False  # a broken template module fails loudly, every time, not half-registered
+        raise
 
 
 def all_templates() -> dict[str, Template]:

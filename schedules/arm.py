@@ -46,7 +46,7 @@ from convgen.target import Target
 
 from . import Template, register
 from .common import channels_innermost, pack_weights, spatial_loops, vectorize_inner
-from .x86 import DepthwiseX86, DirectX86, tile_knobs
+from .x86 import DepthwiseX86, DirectX86, live_registers, tile_knobs
 
 
 def _find_loop(sch: Any, block_name: str, loop_name: str) -> Any:
@@ -84,14 +84,20 @@ class SpatialPackARM(DirectX86):
     """Direct convolution for NEON: x86.direct's loop nest plus NEON unrolling knobs."""
 
     name = "arm.spatial_pack"
-    version = 1
+    version = 2
     families = ("arm",)
     priority = 10
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         base = super().space(spec, target)
+        lanes, regs = target.vector_lanes, target.registers
 
         def fits(config: Config) -> str | None:
+            # x86 tolerates one register over (an FMA can read a weight vector from memory);
+            # AArch64's FMLA takes registers only, so the tile must fit the 32 outright.
+            live = live_registers(_split(config, base), lanes)
+            if live > regs:
+                return f"register tile needs {live} > {regs} registers (FMLA has no memory operand)"
             # 8 channels x a 3x3 window (kh, kw unrolled too) x 28 FMLAs = 2016 instructions,
             # ~8 KiB: beyond that the body crowds the 48 KiB (A72) / 64 KiB (N1) I-cache.
             if config["unroll_ic"] and config["tile_ic"] > 8:
@@ -142,14 +148,21 @@ class DepthwiseARM(DepthwiseX86):
     """
 
     name = "arm.depthwise"
-    version = 1
+    version = 2
     families = ("arm",)
     priority = 20
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         base = super().space(spec, target)
         extra = (Knob("unroll_kh", (False, True), "unroll the kernel-height loop"),)
-        return _extend(base, self.name, self.version, extra, lambda config: None)
+        lanes, regs = target.vector_lanes, target.registers
+
+        def fits(config: Config) -> str | None:
+            vec = config["tile_c"] // lanes  # no memory operand on FMLA: no spare register
+            live = config["tile_ow"] * vec + vec + 1
+            return None if live <= regs else f"register tile needs {live} > {regs} registers"
+
+        return _extend(base, self.name, self.version, extra, fits)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         config = dict(super().default(spec, target), unroll_kh=spec.kernel[0] <= 3)

@@ -332,9 +332,8 @@ class TensorCoreCUDA(Template):
             smem = self.shared_bytes(config)
             if smem > gpu.max_shared_memory_per_block:
                 return f"shared memory {smem} bytes > {gpu.max_shared_memory_per_block}"
-            # 8 fp32 registers per thread per 16x16 accumulator fragment
-            if 8 * config["frag_m"] * config["frag_n"] > 128:
-                return f"{config['frag_m'] * config['frag_n']} accumulator fragments per warp > 16"
+            # accumulators: 8 fp32 registers per thread per 16x16 fragment, so the knobs'
+            # largest warp tile (4 x 4 fragments) holds 128 of the 255 registers a thread has
             bm = self._tile(config)[0]
             if bm > 2 * max(m, WMMA) and config["frag_m"] > 1:
                 return f"M tile {bm} far larger than the {m} output pixels"

@@ -9,18 +9,20 @@ weight vectors, broadcasts one input value per pixel and issues one FMA per accu
     accumulators = tile_oh * tile_ow * tile_oc / lanes
     live         = accumulators + tile_oc / lanes (weights) + 1 (broadcast)  <= registers
 
-AVX2 has 16 ymm (8 lanes): ``tile_oc=8`` allows 14 pixels (14+1+1), ``tile_oc=16`` 7 pixels
-(14+2+1 = 17 spills one; the constraint allows it, the tuner judges). AVX-512 has 32 zmm
-(16 lanes): ``tile_oc=16`` x 28 pixels or ``tile_oc=32`` x 14 pixels. With two FMA ports and
-a 4-cycle FMA latency, at least 8 independent accumulators are needed to keep both ports
-busy, which is why the default takes the widest pixel run that fits.
+The constraint allows one register over the file: an x86 FMA can read one weight vector
+as its memory operand. AVX2 has 16 ymm (8 lanes): ``tile_oc=8`` allows up to 15 pixels
+(15+1+1), ``tile_oc=16`` 7 pixels (14+2+1 = 17), ``tile_oc=32`` 3. AVX-512 has 32 zmm
+(16 lanes): ``tile_oc=16`` x 31 pixels, ``tile_oc=32`` x 15, ``tile_oc=64`` x 6. With two
+FMA ports and a 4-cycle latency at least 8 independent accumulators keep both ports busy;
+the default (see ``DirectX86.default``) then maximises FMAs per load.
 
 Layouts
 -------
 Vectorizing over output channels needs channels innermost: the padded data is written as
 ``N C/ib H W ib`` (NCHW input; NHWC already has channels innermost), the weights are packed
-to ``K/ob C/ib R S ib ob`` on every call (``K*C*R*S`` floats: small next to the
-``K*C*R*S*OH*OW`` multiply-adds), and the reduction's result tile is ``ob``-innermost so
+to ``K/ob C/ib R S ib ob`` (once, by the library's ``pack_weights``, for the
+``main_prepacked`` entry point; ``main`` packs them on every call: ``K*C*R*S`` floats,
+small next to the ``K*C*R*S*OH*OW`` multiply-adds), and the reduction's result tile is ``ob``-innermost so
 the accumulators are whole vectors. The epilogue (bias, ReLU, back to the user's layout) runs
 under the pixel-tile loop while the tile is still in registers.
 """
@@ -49,7 +51,8 @@ def tile_knobs(tile_oc: tuple, tile_ic: tuple, tile_ow: tuple, tile_oh: tuple) -
     )
 
 
-def _live_registers(config: Config, lanes: int) -> int:
+def live_registers(config: Config, lanes: int) -> int:
+    """Vector registers the micro-kernel holds: accumulators + weight vectors + 1 broadcast."""
     vec_oc = config["tile_oc"] // lanes
     return config["tile_oh"] * config["tile_ow"] * vec_oc + vec_oc + 1
 
@@ -77,8 +80,8 @@ class DirectX86(Template):
         tile_oh = tuple(divisors(spec.out_height, upto=4))
 
         def fits(config: Config) -> str | None:
-            live = _live_registers(config, lanes)
-            # One spilled register is tolerated (the broadcast can come from memory).
+            live = live_registers(config, lanes)
+            # One register over is tolerated: an FMA reads one weight vector from memory.
             return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
 
         return Space(self.name, self.version, tile_knobs(tile_oc, tile_ic, tile_ow, tile_oh), fits)
@@ -90,15 +93,16 @@ class DirectX86(Template):
         # Loads, not FMAs, limit the micro-kernel (on AMD Zen a 256-bit broadcast costs as
         # much as an FMA issue slot), so the default maximises FMAs per load, v*p / (v + p),
         # within the register file (v*p accumulators + v weights + 1 broadcast <= registers).
-        # AVX2 (16 registers): 2 vectors of channels x 2x2 pixels (8 FMAs per 6 loads) or
-        # 1 x 7; AVX-512 (32): 2 x 14 or 2 x 12. Ties go to square pixel tiles, whose input
-        # rows overlap under a 3x3 window.
+        # AVX2 (16 registers): 2 vectors of channels x 2x2 pixels (8 FMAs per 6 loads);
+        # AVX-512 (32): 4 vectors (64 channels) x 2x2 pixels (16 FMAs per 8 loads) where the
+        # channels divide, else 2 x 7 or so. Ties go to square pixel tiles, whose input rows
+        # overlap under a 3x3 window.
         def score(c: Config) -> tuple:
             v, p = c["tile_oc"] // lanes, c["tile_oh"] * c["tile_ow"]
             return (v * p / (v + p), -abs(c["tile_oh"] - c["tile_ow"]), c["tile_ow"])
 
         tiles = [c for c in space if c["reduce_order"] == "ic_kh_kw" and c["unroll_kw"] and c["tile_ic"] == space["tile_ic"].values[-1]
-                 and _live_registers(c, lanes) <= regs]
+                 and live_registers(c, lanes) <= regs]
         best = max(tiles, key=score)
         # the largest channel block up to 64: the packed data of one pixel stays in 4 cache lines
         return dict(best, unroll_kw=spec.kernel[1] <= 3)
@@ -106,7 +110,7 @@ class DirectX86(Template):
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
         lanes = target.vector_lanes
         f = {
-            "live_registers": _live_registers(config, lanes),
+            "live_registers": live_registers(config, lanes),
             "accumulators": config["tile_oh"] * config["tile_ow"] * config["tile_oc"] / lanes,
         }
         # bytes of packed weights one output tile streams (the L1/L2 working set)

@@ -34,7 +34,8 @@ sysroot="$cache/sysroot"
 sitepkgs="$cache/site-packages"
 rundir="$cache/run"
 
-# arm64 Debian packages of the sysroot: python3.11 and the shared libraries it loads, plus
+# arm64 Debian 12 (bookworm) packages of the sysroot (the names carry versions: another
+# release needs this list adjusted): python3.11 and the shared libraries it loads, plus
 # libstdc++/libgcc for TVM's runtime. (sqlite, readline, ncurses, ... are left out: unused.)
 SYSROOT_PKGS="python3.11 python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6
 libgcc-s1 libstdc++6 libexpat1 zlib1g libffi8 libssl3 libbz2-1.0 liblzma5 libcrypt1 libuuid1"
@@ -65,7 +66,9 @@ EOF
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null; then sudo "$@"
+  elif command -v sudo >/dev/null; then
+    # -n: fail at once instead of waiting for a password (CI has no terminal)
+    sudo -n "$@" || die "need root to run: $* (sudo asked for a password: run it yourself, then run this again)"
   else die "need root (or sudo) to run: $*"; fi
 }
 
@@ -173,7 +176,7 @@ cmd_start() {
   # a SIGILL'd kernel. A clean environment: nothing of the host's Python leaks in.
   (
     ulimit -c 0
-    exec setsid env -i PATH=/usr/bin:/bin HOME="${HOME:-/root}" LANG=C.UTF-8 \
+    exec setsid env -i PATH=/usr/bin:/bin HOME="$rundir" LANG=C.UTF-8 \
       QEMU_LD_PREFIX="$sysroot" PYTHONPATH="$sitepkgs" TVM_USE_RUNTIME_LIB=1 \
       qemu-aarch64 -cpu "$cpu" "$sysroot/usr/bin/python3.11" "$here/arm_rpc_server.py" "${args[@]}" \
       </dev/null >"$log" 2>&1

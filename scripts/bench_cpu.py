@@ -29,13 +29,12 @@ import sys
 
 import numpy as np
 
-from benchutil import geomean, interleaved, paired_ratio
+from benchutil import MS_DB, geomean, interleaved, paired_ratio
 
 RESNET = ["resnet50.conv1", "resnet50.r2_3x3", "resnet50.r2_1x1_reduce", "resnet50.r3_3x3", "resnet50.r3_3x3_s2",
           "resnet50.r4_3x3", "resnet50.r5_3x3", "resnet50.r5_1x1_expand"]
 MOBILENET = ["mobilenet_v1.dw32_112", "mobilenet_v1.dw512_14"]
 DEFAULT_LAYERS = RESNET + ["resnet50.r2_1x1_expand", "resnet50.r5_1x1_reduce"] + MOBILENET
-MS_DB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "metaschedule")
 
 
 def metaschedule_kernel(layer: str, spec, target, db_root: str):
@@ -62,6 +61,7 @@ def metaschedule_kernel(layer: str, spec, target, db_root: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time every layer's candidates interleaved and print the per-layer rows and geomeans."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", nargs="+", default=DEFAULT_LAYERS, help="built-in layers (see `convgen layers`)")
     ap.add_argument("--target", default="host")

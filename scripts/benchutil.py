@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable
+
+# where compare_metaschedule.py keeps MetaSchedule's databases (<MS_DB>/<layer>/) for bench_cpu.py
+MS_DB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "metaschedule")
 
 
 def seconds_per_call(fn: Callable[[], object], min_time: float = 0.05) -> float:

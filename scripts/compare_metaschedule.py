@@ -29,9 +29,7 @@ import time
 
 import numpy as np
 
-from benchutil import interleaved, paired_ratio
-
-MS_DB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "metaschedule")
+from benchutil import MS_DB, interleaved, paired_ratio
 
 
 def ms_build(mod, target, _params):
@@ -46,6 +44,7 @@ def ms_build(mod, target, _params):
 
 
 def tune_metaschedule(spec, target_dict, threads, budget, work_dir, seed):
+    """Tune ``spec``'s PrimFunc with ``tune_tir``; returns (module, target, database, wall s)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -89,6 +88,7 @@ def ms_best_after(mod, target, db, k):
 
 
 def main(argv=None) -> int:
+    """Tune with both, time the kernels and oneDNN interleaved, print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("layer", help="a built-in layer, e.g. resnet50.r2_3x3")
     ap.add_argument("--target", default="host")
@@ -130,9 +130,10 @@ def main(argv=None) -> int:
     rows = [r for r in rec.read(records)]
     for k in args.convgen_budgets:
         firsts = [r for r in rows[:k] if r.ok and r.data.get("verified") is not False]
+        if not firsts:
+            raise SystemExit(f"convgen found no valid kernel in its first {k} trials: see {records}")
         best = min(firsts, key=lambda r: r.median)
         cg[k] = convgen.build(spec, target, best.config, template=best.template, num_threads=threads)
-    # tuning wall time up to k trials: from the record timestamps' share of the run
     print(f"convgen: {max(args.convgen_budgets)} trials in {cg_wall:.0f} s", flush=True)
 
     # -- MetaSchedule ---------------------------------------------------------------------------

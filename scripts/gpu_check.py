@@ -37,6 +37,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -64,12 +65,14 @@ QUICK = {0, 2, 6, 8, 10}  # indices of LAYERS in --quick
 
 
 def layer_spec(name: str, overrides: dict[str, Any]) -> Any:
+    """A built-in layer's spec with some fields replaced (dtype, layout, ...)."""
     from convgen.workloads import layer
 
     return layer(name).replace(**overrides)
 
 
 def label(name: str, spec: Any) -> str:
+    """The table's name for a layer in a variant (layout, dtype, epilogue)."""
     tags = [spec.layout] + ([spec.dtype] if spec.dtype != "float32" else [])
     tags += [t for t, on in (("bias", spec.bias), ("relu", spec.activation == "relu")) if on]
     return f"{name.split('.', 1)[1]} {'/'.join(tags)}"
@@ -78,6 +81,7 @@ def label(name: str, spec: Any) -> str:
 # ---- jobs and building ---------------------------------------------------------------------------
 @dataclass
 class Job:
+    """One kernel to build and check: layer, template, config and where its library went."""
     name: str
     spec: dict[str, Any]
     template: str
@@ -224,6 +228,7 @@ def cuda_time_ms(fn: Any, min_ms: float = 20.0, repeat: int = 5) -> float:
 
 
 def inputs_for(spec: Any, device: str, seed: int = 0) -> list[Any]:
+    """Random torch inputs for ``spec`` on ``device`` (data, weight, bias if any)."""
     import torch
 
     from convgen.reference import random_inputs
@@ -261,21 +266,22 @@ def check_kernel(kernel: Any, spec: Any) -> dict[str, Any]:
 
 # ---- the run ------------------------------------------------------------------------------------
 def gpu_target_name(cc: tuple[int, int]) -> str:
+    """The convgen CUDA target for a GPU of compute capability ``cc``: the newest arch of the
+    same major version it runs natively, else the newest older one (its PTX JITs)."""
+    from convgen import cuda
     from convgen.target import all_targets
 
-    cuda = sorted((t for t in all_targets().values() if t.family == "cuda"),
-                  key=lambda t: t.tvm["arch"], reverse=True)
-    for t in cuda:  # the newest arch the GPU runs natively (same major version)
-        major, minor = int(t.tvm["arch"][3:-1]), int(t.tvm["arch"][-1])
-        if (major, minor) <= cc and major == cc[0]:
-            return t.name
-    for t in cuda:
-        if (int(t.tvm["arch"][3:-1]), int(t.tvm["arch"][-1])) <= cc:
-            return t.name
+    by_cc = sorted(((cuda.limits(t).compute_capability, t.name) for t in all_targets().values()
+                    if t.family == "cuda"), reverse=True)
+    for want_major in (True, False):
+        for have, name in by_cc:
+            if have <= cc and (have[0] == cc[0] or not want_major):
+                return name
     raise SystemExit(f"no convgen CUDA target for compute capability {cc[0]}.{cc[1]}")
 
 
 def short(config: dict[str, Any], width: int = 46) -> str:
+    """A config squeezed into one table cell."""
     text = ",".join(f"{k}={v}" for k, v in config.items()).replace(" ", "")
     for a, b in (("tile_", ""), ("auto_unroll_max_step", "unroll"), ("unroll_explicit", "expl"),
                  ("True", "1"), ("False", "0")):
@@ -284,6 +290,7 @@ def short(config: dict[str, Any], width: int = 46) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    """Print one row per kernel: time, cuDNN's time, ratio, error, verdict."""
     head = f"{'layer':<30} {'template':<16} {'config':<8} {'ms':>8} {'cuDNN ms':>9} {'ratio':>6} {'max err':>9}  ok"
     print(head)
     print("-" * len(head))
@@ -346,6 +353,7 @@ def extra_paths(target: str, device: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build (or take prebuilt) kernels, check each against torch, print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="convgen CUDA target (default: from the GPU's compute capability)")
     p.add_argument("--samples", type=int, default=2, help="sampled configs per template and layer")
@@ -409,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no builds here: {e}" + ("" if args.prebuilt else " (pass --prebuilt DIR built elsewhere)"))
         else:
             jobs = make_jobs(target, args.samples, args.quick, args.seed)
-            out_dir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"convgen-gpu-check-{os.getpid()}")
+            out_dir = tempfile.mkdtemp(prefix="convgen-gpu-check-")
             t0 = time.perf_counter()
             build_all(jobs, target.name, out_dir, args.workers)
             print(f"built {sum(1 for j in jobs if j.path)}/{len(jobs)} kernels in {time.perf_counter() - t0:.0f} s "
@@ -417,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.prebuilt:
         for path in sorted(glob.glob(os.path.join(args.prebuilt, "*.so"))):
             meta = convgen.runtime.read_metadata(path)
-            spec = convgen.ConvSpec.from_dict(meta["spec"])
             jobs.append(Job(f"prebuilt {os.path.basename(path)}", meta["spec"], meta["template"], meta["config"],
                             meta.get("config_source", "?"), path=path))
 

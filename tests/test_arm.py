@@ -305,7 +305,9 @@ def _check_on_board(session, path, spec):
 
     meta = read_metadata(path)
     module = remote.upload(session, path)
-    err, tol = remote.remote_check(module, spec, remote.device_of(session, meta), target=convgen.get_target(meta["target"]))
+    # main, and main_prepacked on weights packed on the board, where the kernel has them
+    err, tol = remote.remote_check(module, spec, remote.device_of(session, meta), target=convgen.get_target(meta["target"]),
+                                   packed_shape=meta.get("packed_weight_shape"))
     assert err <= tol, f"{spec.describe()}: max |error| {err} > {tol}"
 
 
@@ -344,9 +346,10 @@ def test_cli_build_and_run_over_rpc_and_tracker(board, tmp_path, capsys):
     so = str(tmp_path / "arm.so")
     assert main(["build", "--target", "arm-neon", "-c", "8", "-k", "8", "--size", "8", "--kernel", "3",
                  "--padding", "1", "-o", so]) == 0
-    assert main(["run", so, "--rpc", board["rpc"], "--repeat", "1"]) == 0
+    assert main(["run", so, "--rpc", board["rpc"], "--repeat", "1", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "OK" in out and board["rpc"] in out and "ms" in out
+    # --threads reaches the board's CPU thread pool (a remote CPU is no local kDLCPU device)
+    assert "OK" in out and board["rpc"] in out and "ms" in out and "2 threads" in out
     so8 = str(tmp_path / "i8.so")
     assert main(["build", "--target", "arm-dotprod", "-c", "8", "-k", "8", "--size", "8", "--dtype", "int8",
                  "-o", so8]) == 0
@@ -362,12 +365,14 @@ def test_tuner_rpc_runner_measures_on_the_board(board, tmp_path):
     configs = [tmpl.default(spec, NEON)] + tmpl.space(spec, NEON).sample(random.Random(1), 1)
     cands = []
     for i, config in enumerate(configs):
-        executable = compile_module(spec, NEON, tmpl, config)
+        executable, packed_shape = compile_module(spec, NEON, tmpl, config, with_packed_shape=True)
         path = str(tmp_path / f"t{i}.so")
         export_library(executable, NEON, path)
         cands.append(measure.Candidate(spec=spec.to_dict(), target=NEON.to_dict(), template=tmpl.name,
-                                       config=config, path=path))
-    opts = measure.MeasureOptions(number=1, repeat=1, min_repeat_ms=0, run_timeout=120)
+                                       config=config, path=path, packed_shape=packed_shape))
+    # timed as deployed (weights packed once on the board, main_prepacked), both entries checked
+    assert any(c.packed_shape for c in cands), "arm.spatial_pack keeps its own weight layout"
+    opts = measure.MeasureOptions(number=1, repeat=1, min_repeat_ms=0, run_timeout=120, num_threads=2)
     runner = measure.RPCRunner(rpc=board["rpc"], options=opts)
     try:
         runner.run_batch(cands, verify_below=float("inf"))

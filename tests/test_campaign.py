@@ -3,6 +3,8 @@
 import math
 import random
 
+import pytest
+
 from convgen import ConvSpec, get_target
 from convgen import records as rec
 from convgen.knobs import config_key
@@ -115,3 +117,88 @@ def test_refine_retimes_the_leaders_and_ranks_by_median(tmp_path):
     assert tasks[0].trials == 12 and tasks[0].best_cost == before  # the fake timings repeat exactly
     again = make_tasks({"mid": LAYERS["mid"]}, TARGET, template="x86.direct")
     assert Campaign(again, TARGET, measure=fake_measure(), records=path, strategy="random").total_trials() == 12
+
+
+def _refine_rows(path):
+    return [r for r in rec.read(path) if r.data.get("refine")]
+
+
+def test_a_rerun_finishes_a_refine_the_last_run_did_not(tmp_path):
+    path = str(tmp_path / "f.jsonl")
+
+    def campaign(measure):
+        tasks = make_tasks({"mid": LAYERS["mid"]}, TARGET, template="x86.direct")
+        return Campaign(tasks, TARGET, measure=measure, records=path, strategy="random", batch_size=4)
+
+    campaign(fake_measure()).run(12)  # killed after its trials, before refine
+    calls = []
+
+    def dies_on_the_third_call(task, configs, best):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(configs)
+        return fake_measure()(task, configs, best)
+
+    second = campaign(dies_on_the_third_call)
+    second.run(12)
+    assert not calls and second.total_trials() == 12  # the trials are all there
+    with pytest.raises(KeyboardInterrupt):
+        second.refine(top=3, rounds=2)  # ... but refine is not: it runs, and is killed again
+    assert len(_refine_rows(path)) == 2
+    third = campaign(fake_measure())
+    third.run(12)
+    third.refine(top=3, rounds=2)
+    rows = _refine_rows(path)
+    assert len(rows) == 6
+    per_config = {}
+    for r in rec.read(path):
+        per_config[config_key(r.config)] = per_config.get(config_key(r.config), 0) + 1
+    assert sorted(per_config.values())[-3:] == [3, 3, 3] and sum(per_config.values()) == 18
+    fourth = campaign(fake_measure())  # a finished refine re-times nothing
+    fourth.run(12)
+    fourth.refine(top=3, rounds=2)
+    assert len(_refine_rows(path)) == 6
+
+
+def test_a_config_that_ever_failed_is_out_for_the_campaign_as_for_the_records(tmp_path):
+    path = str(tmp_path / "c.jsonl")
+    tasks = make_tasks({"mid": LAYERS["mid"]}, TARGET, template="x86.direct")
+    camp = Campaign(tasks, TARGET, measure=fake_measure(), records=path, strategy="random", batch_size=4)
+    camp.run(12)
+    leader = config_key(tasks[0].best_config)
+    ok = fake_measure()
+
+    def leader_crashes(task, configs, best):
+        out = ok(task, configs, best)
+        for c in out:
+            if config_key(c.config) == leader:
+                c.error, c.times, c.verified = "crash", [], None
+        return out
+
+    camp.measure = leader_crashes
+    camp.refine(top=3, rounds=2)
+    assert config_key(tasks[0].best_config) != leader
+    assert rec.best_config(LAYERS["mid"], TARGET, path)[1] == tasks[0].best_config
+    again = make_tasks({"mid": LAYERS["mid"]}, TARGET, template="x86.direct")
+    Campaign(again, TARGET, measure=fake_measure(), records=path, strategy="random")
+    assert again[0].best_config == tasks[0].best_config and again[0].best_cost == tasks[0].best_cost
+
+
+def test_grid_search_in_a_campaign_measures_every_config_once():
+    spec = ConvSpec(in_channels=8, out_channels=8, height=7, width=7, kernel=1)
+    tasks = make_tasks({"s": spec}, TARGET, template="x86.direct")
+    space = tasks[0].template.space(spec, TARGET)
+    grid = [config_key(c) for c in space]
+    default = config_key(tasks[0].template.default(spec, TARGET))
+    assert default not in grid[:5]  # so the default displaces one of the grid's first batch
+    camp = Campaign(tasks, TARGET, measure=fake_measure(), records=None, strategy="grid", batch_size=5)
+    camp.run(10 * len(grid))
+    measured = [config_key(c) for c, _ in tasks[0].ctx.history]
+    assert tasks[0].done and sorted(measured) == sorted(grid)
+
+
+def test_the_same_workload_twice_is_refused():
+    spec = LAYERS["small"]
+    tasks = make_tasks({"a": spec, "b": ConvSpec.from_dict(spec.to_dict())}, TARGET)
+    with pytest.raises(ValueError, match="'a' and 'b' are the same workload"):
+        Campaign(tasks, TARGET, measure=fake_measure(), records=None, strategy="random")

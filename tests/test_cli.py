@@ -61,3 +61,83 @@ def test_errors_are_one_line_without_traceback(args, message):
 def test_help_teaches():
     r = run("build", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout and "--layer" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tune", "--layer", "resnet50.r2_3x3", "--trials", "0"],
+        ["tune", "--layer", "resnet50.r2_3x3", "--trials", "-1"],
+        ["tune", "--layer", "resnet50.r2_3x3", "--batch-size", "0"],
+        ["tune", "--layer", "resnet50.r2_3x3", "--repeat", "0"],
+        ["tune", "--layer", "resnet50.r2_3x3", "--number", "0"],
+        ["run", "k.so", "--repeat", "0"],
+        ["records", "prune", "r.jsonl", "--keep", "0"],
+    ],
+)
+def test_counts_must_be_positive(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["[1]", "{tile_oc: 8", '"x"'])
+def test_a_bad_config_names_the_flag(config, capsys):
+    assert main(["build", "-c", "8", "-k", "16", "--size", "8", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and "internal error" not in err
+
+
+def test_metadata_without_a_spec_is_a_clear_error(tmp_path, capsys):
+    from convgen.runtime import _MAGIC
+
+    meta = json.dumps({"format": 1, "target": "x86-avx2", "template": "x86.direct", "config": {}}).encode()
+    so = tmp_path / "odd.so"
+    so.write_bytes(b"\0" * 64 + meta + len(meta).to_bytes(8, "little") + _MAGIC)
+    for argv in (["info", str(so)], ["run", str(so)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "'spec'" in err and "internal error" not in err, err
+
+
+def _fake_tune(monkeypatch, write_plot):
+    import convgen.peak
+    import convgen.tuner
+    from convgen.tuner import TuneResult
+
+    seen = {}
+
+    def tune(named, target, *, plot=None, weights=None, **kw):
+        seen.update(named=named, weights=weights)
+        if plot and write_plot:
+            open(plot, "w").write("png")
+        return {n: TuneResult(n, s, target.name, "x86.direct", {"tile_oc": 8}, 1e-3, 2e-3, 8, (weights or {}).get(n, 1.0))
+                for n, s in named.items()}
+
+    monkeypatch.setattr(convgen.tuner, "tune", tune)
+    monkeypatch.setattr(convgen.peak, "measured_peak_gflops", lambda *a, **k: 100.0)
+    return seen
+
+
+@pytest.mark.parametrize("write_plot", [False, True])
+def test_tune_names_the_plot_only_when_it_wrote_one(tmp_path, capsys, monkeypatch, write_plot):
+    _fake_tune(monkeypatch, write_plot)
+    png = str(tmp_path / "c.png")
+    argv = ["tune", "--preset", "resnet18", "--target", "x86-avx2", "--records", str(tmp_path / "r.jsonl"),
+            "--plot", png, "-q"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert ("plot: " + png in out) == write_plot
+    assert ("not written" in err) != write_plot
+
+
+def test_a_workload_listed_twice_is_tuned_once_with_weight_two(tmp_path, capsys, monkeypatch):
+    seen = _fake_tune(monkeypatch, False)
+    layer = {"in_channels": 8, "out_channels": 16, "height": 8, "width": 8, "kernel": 3, "padding": 1}
+    wl = tmp_path / "layers.json"
+    wl.write_text(json.dumps({"layers": [dict(layer, name="a"), dict(layer, name="b", out_channels=8),
+                                         dict(layer, name="c")]}))
+    argv = ["tune", "--workload", str(wl), "--target", "x86-avx2", "--records", str(tmp_path / "r.jsonl"), "-q"]
+    assert main(argv) == 0
+    assert list(seen["named"]) == ["a", "b"] and seen["weights"] == {"a": 2.0, "b": 1.0}
+    assert "'c' is the same workload as 'a'" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 
 import json
 import multiprocessing
+import os
+import threading
+import time
 import warnings
 
 import pytest
@@ -75,8 +78,10 @@ def test_build_prefers_given_config_then_records_then_default(tmp_path):
     rec.append(path, [record(a, 1e-3)])
     assert convgen.build(SPEC, TARGET, records=path).config == a
     assert convgen.build(SPEC, TARGET, b, records=path).config == b
-    k = convgen.build(SPEC, TARGET, records=str(tmp_path / "none.jsonl"), builtin_records=False)
+    k = convgen.build(SPEC, TARGET, builtin_records=False)
     assert k.config == TEMPLATE.default(SPEC, TARGET) and k.meta["config_source"] == "default"
+    with pytest.raises(FileNotFoundError, match="none.jsonl"):  # a typo is not "no records"
+        convgen.build(SPEC, TARGET, records=str(tmp_path / "none.jsonl"), builtin_records=False)
 
 
 def test_records_cli_show_merge_prune(tmp_path, capsys):
@@ -85,7 +90,8 @@ def test_records_cli_show_merge_prune(tmp_path, capsys):
     p1, p2 = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
     cs = configs(4)
     rec.append(p1, [record(c, 1e-3 * (i + 1)) for i, c in enumerate(cs[:3])])
-    rec.append(p2, [record(cs[3], 5e-4), record(cs[3], 5e-4)])
+    dup = record(cs[3], 5e-4)
+    rec.append(p2, [dup, dup])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert main(["records", "show", p1, p2]) == 0
@@ -97,3 +103,114 @@ def test_records_cli_show_merge_prune(tmp_path, capsys):
     assert main(["records", "prune", merged, "--keep", "2"]) == 0
     kept = [json.loads(x) for x in open(merged).read().splitlines()]
     assert sorted(k["result"]["median_s"] for k in kept) == [5e-4, 1e-3]
+
+
+def test_a_record_lacking_a_field_or_of_the_wrong_type_is_skipped_with_a_warning(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    good = record(configs(1)[0], 1e-3)
+    no_spec = {k: v for k, v in good.items() if k != "spec"}
+    bad_config = dict(good, config=[1, 2])
+    bad_median = dict(good, result={"error": None, "median_s": "fast"})
+    rec.append(path, [no_spec, bad_config, bad_median, good])
+    with pytest.warns(rec.RecordWarning) as caught:
+        got = list(rec.read(path))
+    assert [r.data for r in got] == [good]
+    said = " ".join(str(w.message) for w in caught)
+    assert "no 'spec' field" in said and "'config' is a list" in said and "median_s" in said
+
+
+def test_the_median_is_one_definition():
+    r = rec.make_record(SPEC, TARGET, TEMPLATE, configs(1)[0], times=[4e-3, 1e-3, 2e-3, 3e-3])
+    assert r["result"]["median_s"] == rec.median([1e-3, 2e-3, 3e-3, 4e-3]) == 2.5e-3
+
+
+def test_missing_records_files_are_errors_not_empty_logs(tmp_path, capsys):
+    from convgen.cli import main
+
+    missing = str(tmp_path / "typo.jsonl")
+    with pytest.raises(FileNotFoundError, match="typo.jsonl"):
+        rec.read(missing)
+    with pytest.raises(FileNotFoundError, match="typo.jsonl"):
+        rec.best_config(SPEC, TARGET, [missing])
+    assert all(os.path.exists(p) for p in rec.builtin_record_files())  # the one list allowed to be empty
+    for argv in (["records", "show", missing], ["records", "prune", missing],
+                 ["records", "merge", str(tmp_path / "out.jsonl"), missing],
+                 ["build", "-c", "16", "-k", "16", "--size", "8", "--target", "x86-avx2", "--records", missing]):
+        assert main(argv) == 2, argv
+        assert "typo.jsonl" in capsys.readouterr().err
+    assert not os.path.exists(missing) and not os.path.exists(tmp_path / "out.jsonl")
+
+
+def _timed(config, *times, **kw):
+    return [dict(record(config, t), **kw) for t in times]
+
+
+def test_prune_keeps_every_record_of_the_best_candidates_and_drops_failed_ones(tmp_path):
+    from convgen.cli_tune import prune
+
+    a, b, c, d, e = configs(5)
+    assert len({json.dumps(x, sort_keys=True) for x in (a, b, c, d, e)}) == 5
+    rows = (_timed(a, 1e-4) + _timed(a, 5e-3, 5e-3, refine=True)   # a lucky first timing; median 5e-3
+            + _timed(b, 2e-3) + _timed(b, 2e-3, refine=True)       # median 2e-3: the best
+            + _timed(c, 3e-3)                                       # 3e-3
+            + _timed(d, 5e-5) + [record(d, None, error="wrong_result")]  # fastest, but wrong
+            + [dict(record(e, 1e-5), space_hash="0" * 16)])         # fastest, but stale
+    path = str(tmp_path / "r.jsonl")
+    rec.append(path, rows)
+    best_before = rec.best_config(SPEC, TARGET, path)[1]
+    records = list(rec.read(path))
+    assert [r.config for r in prune(records, keep=1)] == [b, b]
+    assert [r.config for r in prune(records, keep=2)] == [b, b, c]  # file order
+    assert e in [r.config for r in prune(records, keep=5, keep_stale=True)]
+    assert d not in [r.config for r in prune(records, keep=5, keep_stale=True)]
+    with pytest.raises(ValueError, match="keep"):
+        prune(records, keep=0)
+    from convgen.cli import main
+
+    assert main(["records", "prune", path]) == 0
+    assert rec.best_config(SPEC, TARGET, path)[1] == best_before == b
+    assert len(list(rec.read(path))) == 2
+
+
+def test_prune_keeps_records_of_targets_it_does_not_know(tmp_path):
+    from convgen.cli_tune import prune
+
+    a, b = configs(2)
+    rows = [dict(r, target="my-board") for r in _timed(a, 1e-3) + _timed(b, 2e-3)]
+    kept = prune([rec.Record(r) for r in rows], keep=1)
+    assert [r.config for r in kept] == [a] and kept[0].target == "my-board"
+
+
+def test_merge_keeps_distinct_timings_made_in_the_same_second(tmp_path):
+    from convgen.cli import main
+
+    a = configs(1)[0]
+    first, again = record(a, 1e-3), dict(record(a, 2e-3), refine=True)
+    again["time"] = first["time"]
+    p1, out = str(tmp_path / "a.jsonl"), str(tmp_path / "m.jsonl")
+    rec.append(p1, [first, again, first])
+    assert main(["records", "merge", out, p1, p1]) == 0
+    assert [r.median for r in rec.read(out)] == [1e-3, 2e-3]
+
+
+def test_an_appender_waiting_on_a_rewrite_appends_to_the_new_file(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    a, b, c = configs(3)
+    rec.append(path, [record(a, 1e-3), record(b, 2e-3)])
+    late = threading.Thread(target=rec.append, args=(path, [record(c, 3e-3)]))
+
+    def produce():
+        late.start()      # blocks on the lock this rewrite holds (or, if slow to start, finds the new file)
+        time.sleep(0.2)
+        return [record(a, 1e-3)]
+
+    assert rec.rewrite(path, produce) == 1
+    late.join()
+    assert [r.config for r in rec.read(path)] == [a, c]
+
+
+def test_a_device_error_counts_neither_for_nor_against_a_config(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    a, b = configs(2)
+    rec.append(path, [record(a, 1e-3), record(a, None, error="device", message="cannot reach"), record(b, 2e-3)])
+    assert rec.best_config(SPEC, TARGET, path)[1] == a

@@ -50,6 +50,54 @@ def test_out_is_written_in_place(kernel, inputs):
     np.testing.assert_allclose(unaligned, out)
 
 
+def _unaligned_view(shape, dtype=np.float32):
+    """A C-contiguous numpy view whose data sits one element past a 64-byte boundary."""
+    buf = aligned_empty((int(np.prod(shape)) + 1,), dtype)
+    view = buf[1:].reshape(shape)
+    assert view.flags.c_contiguous and view.ctypes.data % 64 != 0
+    return view
+
+
+def test_unaligned_numpy_out_receives_the_result(kernel, inputs):
+    want = conv2d_reference(SPEC, *inputs)
+    out = _unaligned_view(SPEC.output_shape)
+    out[...] = np.nan
+    assert kernel(*inputs, out=out) is out
+    np.testing.assert_allclose(out, want, atol=tolerance(SPEC))
+    # the staging buffer is reused: a second call with other inputs gives its own result
+    x2 = inputs[0] * 2
+    assert kernel(x2, *inputs[1:], out=out) is out
+    np.testing.assert_allclose(out, conv2d_reference(SPEC, x2, *inputs[1:]), atol=2 * tolerance(SPEC))
+
+
+def test_unaligned_torch_out_receives_the_result(kernel, inputs):
+    torch = pytest.importorskip("torch")
+    x, w, b = (torch.from_numpy(a) for a in inputs)
+    n = int(np.prod(SPEC.output_shape))
+    base = torch.full((n + 1,), float("nan"))
+    out = base[1:].view(SPEC.output_shape)
+    assert out.is_contiguous() and out.data_ptr() % 64 != 0
+    assert kernel(x, w, b, out=out) is out
+    np.testing.assert_allclose(out.numpy(), conv2d_reference(SPEC, *inputs), atol=tolerance(SPEC))
+    assert np.isnan(base[0].item())  # nothing written outside the view
+
+
+def test_read_only_numpy_inputs(kernel, inputs):
+    ro = []
+    for a in inputs:
+        c = aligned_empty(a.shape, a.dtype)
+        c[...] = a
+        c.setflags(write=False)
+        ro.append(c)
+    want = conv2d_reference(SPEC, *inputs)
+    np.testing.assert_allclose(kernel(*ro), want, atol=tolerance(SPEC))
+    np.testing.assert_allclose(kernel(ro[0], kernel.pack_weights(ro[1]), ro[2]), want, atol=tolerance(SPEC))
+    unaligned_ro = _unaligned_view(SPEC.input_shape)
+    unaligned_ro[...] = inputs[0]
+    unaligned_ro.setflags(write=False)
+    np.testing.assert_allclose(kernel(unaligned_ro, *ro[1:]), want, atol=tolerance(SPEC))
+
+
 def test_torch_in_torch_out_zero_copy(kernel, inputs):
     torch = pytest.importorskip("torch")
     x, w, b = (torch.from_numpy(a) for a in inputs)
@@ -178,3 +226,43 @@ def test_threads_default_to_every_cpu_of_the_process(kernel, inputs):
     assert current_num_threads() == 1
     kernel(*inputs)
     assert current_num_threads() == default_num_threads()
+
+
+def test_kernel_called_from_another_thread(kernel, inputs):
+    import threading
+
+    from convgen.runtime import current_num_threads
+
+    kernel(*inputs)  # the main thread's pool is configured
+    result = {}
+
+    def work():
+        try:
+            result["y"] = kernel(*inputs)
+            # TVM's pool is per calling thread: this one must have been configured too
+            result["threads"] = current_num_threads()
+        except BaseException as e:  # reported below, in the test's thread
+            result["error"] = e
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(timeout=300)
+    assert not t.is_alive()
+    assert "error" not in result, result.get("error")
+    np.testing.assert_allclose(result["y"], conv2d_reference(SPEC, *inputs), atol=tolerance(SPEC))
+    assert result["threads"] == kernel.num_threads
+    np.testing.assert_allclose(kernel(*inputs), result["y"])  # the main thread is unaffected
+
+
+def test_thread_counts_are_clamped_to_the_cpus_of_the_process(kernel, inputs):
+    from convgen.runtime import current_num_threads, default_num_threads, set_num_threads
+
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        got = set_num_threads(10**3)
+        assert 1 <= got <= cpus and got == current_num_threads()
+        big = convgen.Kernel(kernel.meta, kernel.module, num_threads=10**3)
+        assert 1 <= big.num_threads <= cpus
+        np.testing.assert_allclose(big(*inputs), conv2d_reference(SPEC, *inputs), atol=tolerance(SPEC))
+    finally:
+        set_num_threads(default_num_threads())

@@ -130,3 +130,10 @@ def test_annealing_path_for_spaces_too_big_to_list(monkeypatch):
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="known: random, grid, model"):
         get_strategy("bayes")
+
+
+def test_the_cli_choices_are_the_strategies():
+    from convgen.tuner.strategies import STRATEGIES
+
+    assert sorted(STRATEGIES) == ["grid", "model", "random"]
+    assert all(callable(get_strategy(name)) for name in STRATEGIES)

@@ -11,7 +11,6 @@ from convgen.reference import conv2d_reference, random_inputs, tolerance
 from convgen.schedules import get_template
 from convgen.schedules.winograd import transform_matrices
 
-from .conftest import check_kernel
 
 WINO = get_template("x86.winograd")
 
@@ -36,6 +35,8 @@ SPECS = [
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
 def test_sampled_configs_match_reference_per_call_and_prepacked(spec, host):
+    if why := WINO.supports(spec, host):  # 8 output channels on 16 AVX-512 lanes
+        pytest.skip(why)
     space = WINO.space(spec, host)
     configs = [WINO.default(spec, host)] + space.sample(random.Random(spec.key), 3)
     assert {c["tile_m"] for c in space} == {2, 4}

@@ -122,11 +122,8 @@ def tune(
     options = options or MeasureOptions()
     named = _named(specs)
     tasks = make_tasks(named, target, template, weights)
-    runner, own_runner = _make_runner(runner, target, options), runner is None or isinstance(runner, str)
-    threads = options.num_threads or default_num_threads()
-    local_cpu = isinstance(runner, LocalRunner) and target.is_cpu
-    peak = measured_peak_gflops(target, threads) if local_cpu else target.nominal_peak_gflops(threads)
-    builder = None
+    own_runner = runner is None or isinstance(runner, str)
+    given, runner, builder = runner, None, None
 
     def measure(task, configs: list[Config], best: float | None) -> list[Candidate]:
         nonlocal builder
@@ -135,20 +132,30 @@ def tune(
         module = type(task.template).__module__
         cands = [Candidate(task.spec.to_dict(), target.to_dict(), task.template.name, c, module) for c in configs]
         builder.build(cands)
-        runner.run_batch(cands, best)
+        try:
+            runner.run_batch(cands, best)
+        finally:
+            builder.discard(cands)  # measured (and checked): a config timed again is built again
         return cands
 
-    campaign = Campaign(tasks, target, measure=measure, records=records, strategy=strategy, batch_size=batch_size,
-                        early_stopping=early_stopping, seed=seed, progress=Progress(peak) if progress else None,
-                        transfer=transfer)
     try:
+        runner = _make_runner(given, target, options)
+        threads = options.num_threads or default_num_threads()
+        local_cpu = isinstance(runner, LocalRunner) and target.is_cpu
+        dtypes = {t.spec.dtype for t in tasks}
+        dtype = dtypes.pop() if len(dtypes) == 1 else "float32"  # one peak for the progress line
+        peak = (measured_peak_gflops(target, threads, dtype=dtype) if local_cpu
+                else target.nominal_peak_gflops(threads, dtype))
+        campaign = Campaign(tasks, target, measure=measure, records=records, strategy=strategy, batch_size=batch_size,
+                            early_stopping=early_stopping, seed=seed, progress=Progress(peak) if progress else None,
+                            transfer=transfer)
         campaign.run(trials)
         if refine:
             campaign.refine(top=refine)
     finally:
         if builder is not None:
             builder.close()
-        if own_runner:
+        if own_runner and runner is not None:
             runner.close()
     if plot:
         plot_curves(tasks, plot, f"convgen on {target.name}: best GFLOP/s vs trials")

@@ -3,7 +3,8 @@
 Each (layer, template) is a :class:`Task` with its own search strategy. The campaign
 
 1. resumes every task from the records file: trials already measured count towards the
-   budget and are never measured again;
+   budget and are never measured again (a workload may appear once per template: give a
+   repeated layer a ``weight`` instead of a second task);
 2. measures each task's default config first (the baseline the tuned kernel must beat);
 3. gives each next batch to the task where one more batch is expected to save the most
    time (below), as Ansor's task scheduler does; a task stops early after
@@ -22,6 +23,7 @@ task saves nothing), times the number of times the layer occurs in the network
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -59,32 +61,38 @@ class Task:
     since_improvement: int = 0
     done: bool = False
     default_cost: float | None = None
-    wrong: set[str] = field(default_factory=set)  # configs that gave a wrong result
+    wrong: set[str] = field(default_factory=set)   # configs that gave a wrong result
+    failed: set[str] = field(default_factory=set)  # configs with a failed measurement (any error)
+    costs: dict[str, list[float]] = field(default_factory=dict)    # config key -> every good timing
+    config_by_key: dict[str, Config] = field(default_factory=dict)
+    pending: list[Config] = field(default_factory=list)  # proposed, not measured yet (next batch)
 
     @property
     def best_gflops(self) -> float:
+        """GFLOP/s of the best valid config so far (0 before there is one)."""
         return self.spec.flops / self.best_cost / 1e9 if self.best_cost else 0.0
 
-    costs: dict[str, list[float]] = field(default_factory=dict)    # config key -> every good timing
-    config_by_key: dict[str, Config] = field(default_factory=dict)
-
     def config_costs(self) -> dict[str, float]:
-        """Median timing per config (configs that ever failed or gave a wrong result excluded)."""
-        import statistics
+        """Median timing per config; configs that ever failed or gave a wrong result are out,
+        as :func:`convgen.records.best_config` leaves them out."""
+        return {k: rec.median(v) for k, v in self.costs.items() if v and k not in self.wrong and k not in self.failed}
 
-        return {k: statistics.median(v) for k, v in self.costs.items() if v and k not in self.wrong}
-
-    def _note(self, config: Config, cost: float | None, verified: bool | None) -> None:
+    def _note(self, config: Config, cost: float | None, verified: bool | None, error: str | None) -> None:
         key = config_key(config)
         self.config_by_key[key] = dict(config)
-        if verified is False:
+        if error in rec.DEVICE_ERRORS:
+            return  # nothing ran: says nothing about the config
+        if verified is False or error == "wrong_result":
             self.wrong.add(key)
-        elif cost is not None:
+        elif cost is None:
+            self.failed.add(key)
+        else:
             self.costs.setdefault(key, []).append(cost)
 
-    def remeasured(self, config: Config, cost: float | None, verified: bool | None) -> None:
-        """Account for a repeated timing of a measured config (not a new trial)."""
-        self._note(config, cost, verified)
+    def remeasured(self, config: Config, cost: float | None, verified: bool | None, error: str | None = None) -> None:
+        """Account for a repeated timing of a measured config (not a new trial); ``cost`` is
+        ``None`` for a failed one, ``error`` its kind."""
+        self._note(config, cost, verified, error)
         agg = self.config_costs()
         if agg:
             key = min(agg, key=agg.get)
@@ -92,9 +100,10 @@ class Task:
         else:
             self.best_cost = self.best_config = None
 
-    def record(self, config: Config, cost: float | None, verified: bool | None) -> bool:
-        """Account for one measurement; returns True if it is a new (verified) best."""
-        self._note(config, cost, verified)
+    def record(self, config: Config, cost: float | None, verified: bool | None, error: str | None = None) -> bool:
+        """Account for one measurement; returns True if it is a new (verified) best. ``cost``
+        is ``None`` for a failed trial, ``error`` its kind."""
+        self._note(config, cost, verified, error)
         self.ctx.history.append((config, cost))
         self.trials += 1
         improved = False
@@ -142,7 +151,7 @@ class Campaign:
         self.early_stopping = early_stopping
         self.progress = progress
         self.transfer = transfer
-        self.strategy_name = strategy
+        _refuse_duplicates(tasks)
         rng = random.Random(seed)
         search = get_strategy(strategy)
         for task in tasks:
@@ -154,8 +163,8 @@ class Campaign:
 
     # -- resume ---------------------------------------------------------------------------
     def _resume(self) -> None:
-        if not self.records:
-            return
+        if not self.records or not os.path.exists(self.records):
+            return  # a new records file: created by the first append
         by_key = {(t.spec.key, t.template.name, t.ctx.space.hash): t for t in self.tasks}
         seen: set[tuple] = set()
         for r in rec.read(self.records):
@@ -166,14 +175,11 @@ class Campaign:
                 continue
             k = r.trial_key()
             verified = r.data.get("verified")
-            if r.error == "wrong_result":
-                task.wrong.add(config_key(r.config))
-                verified = False
             if k in seen:  # a repeated timing (refine): not a trial of its own
-                task.remeasured(r.config, r.median if r.ok else None, verified)
+                task.remeasured(r.config, r.median if r.ok else None, verified, r.error)
                 continue
             seen.add(k)
-            task.record(r.config, r.median if r.ok else None, verified)
+            task.record(r.config, r.median if r.ok else None, verified, r.error)
             if config_key(r.config) == config_key(task.template.default(task.spec, self.target)) and r.ok:
                 task.default_cost = r.median
 
@@ -197,17 +203,28 @@ class Campaign:
 
     # -- the loop ---------------------------------------------------------------------------
     def total_trials(self) -> int:
+        """Trials measured so far over every task, resumed ones included."""
         return sum(t.trials for t in self.tasks)
 
-    def _next_batch(self, task: Task) -> list[Config]:
+    def _next_batch(self, task: Task, n: int | None = None) -> list[Config]:
+        """Up to ``n`` unmeasured configs (the default first for a fresh task).
+
+        The strategy is asked for at most one batch per call (it expects the measurements
+        in between); proposals that do not fit are kept in ``task.pending`` for the next
+        call, never dropped (grid search would not propose them again).
+        """
+        n = n or self.batch_size
+        queue = list(task.pending)
         if task.default_cost is None and task.trials == 0:
-            default = task.template.default(task.spec, self.target)
-            rest = next(task.search, [])
-            return [default] + [c for c in rest if config_key(c) != config_key(default)][: self.batch_size - 1]
-        try:
-            return next(task.search)
-        except StopIteration:
-            return []
+            queue.insert(0, task.template.default(task.spec, self.target))
+        queue = _unmeasured(task, queue)
+        if len(queue) < n:
+            try:
+                queue = _unmeasured(task, queue + list(next(task.search)))
+            except StopIteration:
+                pass
+        task.pending = queue[n:]
+        return queue[:n]
 
     def _pick(self) -> Task | None:
         live = [t for t in self.tasks if not t.done]
@@ -230,12 +247,10 @@ class Campaign:
     def _account(self, task: Task, c: Candidate, refine: bool = False) -> None:
         cost = c.cost if c.error is None else None
         if refine:
-            task.remeasured(c.config, cost, c.verified)
+            task.remeasured(c.config, cost, c.verified, c.error)
         else:
-            task.record(c.config, cost, c.verified)
+            task.record(c.config, cost, c.verified, c.error)
             task.new_trials += 1
-        if c.error == "wrong_result":
-            task.wrong.add(config_key(c.config))
         if config_key(c.config) == config_key(task.template.default(task.spec, self.target)) and cost:
             task.default_cost = cost
         if self.records:
@@ -253,20 +268,27 @@ class Campaign:
         core); a config timed in one looks worse than it is, one timed in a lucky moment
         better. Re-timing the leaders in alternating order and ranking them by the median
         over all their measurements makes the final choice robust. Each candidate is
-        checked against the reference once more on the way.
+        checked against the reference once more on its first re-timing.
+
+        A leader already timed ``1 + rounds`` times (in this run or one resumed from the
+        records) is not timed again, so a campaign killed during refine finishes it when
+        run again, and a finished one re-times nothing.
         """
         layers: dict[str, list[Task]] = {}
         for t in self.tasks:
             layers.setdefault(t.spec.key, []).append(t)
         for tasks in layers.values():
-            if not any(t.new_trials for t in tasks):
-                continue  # nothing new since the last run: its leaders were re-timed then
             leaders = sorted(((cost, t, cfg) for t in tasks for cfg, cost in t.config_costs().items()),
                              key=lambda x: x[0])[:top]
             for r in range(rounds):
                 for _, task, cfg in (leaders if r % 2 == 0 else leaders[::-1]):
-                    # round 0 checks every leader against the reference; later rounds only time
-                    (c,) = self.measure(task, [task.config_by_key[cfg]], None if r == 0 else 0.0)
+                    if cfg in task.wrong or cfg in task.failed:
+                        continue  # failed in an earlier round: out of the running
+                    timed = len(task.costs.get(cfg, []))
+                    if timed > r + 1:
+                        continue  # this round's timing is in the records already
+                    # a leader's first re-timing checks it against the reference; later ones only time
+                    (c,) = self.measure(task, [task.config_by_key[cfg]], None if timed <= 1 else 0.0)
                     self._account(task, c, refine=True)
 
     def run(self, trials: int) -> None:
@@ -281,7 +303,7 @@ class Campaign:
             if task is None:
                 break
             budget = min(self.batch_size, trials - self.total_trials())
-            batch = self._next_batch(task)[:budget]
+            batch = self._next_batch(task, budget)
             if not batch:
                 task.done = True
                 continue
@@ -295,3 +317,27 @@ class Campaign:
                 self.progress.update(self, task, time.perf_counter() - t0, len(results))
         if self.progress:
             self.progress.finish(self)
+
+
+def _unmeasured(task: Task, configs: list[Config]) -> list[Config]:
+    """``configs`` without the ones ``task`` measured already, and without repeats."""
+    seen = task.ctx.measured()
+    out = []
+    for c in configs:
+        k = config_key(c)
+        if k not in seen:
+            seen.add(k)
+            out.append(c)
+    return out
+
+
+def _refuse_duplicates(tasks: list[Task]) -> None:
+    """Two tasks of one workload and template would measure everything twice, and resume
+    could credit both tasks' records to one of them: refuse them."""
+    seen: dict[tuple[str, str], Task] = {}
+    for t in tasks:
+        k = (t.spec.key, t.template.name)
+        if k in seen:
+            raise ValueError(f"{seen[k].name!r} and {t.name!r} are the same workload ({t.spec.describe()}) with "
+                             f"the same template: list it once (give it a weight to count it several times)")
+        seen[k] = t

@@ -10,7 +10,12 @@ Mirrors how AutoTVM and MetaSchedule measure, on TVM's own pieces:
   recorded as ``crash`` / ``timeout`` and the campaign goes on. Builds and runs never
   overlap, so compiling does not disturb timing.
 - :class:`RPCRunner` does the same on remote devices through ``tvm.rpc``, directly or via
-  a tracker, with one session per device in parallel: a fleet serves one campaign.
+  a tracker, with one session per device in parallel: a fleet serves one campaign. A device
+  that cannot be reached is recorded as ``device`` (not the config's fault), not ``crash``.
+
+Both measure through :func:`convgen.remote.measure_kernel`, as ``convgen run`` does: kernels
+with their own weight layout are timed as deployed (weights packed once by the library's
+``pack_weights``, then ``main_prepacked``) with the :class:`MeasureOptions`.
 
 A run can also check the output against the numpy reference; the tuner asks for that
 when a candidate beats the best so far (``verify_below``), so a wrong kernel is recorded
@@ -23,7 +28,6 @@ import concurrent.futures
 import importlib
 import math
 import os
-import statistics
 import subprocess
 import tempfile
 import time
@@ -31,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..knobs import Config
+from ..records import median
+from ..remote import _last_line
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,9 @@ class Candidate:
     template_module: str = ""  # imported by build workers first, so user templates register there too
     packed_shape: list[int] | None = None  # set when the library has main_prepacked
     path: str | None = None
-    error: str | None = None    # error kind: config, build, build_timeout, run, timeout, crash, wrong_result
+    # error kind: config, build, build_timeout, run, timeout, crash, wrong_result, or device (the
+    # RPC device could not be reached or sent the library: nothing ran, the config is not to blame)
+    error: str | None = None
     message: str = ""
     build_s: float = 0.0
     times: list[float] = field(default_factory=list)
@@ -70,7 +78,7 @@ class Candidate:
     @property
     def cost(self) -> float | None:
         """Median seconds per call, ``None`` if it failed."""
-        return statistics.median(self.times) if self.ok else None
+        return median(self.times) if self.ok else None
 
 
 # ---- worker functions (run in popen workers; module-level so they pickle by reference) ----------
@@ -89,6 +97,7 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
     from convgen.target import _from_toml
 
     tgt = _from_toml(target)
+    path = None
     try:
         spec_ = ConvSpec.from_dict(spec)
         tmpl = get_template(template)
@@ -96,13 +105,21 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
         fd, path = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         export_library(executable, tgt, path)
-    except ConfigError as e:
-        return None, "config", str(e), time.perf_counter() - t0, None
-    except BuildError as e:
-        return None, "build", str(e), time.perf_counter() - t0, None
     except Exception as e:  # noqa: BLE001 - anything else in a build is a failed build
+        if path is not None:
+            os.unlink(path)  # a half-written library
+        if isinstance(e, ConfigError):
+            return None, "config", str(e), time.perf_counter() - t0, None
+        if isinstance(e, BuildError):
+            return None, "build", str(e), time.perf_counter() - t0, None
         return None, "build", f"{type(e).__name__}: {e}"[-2000:], time.perf_counter() - t0, None
     return path, None, "", time.perf_counter() - t0, packed
+
+
+def _timing(opts: MeasureOptions) -> dict[str, Any]:
+    """The ``time_evaluator`` arguments of ``opts`` (for :func:`convgen.remote.measure_kernel`)."""
+    return {"number": opts.number, "repeat": opts.repeat, "min_repeat_ms": opts.min_repeat_ms,
+            "cache_flush_bytes": opts.cache_flush_bytes}
 
 
 def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float | None,
@@ -110,16 +127,15 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
     """Time a library here; check it against the reference if its median beats ``verify_below``.
 
     Kernels with pre-packed weights are timed as deployed (``main_prepacked``, weights packed
-    once); the check runs both entry points. Returns ``(times, verified, message)``;
+    once); the check runs both entry points, each on an output filled with NaN first
+    (:func:`convgen.remote.measure_kernel`). Returns ``(times, verified, message)``;
     ``verified`` is ``None`` when no check ran.
     """
     import tvm
 
-    from convgen.reference import conv2d_reference, random_inputs, tolerance
+    from convgen.remote import measure_kernel
     from convgen.runtime import set_num_threads
     from convgen.spec import ConvSpec
-
-    import numpy as np
 
     spec_ = ConvSpec.from_dict(spec)
     if target and target.get("family") == "cuda":
@@ -134,30 +150,8 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
         set_num_threads(opts.num_threads)
         dev = tvm.cpu(0)
     module = tvm.runtime.load_module(path)
-    arrays = random_inputs(spec_, seed=0)
-    args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    out = tvm.runtime.empty(spec_.output_shape, spec_.out_dtype, dev)
-    entries = [("main", args)]
-    if packed_shape:
-        packed = tvm.runtime.empty(tuple(packed_shape), spec_.dtype, dev)
-        module["pack_weights"](args[1], packed)
-        entries.insert(0, ("main_prepacked", [args[0], packed] + args[2:]))
-    name, timed = entries[0]
-    ev = module.time_evaluator(name, dev, number=opts.number, repeat=opts.repeat,
-                               min_repeat_ms=opts.min_repeat_ms, cache_flush_bytes=opts.cache_flush_bytes)
-    times = [float(t) for t in ev(*timed, out).results]
-    verified, message = None, ""
-    if verify_below is not None and statistics.median(times) < verify_below:
-        want = conv2d_reference(spec_, *arrays)
-        verified = True
-        for name, entry_args in entries:
-            module[name](*entry_args, out)
-            got = out.numpy().astype(np.float64)
-            err = float(np.max(np.abs(got - want))) if got.size else 0.0
-            if err > tolerance(spec_):
-                verified = False
-                message = f"{name}: max |error| {err:.3g} > tolerance {tolerance(spec_):.3g}"
-    return times, verified, message
+    run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check_below=verify_below, **_timing(opts))
+    return run.times, run.verified, run.mismatch
 
 
 # ---- builder --------------------------------------------------------------------------------
@@ -188,6 +182,16 @@ class Builder:
             except Exception as e:  # noqa: BLE001
                 c.error, c.message = "build", f"{type(e).__name__}: {e}"[-2000:]
 
+    def discard(self, candidates: list[Candidate]) -> None:
+        """Delete the libraries of candidates that have been run (their ``path`` stays, naming
+        a file that is gone): a campaign re-builds a config it measures again."""
+        for c in candidates:
+            if c.path and os.path.dirname(os.path.abspath(c.path)) == os.path.abspath(self.out_dir):
+                try:
+                    os.unlink(c.path)
+                except FileNotFoundError:
+                    pass
+
     def close(self) -> None:
         """Stop the workers and delete the built libraries."""
         self._pool.shutdown(wait=False)
@@ -199,8 +203,6 @@ class Builder:
 # ---- runners --------------------------------------------------------------------------------
 class LocalRunner:
     """Times candidates on this machine, one at a time, each in an isolated worker process."""
-
-    name = "local"
 
     def __init__(self, options: MeasureOptions | None = None) -> None:
         from tvm.support.popen_pool import PopenWorker
@@ -241,29 +243,32 @@ class LocalRunner:
 
 
 def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: MeasureOptions,
-                   verify_below: float | None) -> tuple:
-    """Time (and maybe check) a library on a remote device; same result as :func:`run_worker`."""
-    import statistics as stats
+                   verify_below: float | None, packed_shape: list[int] | None = None) -> tuple:
+    """Time (and maybe check) a library on a remote device; same result as :func:`run_worker`.
 
+    Measures as the local worker does (:func:`convgen.remote.measure_kernel`: weights packed
+    once on the device, ``main_prepacked`` timed, both entry points checked). Raises
+    :class:`convgen.remote.DeviceUnavailable` when the device cannot be reached or sent the
+    library, :class:`convgen.remote.RemoteError` when the kernel fails there.
+    """
     from convgen import remote
     from convgen.spec import ConvSpec
+    from convgen.target import _from_toml
 
     spec_ = ConvSpec.from_dict(spec)
+    tgt = _from_toml(target)
     session = remote.connect(rpc=address.get("rpc"), tracker=address.get("tracker"), key=address.get("key"),
                              timeout=opts.run_timeout)
     module = remote.upload(session, path)
-    meta = {"target_desc": target, "target": target.get("name")}
-    dev = remote.device_of(session, meta)
-    if dev.dlpack_device_type() == 1:
-        remote.set_remote_threads(session, opts.num_threads)
-    times = remote.remote_time(session, module, spec_, dev, number=opts.number, repeat=opts.repeat,
-                               min_repeat_ms=opts.min_repeat_ms)
-    verified, message = None, ""
-    if verify_below is not None and stats.median(times) < verify_below:
-        err, tol = remote.remote_check(module, spec_, dev)
-        verified = err <= tol
-        message = "" if verified else f"max |error| {err:.3g} > tolerance {tol:.3g}"
-    return times, verified, message
+    dev = remote.device_of(session, {"target_desc": target})
+    try:
+        if tgt.family != "cuda":  # a remote CPU's device type is 1 + 128 * (session index + 1): ask the target
+            remote.set_remote_threads(session, opts.num_threads)
+        run = remote.measure_kernel(module, spec_, dev, packed_shape=packed_shape, check_below=verify_below,
+                                    **_timing(opts))
+    except Exception as e:
+        raise remote.RemoteError(remote.explain_failure(e, tgt)) from None
+    return run.times, run.verified, run.mismatch
 
 
 class RPCRunner:
@@ -272,10 +277,9 @@ class RPCRunner:
     ``rpc="host:port"`` uses one server; ``tracker="host:port", key=...`` asks the tracker
     for a free device per candidate, and ``n_parallel`` candidates run at once (one per
     device of the fleet). Each measurement runs in its own popen worker, so a device that
-    dies mid-run fails that trial only.
+    dies mid-run fails that trial only; a device that cannot be reached (or sent the library)
+    gives error kind ``device``, not ``crash``: the config is not to blame.
     """
-
-    name = "rpc"
 
     def __init__(self, rpc: str | None = None, tracker: str | None = None, key: str | None = None,
                  n_parallel: int = 1, options: MeasureOptions | None = None) -> None:
@@ -298,12 +302,16 @@ class RPCRunner:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _finish(self, c: Candidate, fut: concurrent.futures.Future) -> None:
+        from ..remote import DeviceUnavailable
+
         try:
             c.times, c.verified, c.message = fut.result()
         except TimeoutError:
             c.error, c.message = "timeout", f"remote run took longer than {self.options.run_timeout:.0f} s"
         except ChildProcessError:
             c.error, c.message = "crash", "the RPC worker died"
+        except DeviceUnavailable as e:  # before the kernel ran: a board down, a refused connection
+            c.error, c.message = "device", _last_line(e)
         except Exception as e:  # noqa: BLE001 - a dead server, a lost connection: this trial only
             msg = _last_line(e)
             died = ("connection", "closed", "sigill", "sigsegv", "died", "killed by")
@@ -316,8 +324,8 @@ class RPCRunner:
         """Run a batch across the fleet; new bests (vs the best before the batch) are verified."""
         todo = [c for c in candidates if c.path is not None]
         best = math.inf if verify_below is None else verify_below
-        futures = [self._pool.submit(rpc_run_worker, self.address, c.path, c.spec, c.target, self.options, best)
-                   for c in todo]
+        futures = [self._pool.submit(rpc_run_worker, self.address, c.path, c.spec, c.target, self.options, best,
+                                     c.packed_shape) for c in todo]
         for c, fut in zip(todo, futures):
             self._finish(c, fut)
             if c.ok and c.verified and c.cost < best:
@@ -327,7 +335,3 @@ class RPCRunner:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-
-def _last_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:500]

@@ -54,12 +54,15 @@ class SearchContext:
 
 def get_strategy(name: str) -> Callable[[SearchContext], Iterator[list[Config]]]:
     """The ``search`` function of a strategy by name: ``random``, ``grid`` or ``model``."""
-    from . import grid_search, model_based, random_search
-
-    strategies = {"random": random_search.search, "grid": grid_search.search, "model": model_based.search}
-    if name not in strategies:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(strategies)}")
-    return strategies[name]
+    if name not in _SEARCH:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(_SEARCH)}")
+    return _SEARCH[name]
 
 
-STRATEGIES = ("model", "random", "grid")
+# The strategy modules import SearchContext from here, so they come after it.
+from . import grid_search, model_based, random_search  # noqa: E402
+
+_SEARCH = {"random": random_search.search, "grid": grid_search.search, "model": model_based.search}
+
+STRATEGIES = tuple(_SEARCH)
+"""The names :func:`get_strategy` knows (the ``--strategy`` choices)."""
