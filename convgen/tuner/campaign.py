@@ -60,6 +60,7 @@ class Task:
     new_trials: int = 0      # measured in this run
     since_improvement: int = 0
     done: bool = False
+    default: Config = field(default_factory=dict)  # the template's default config (the campaign sets it)
     default_cost: float | None = None
     wrong: set[str] = field(default_factory=set)   # configs that gave a wrong result
     failed: set[str] = field(default_factory=set)  # configs with a failed measurement (any error)
@@ -159,6 +160,7 @@ class Campaign:
             task.ctx = SearchContext(task.template.space(task.spec, target), random.Random(rng.randrange(2**31)),
                                      batch_size, featurize=feat, prior=self._prior_for(task) if transfer else None)
             task.search = search(task.ctx)
+            task.default = task.template.default(task.spec, target)
         self._resume()
 
     # -- resume ---------------------------------------------------------------------------
@@ -180,8 +182,14 @@ class Campaign:
                 continue
             seen.add(k)
             task.record(r.config, r.median if r.ok else None, verified, r.error)
-            if config_key(r.config) == config_key(task.template.default(task.spec, self.target)) and r.ok:
-                task.default_cost = r.median
+        for task in self.tasks:
+            self._note_default(task)
+
+    def _note_default(self, task: Task) -> None:
+        """The default config's cost: the median of its timings, like every other config's."""
+        cost = task.config_costs().get(config_key(task.default))
+        if cost is not None:
+            task.default_cost = cost
 
     # -- transfer ---------------------------------------------------------------------------
     def _prior_for(self, task: Task):
@@ -216,7 +224,7 @@ class Campaign:
         n = n or self.batch_size
         queue = list(task.pending)
         if task.default_cost is None and task.trials == 0:
-            queue.insert(0, task.template.default(task.spec, self.target))
+            queue.insert(0, task.default)
         queue = _unmeasured(task, queue)
         if len(queue) < n:
             try:
@@ -251,8 +259,7 @@ class Campaign:
         else:
             task.record(c.config, cost, c.verified, c.error)
             task.new_trials += 1
-        if config_key(c.config) == config_key(task.template.default(task.spec, self.target)) and cost:
-            task.default_cost = cost
+        self._note_default(task)
         if self.records:
             extra = {"verified": c.verified, "task": task.name, "build_s": round(c.build_s, 3)}
             if refine:
@@ -270,26 +277,50 @@ class Campaign:
         over all their measurements makes the final choice robust. Each candidate is
         checked against the reference once more on its first re-timing.
 
-        A leader already timed ``1 + rounds`` times (in this run or one resumed from the
-        records) is not timed again, so a campaign killed during refine finishes it when
-        run again, and a finished one re-times nothing.
+        A layer whose winner already has ``1 + rounds`` timings is left alone, and a leader
+        timed that often (in this run or one resumed from the records) is not timed again:
+        a campaign killed during refine finishes it when run again, a finished one re-times
+        nothing.
         """
         layers: dict[str, list[Task]] = {}
         for t in self.tasks:
             layers.setdefault(t.spec.key, []).append(t)
-        for tasks in layers.values():
-            leaders = sorted(((cost, t, cfg) for t in tasks for cfg, cost in t.config_costs().items()),
-                             key=lambda x: x[0])[:top]
-            for r in range(rounds):
-                for _, task, cfg in (leaders if r % 2 == 0 else leaders[::-1]):
-                    if cfg in task.wrong or cfg in task.failed:
-                        continue  # failed in an earlier round: out of the running
-                    timed = len(task.costs.get(cfg, []))
-                    if timed > r + 1:
-                        continue  # this round's timing is in the records already
-                    # a leader's first re-timing checks it against the reference; later ones only time
-                    (c,) = self.measure(task, [task.config_by_key[cfg]], None if timed <= 1 else 0.0)
-                    self._account(task, c, refine=True)
+        t0 = time.perf_counter()
+        for i, tasks in enumerate(layers.values()):
+            if self.progress:
+                self.progress.refining(i, len(layers), tasks[0].name.split(":")[0], time.perf_counter() - t0)
+            for _ in range(3):  # re-timings move the medians: a config outside the leaders may win
+                leaders = sorted(((cost, t, cfg) for t in tasks for cfg, cost in t.config_costs().items()),
+                                 key=lambda x: x[0])[:top]
+                if not leaders or len(leaders[0][1].costs.get(leaders[0][2], [])) > rounds:
+                    break  # the layer's winner stands on 1 + rounds timings
+                self._retime(leaders, rounds)
+        if self.progress and layers:
+            self.progress.refining(len(layers), len(layers), "done", time.perf_counter() - t0)
+            self.progress.finish(self)
+
+    def _retime(self, leaders: list, rounds: int) -> None:
+        """Time ``leaders`` (cost, task, config key) until each has ``1 + rounds`` timings."""
+        for r in range(rounds):
+            due: dict[int, list[str]] = {}  # per task (by position): configs to time this round
+            check = False
+            for _, task, cfg in (leaders if r % 2 == 0 else leaders[::-1]):
+                if cfg in task.wrong or cfg in task.failed:
+                    continue  # failed in an earlier round: out of the running
+                timed = len(task.costs.get(cfg, []))
+                if timed > r + 1:
+                    continue  # this round's timing is in the records already
+                due.setdefault(self.tasks.index(task), []).append(cfg)
+                check |= timed <= 1  # a leader's first re-timing checks it against the reference
+            for k, cfgs in due.items():
+                task = self.tasks[k]
+                configs = [task.config_by_key[cfg] for cfg in cfgs]
+                # checking: one call per config (a batch checks only what beats its running
+                # best); timing only: one batch, its builds in parallel
+                batches = [[c] for c in configs] if check else [configs]
+                for batch in batches:
+                    for c in self.measure(task, batch, None if check else 0.0):
+                        self._account(task, c, refine=True)
 
     def run(self, trials: int) -> None:
         """Measure until ``trials`` trials exist in total (resumed ones count) or every task is done."""

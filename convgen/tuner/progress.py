@@ -46,8 +46,15 @@ class Progress:
         best = f"best {task.best_gflops:.1f} GFLOP/s" if task.best_cost else "no valid kernel yet"
         if self.peak and task.best_cost:
             best += f" ({100 * task.best_gflops / self.peak:.0f}% of peak)"
-        line = (f"[{bar}] [{idx}/{len(campaign.tasks)} {task.name}] trials {total}/{self.trials} | {best} | "
-                f"{_clock(time.perf_counter() - self.t0)} elapsed, ETA {_clock(eta)}")
+        self._write(f"[{bar}] [{idx}/{len(campaign.tasks)} {task.name}] trials {total}/{self.trials} | {best} | "
+                    f"{_clock(time.perf_counter() - self.t0)} elapsed, ETA {_clock(eta)}")
+
+    def refining(self, done: int, layers: int, name: str, seconds: float) -> None:
+        """The line while each layer's leaders are timed again after the search."""
+        self._write(f"re-timing each layer's best configs: {done}/{layers} layers | {name} | "
+                    f"{_clock(seconds)} elapsed")
+
+    def _write(self, line: str) -> None:
         if self.tty:
             self.stream.write("\r" + line[:200].ljust(120))
         else:
@@ -89,10 +96,11 @@ def plot_curves(tasks: list[Any], path: str, title: str = "") -> str | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(11, 5.5))
-    for t in tasks:
-        if t.curve:
-            xs, ys = zip(*t.curve)
-            ax.step(xs, ys, where="post", label=f"{t.name} ({t.template.name})")
+    for i, t in enumerate(t for t in tasks if t.curve):
+        xs, ys = zip(*t.curve)
+        label = t.name if t.name.endswith(t.template.name) else f"{t.name} ({t.template.name})"
+        # 10 colours in matplotlib's cycle: past them, another line style keeps lines apart
+        ax.step(xs, ys, where="post", label=label, linestyle=("-", "--", ":")[i // 10 % 3])
     ax.set_xlabel("trials (this layer)")
     ax.set_ylabel("best GFLOP/s")
     ax.set_title(title or "convgen tuning curves")
