@@ -187,9 +187,10 @@ class Campaign:
 
     def _note_default(self, task: Task) -> None:
         """The default config's cost: the median of its timings, like every other config's."""
-        cost = task.config_costs().get(config_key(task.default))
-        if cost is not None:
-            task.default_cost = cost
+        key = config_key(task.default)  # (one config: not the whole config_costs() per trial)
+        timings = task.costs.get(key)
+        if timings and key not in task.wrong and key not in task.failed:
+            task.default_cost = rec.median(timings)
 
     # -- transfer ---------------------------------------------------------------------------
     def _prior_for(self, task: Task):
