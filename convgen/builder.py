@@ -57,19 +57,41 @@ def select_template(spec: ConvSpec, target: Target, name: str | None = None) -> 
     return found[0]
 
 
+# What the arguments of a CPU kernel declare as their data alignment: one element. TVM's
+# default (64 bytes) lets LLVM use aligned vector moves (vmovaps), which fault on a numpy or
+# torch array that happens to start mid-line, so every such call paid a staging copy. With
+# the alignment of an element the kernel reads the caller's memory in place; x86 and AArch64
+# vector loads cost the same on aligned data whichever instruction reads it.
+ARG_ALIGNMENT = 4
+
+
+def relax_alignment(func: Any, alignment: int = ARG_ALIGNMENT) -> Any:
+    """``func`` with every argument buffer declared ``alignment``-byte aligned (its internal
+    buffers keep TVM's 64-byte alignment)."""
+    from tvm import tirx
+    from tvm.tirx.transform.common import BufferReplacer
+
+    remap = {p: tirx.decl_buffer(p.shape, p.dtype, p.name, data_alignment=alignment, offset_factor=1)
+             for p in func.params}
+    return BufferReplacer(remap)(func)
+
+
 def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> Any:
     """The scheduled ``IRModule``; a config TVM rejects becomes a ``ConfigError``.
 
     When the template keeps its weights in a form of its own (a packed layout, Winograd's
     transformed filters), the module also holds ``main_prepacked`` (the same kernel taking
     prepared weights) and ``pack_weights`` (the preparation), so callers can prepare once.
+    On CPUs the arguments declare the alignment of one element (:data:`ARG_ALIGNMENT`).
     """
     import tvm
     import tvm.s_tir as s_tir
 
+    from .compute import conv2d_primfunc, padded_channels
+
     def scheduled(func: Any) -> Any:
         try:
-            sch = s_tir.Schedule(func)
+            sch = s_tir.Schedule(relax_alignment(func) if target.is_cpu else func)
             template.schedule(sch, spec, target, config)
         except ConfigError:
             raise
@@ -77,25 +99,33 @@ def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> A
             raise ConfigError(f"{template.name} could not apply {config}: {_last_line(e)}") from None
         return sch.mod["main"]
 
-    try:
-        main = template.primfunc(spec, target, config)
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"{template.name} could not define {config}: {_last_line(e)}") from None
-    funcs = {"main": scheduled(main)}
+    def defined(make: Any) -> Any:
+        try:
+            return make()
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"{template.name} could not define {config}: {_last_line(e)}") from None
+
+    funcs = {"main": scheduled(defined(lambda: template.primfunc(spec, target, config)))}
     if target.family != "cuda":
-        for name, func in template.variants(spec, target, config).items():
+        for name, func in defined(lambda: template.variants(spec, target, config)).items():
             funcs[name] = scheduled(func)
-        index_map = template.weight_pack(spec, target, config)
-        if index_map is not None and "main_prepacked" not in funcs:
+        pack = defined(lambda: template.pack_function(spec, target, config)) if "main_prepacked" not in funcs else None
+        if pack is not None:
             # TVM's pass drops the annotated packing block and takes the packed buffer as the
-            # weight parameter: the same loop nest, minus the per-call copy.
+            # weight parameter: the same loop nest, minus the per-call copy. It needs the block
+            # to be a plain copy of the argument: with padded filters, the definition whose
+            # weight argument holds them padded already.
+            source = funcs["main"]
+            block = template.channel_block(spec, target, config)
+            if padded_channels(spec, block) != spec.out_channels:
+                source = scheduled(defined(lambda: conv2d_primfunc(spec, channel_block=block, prepadded=True)))
             prepacked = s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(
-                tvm.IRModule({"main": funcs["main"]}))["main"]
-            pack_fn, packed_shape = _pack_function(spec, index_map)
-            if [int(x) for x in prepacked.params[1].shape] == packed_shape:  # else: block not marked
-                funcs["main_prepacked"], funcs["pack_weights"] = prepacked, pack_fn
+                tvm.IRModule({"main": source}))["main"]
+            if [int(x) for x in prepacked.params[1].shape] == [int(x) for x in pack.params[1].shape]:
+                funcs["main_prepacked"], funcs["pack_weights"] = prepacked, relax_alignment(pack)
+            # else: the template did not mark its packing block; main alone then
     return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
 
 
@@ -104,23 +134,6 @@ def packed_weight_shape(mod: Any) -> list[int] | None:
     if "main_prepacked" not in [gv.name_hint for gv in mod.get_global_vars()]:
         return None
     return [int(x) for x in mod["main_prepacked"].params[1].shape]
-
-
-def _pack_function(spec: ConvSpec, index_map: Any) -> tuple[Any, list[int]]:
-    """``pack_weights(weight, packed)``: the weight layout change as a function of its own."""
-    import tvm
-    import tvm.s_tir as s_tir
-    from tvm import te
-
-    shape = list(spec.weight_shape)
-    forward = tvm.tirx.IndexMap.from_func(index_map, ndim=len(shape))
-    packed_shape = [int(x) for x in forward.map_shape(shape)]
-    inverse = forward.inverse(shape)
-    weight = te.placeholder(shape, spec.dtype, name="weight")
-    packed = te.compute(packed_shape, lambda *p: weight[tuple(inverse.map_indices(list(p)))], name="packed")
-    sch = s_tir.Schedule(te.create_prim_func([weight, packed]))
-    sch.parallel(sch.get_loops(sch.get_sblock("packed"))[0])
-    return sch.mod["main"].with_attr("global_symbol", "pack_weights"), packed_shape
 
 
 def compile_module(spec: ConvSpec, target: Target, template: Any, config: Config, *,
@@ -190,6 +203,8 @@ def metadata(spec: ConvSpec, target: Target, template: Any, config: Config, sour
         "space_hash": template.space(spec, target).hash,
         "config": config,
         "config_source": source,
+        # the data alignment the arguments declare (CPU: one element; CUDA: TVM's 64 bytes)
+        "arg_alignment": ARG_ALIGNMENT if target.is_cpu else 64,
         "tvm": tvm.__version__,
         "tvm_ffi": ffi_version,
         "built_on": host_cpu_name(),

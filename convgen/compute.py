@@ -3,13 +3,21 @@
 Every template schedules the PrimFunc made here; none of them says *what* is computed.
 Stages (block names are part of the contract with the templates):
 
-``data_pad``  zero padding of the data (absent when the padding is zero)
-``conv``      the reduction over input channels of a group and the kernel window
-``out``       the epilogue: bias add and activation (a copy when there are none), so the
-              reduction's result is an intermediate buffer a template may lay out as it likes
+``data_pad``    zero padding of the data (absent when there is nothing to pad)
+``weight_pad``  the filters padded to whole channel blocks (only when ``channel_block`` pads)
+``conv``        the reduction over input channels of a group and the kernel window
+``out``         the epilogue: ``+ bias``, ``+ residual``, activation (a copy when there are
+                none), so the reduction's result is an intermediate buffer a template may lay
+                out as it likes
 
 Loop (block iterator) names: output ``n, oc, oh, ow`` in the spec's layout order,
 reduction ``ic, kh, kw``.
+
+A template whose vector blocks of output channels do not divide the channel count asks for
+``channel_block``: ``conv`` then computes ``K`` rounded up to a multiple of it (for depthwise,
+input channels too), the extra lanes compute channels nobody reads, and ``out`` reads only the real
+channels. The padding lives in the packed weights and the tail of the last block, never in
+the caller's tensors; padded depthwise channels read zeros.
 """
 
 from __future__ import annotations
@@ -19,38 +27,104 @@ from tvm import te, tirx
 from .spec import ConvSpec
 
 
-def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None) -> tuple[list[te.Tensor], te.Tensor]:
-    """The TE tensors: ``([data, weight, (bias)], out)``.
+def padded_channels(spec: ConvSpec, channel_block: int) -> int:
+    """Output channels of the ``conv`` stage for ``channel_block`` (``K`` rounded up to it).
+
+    Padding serves groups == 1 (pad the filters) and depthwise with multiplier 1 (pad the
+    channels, input and output alike); a grouped convolution is never padded.
+    """
+    k = spec.out_channels
+    if channel_block <= 1 or k % channel_block == 0:
+        return k
+    if spec.groups != 1 and not (spec.is_depthwise and spec.out_per_group == 1):
+        raise ValueError(f"channel padding serves groups == 1 or depthwise, not {spec.describe()}")
+    return -(-k // channel_block) * channel_block
+
+
+def pad_data(spec: ConvSpec, data: te.Tensor, padding: tuple[int, int, int, int] | None = None,
+             channels: int | None = None) -> te.Tensor:
+    """``data`` zero-padded by ``padding`` (top, left, bottom, right; default the spec's) and
+    to ``channels`` channels (default: none added), in the spec's layout; ``data`` itself
+    when nothing is padded."""
+    nchw = spec.layout == "NCHW"
+    pt, pl, pb, pr = spec.padding if padding is None else padding
+    c_in = spec.in_channels
+    channels = c_in if channels is None else channels
+    if not any((pt, pl, pb, pr)) and channels == c_in:
+        return data
+    hp, wp = spec.height + pt + pb, spec.width + pl + pr
+
+    def pad(*idx):
+        n, c, h, w = (idx[0], idx[1], idx[2], idx[3]) if nchw else (idx[0], idx[3], idx[1], idx[2])
+        inside = [h >= pt, h < pt + spec.height, w >= pl, w < pl + spec.width]
+        if channels != c_in:
+            inside.append(c < c_in)
+        value = data[n, c, h - pt, w - pl] if nchw else data[n, h - pt, w - pl, c]
+        return tirx.if_then_else(tirx.all(*inside), value, tirx.const(0, spec.dtype))
+
+    shape = (spec.batch, channels, hp, wp) if nchw else (spec.batch, hp, wp, channels)
+    return te.compute(shape, pad, name="data_pad")
+
+
+def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> tuple[list[te.Tensor], te.Tensor]:
+    """The ``out`` stage over ``conv`` (the reduction's result in the output's layout; it may
+    hold padded channels, of which only the real ones are read): ``+ bias``, ``+ residual``,
+    activation, then the cast to the spec's output dtype. Returns the extra inputs it reads
+    (``[bias], [residual]``, in argument order) and ``out``."""
+    nchw = spec.layout == "NCHW"
+    acc = acc_dtype or spec.out_dtype
+    inputs = []
+    bias = residual = None
+    if spec.bias:
+        bias = te.placeholder(spec.bias_shape, spec.out_dtype, name="bias")
+        inputs.append(bias)
+    if spec.residual:
+        residual = te.placeholder(spec.residual_shape, spec.out_dtype, name="residual")
+        inputs.append(residual)
+
+    def cast(x):
+        return x if x.dtype == acc else x.astype(acc)
+
+    def body(*idx):
+        y = conv[idx]
+        if bias is not None:
+            y = y + cast(bias[idx[1] if nchw else idx[3]])
+        if residual is not None:
+            y = y + cast(residual[idx])
+        if spec.activation == "relu":
+            y = tirx.max(y, tirx.const(0, acc))
+        return y if acc == spec.out_dtype else y.astype(spec.out_dtype)
+
+    return inputs, te.compute(spec.output_shape, body, name="out")
+
+
+def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1,
+              prepadded: bool = False) -> tuple[list[te.Tensor], te.Tensor]:
+    """The TE tensors: ``([data, weight, (bias), (residual)], out)``.
 
     ``acc_dtype`` (default ``spec.out_dtype``) is the type of the ``conv`` stage: fp16 on
-    tensor cores accumulates in float32, and ``out`` casts back after bias and activation.
-    The function's arguments and result keep the spec's dtypes either way.
+    tensor cores accumulates in float32, and ``out`` casts back after the epilogue. The
+    function's arguments and result keep the spec's dtypes either way. ``channel_block``:
+    see :func:`padded_channels`; ``prepadded``: the weight argument holds the padded
+    filters already (the form whose packing becomes ``main_prepacked``).
     """
     nchw = spec.layout == "NCHW"
     kh_, kw_ = spec.kernel
     sh, sw = spec.stride
     dh, dw = spec.dilation
-    pt, pl, pb, pr = spec.padding
     cg, kg = spec.in_per_group, spec.out_per_group
     acc = acc_dtype or spec.out_dtype
+    k_pad = padded_channels(spec, channel_block)
+    # depthwise pads its channels on both sides: a padded output channel reads a zero input
+    c_pad = spec.in_channels + (k_pad - spec.out_channels if spec.groups > 1 else 0)
 
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
-    weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
-    args = [data, weight]
-
-    if any(spec.padding):
-        hp, wp = spec.height + pt + pb, spec.width + pl + pr
-
-        def pad(*idx):
-            n, c, h, w = (idx[0], idx[1], idx[2], idx[3]) if nchw else (idx[0], idx[3], idx[1], idx[2])
-            inside = tirx.all(h >= pt, h < pt + spec.height, w >= pl, w < pl + spec.width)
-            value = data[n, c, h - pt, w - pl] if nchw else data[n, h - pt, w - pl, c]
-            return tirx.if_then_else(inside, value, tirx.const(0, spec.dtype))
-
-        shape = (spec.batch, spec.in_channels, hp, wp) if nchw else (spec.batch, hp, wp, spec.in_channels)
-        padded = te.compute(shape, pad, name="data_pad")
+    padded = pad_data(spec, data, channels=c_pad)
+    if prepadded or k_pad == spec.out_channels:
+        weight = filters = te.placeholder(padded_weight_shape(spec, channel_block), spec.dtype, name="weight")
     else:
-        padded = data
+        weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
+        filters = padded_weight(spec, weight, channel_block)
 
     ic = te.reduce_axis((0, cg), name="ic")
     kh = te.reduce_axis((0, kh_), name="kh")
@@ -66,39 +140,64 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None) -> tuple[list[te.Ten
     def cast(x):
         return x if x.dtype == acc else x.astype(acc)
 
+    n, h, w = spec.batch, spec.out_height, spec.out_width
     if nchw:
 
         def body(n, oc, oh, ow):
             x = padded[n, channel(oc), oh * sh + kh * dh, ow * sw + kw * dw]
-            return te.sum(cast(x) * cast(weight[oc, ic, fh, fw]), axis=[ic, kh, kw])
+            return te.sum(cast(x) * cast(filters[oc, ic, fh, fw]), axis=[ic, kh, kw])
 
+        conv = te.compute((n, k_pad, h, w), body, name="conv")
     else:
 
         def body(n, oh, ow, oc):
             x = padded[n, oh * sh + kh * dh, ow * sw + kw * dw, channel(oc)]
-            return te.sum(cast(x) * cast(weight[fh, fw, ic, oc]), axis=[ic, kh, kw])
+            return te.sum(cast(x) * cast(filters[fh, fw, ic, oc]), axis=[ic, kh, kw])
 
-    conv = te.compute(spec.output_shape, body, name="conv")
+        conv = te.compute((n, h, w, k_pad), body, name="conv")
 
-    bias = None
-    if spec.bias:
-        bias = te.placeholder(spec.bias_shape, spec.out_dtype, name="bias")
-        args.append(bias)
-
-    def epilogue(*idx):
-        oc = idx[1] if nchw else idx[3]
-        y = conv(*idx)
-        if bias is not None:
-            y = y + cast(bias[oc])
-        if spec.activation == "relu":
-            y = tirx.max(y, tirx.const(0, acc))
-        return y if acc == spec.out_dtype else y.astype(spec.out_dtype)
-
-    out = te.compute(spec.output_shape, epilogue, name="out")
-    return args, out
+    inputs, out = epilogue(spec, conv, acc)
+    return [data, weight] + inputs, out
 
 
-def conv2d_primfunc(spec: ConvSpec, acc_dtype: str | None = None) -> tirx.PrimFunc:
-    """The PrimFunc ``main(data, weight, [bias], out)`` every template schedules."""
-    args, out = conv2d_te(spec, acc_dtype)
+def conv2d_primfunc(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1,
+                    prepadded: bool = False) -> tirx.PrimFunc:
+    """The PrimFunc ``main(data, weight, [bias], [residual], out)`` every template schedules."""
+    args, out = conv2d_te(spec, acc_dtype, channel_block=channel_block, prepadded=prepadded)
     return te.create_prim_func(args + [out]).with_attr("global_symbol", "main")
+
+
+def padded_weight(spec: ConvSpec, weight: te.Tensor, channel_block: int = 1) -> te.Tensor:
+    """``weight_pad``: the filters, padded to :func:`padded_channels` by repeating the last
+    one (a plain copy when none are added).
+
+    The padded filters' lanes are computed and never stored, so their values do not matter;
+    a copy with a clamped index rather than a zero fill keeps this stage a pure load, the
+    form TVM's layout-rewrite pass needs to turn the packing into ``main_prepacked``.
+    """
+    nchw = spec.layout == "NCHW"
+    k, k_pad = spec.out_channels, padded_channels(spec, channel_block)
+
+    def body(*idx):
+        if k_pad == k:
+            return weight[idx]
+        last = tirx.const(k - 1, "int32")
+        if nchw:
+            return weight[tirx.min(idx[0], last), idx[1], idx[2], idx[3]]
+        return weight[idx[0], idx[1], idx[2], tirx.min(idx[3], last)]
+
+    return te.compute(padded_weight_shape(spec, channel_block), body, name="weight_pad")
+
+
+def padded_weight_shape(spec: ConvSpec, channel_block: int = 1) -> tuple[int, ...]:
+    """The weight shape (OIHW or HWIO) with the filters padded to :func:`padded_channels`."""
+    shape = list(spec.weight_shape)
+    shape[0 if spec.layout == "NCHW" else 3] = padded_channels(spec, channel_block)
+    return tuple(shape)
+
+
+def weight_primfunc(spec: ConvSpec, channel_block: int = 1) -> tirx.PrimFunc:
+    """``main(weight, weight_pad)``: the weight stage of :func:`conv2d_te` alone, which a
+    template lays out as its packed weights (the library's ``pack_weights``)."""
+    weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
+    return te.create_prim_func([weight, padded_weight(spec, weight, channel_block)]).with_attr("global_symbol", "main")

@@ -13,8 +13,16 @@ import numpy as np
 from .spec import ConvSpec
 
 
-def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """``spec``'s convolution of ``data`` by ``weight`` (+ ``bias``, activation), in ``spec.layout``."""
+def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extras: np.ndarray,
+                     bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+    """``spec``'s convolution of ``data`` by ``weight`` (+ ``bias``, + ``residual``, activation),
+    in ``spec.layout``. The spec's bias and residual come positionally, in that order, as
+    :func:`random_inputs` returns them, or by keyword."""
+    names = [n for n, on in (("bias", spec.bias), ("residual", spec.residual)) if on]
+    if len(extras) > len(names):
+        raise TypeError(f"{spec.describe()} takes {2 + len(names)} inputs, got {2 + len(extras)}")
+    given = dict(zip(names, extras))
+    bias, residual = given.get("bias", bias), given.get("residual", residual)
     if spec.layout == "NHWC":
         data = np.transpose(data, (0, 3, 1, 2))  # -> NCHW
         weight = np.transpose(weight, (3, 2, 0, 1))  # HWIO -> OIHW
@@ -39,6 +47,9 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, bias:
     y = y.reshape(n, spec.out_channels, oh, ow)
     if bias is not None:
         y = y + bias.astype(wide).reshape(1, -1, 1, 1)
+    if residual is not None:
+        r = residual.astype(wide)
+        y = y + (np.transpose(r, (0, 3, 1, 2)) if spec.layout == "NHWC" else r)
     if spec.activation == "relu":
         y = np.maximum(y, 0)
     if spec.layout == "NHWC":
@@ -47,7 +58,8 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, bias:
 
 
 def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
-    """Random data, weight (and bias) for ``spec``: uniform in [-1, 1), small ints for int8."""
+    """Random data, weight (and bias, residual) for ``spec``, in argument order: uniform in
+    [-1, 1), small ints for int8."""
     rng = np.random.default_rng(seed)
 
     def draw(shape, dtype):
@@ -58,6 +70,8 @@ def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
     arrays = [draw(spec.input_shape, spec.dtype), draw(spec.weight_shape, spec.dtype)]
     if spec.bias:
         arrays.append(draw(spec.bias_shape, spec.out_dtype))
+    if spec.residual:
+        arrays.append(draw(spec.residual_shape, spec.out_dtype))
     return arrays
 
 

@@ -171,10 +171,19 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
-def _aligned(x: np.ndarray) -> bool:
-    """Is the array's data 64-byte aligned (what TVM's DLPack import requires)?"""
-    # __array_interface__ is a cheap C-level dict; ``x.ctypes`` builds a Python object per call
-    return x.__array_interface__["data"][0] % _ALIGN == 0
+_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "int32": 4}
+
+
+def _refuse_overlap(out: Any, inputs: list[Any], specs: Sequence[tuple[str, tuple, str]]) -> None:
+    """Raise ``ValueError`` when the memory the kernel writes overlaps memory it reads (it
+    would read its own half-written output: a wrong result, no error)."""
+    start = out.data_ptr()
+    end = start + out.numel() * _ITEMSIZE[specs[-1][2]]
+    for t, (name, _, dtype) in zip(inputs, specs):
+        lo = t.data_ptr()
+        if lo < end and start < lo + t.numel() * _ITEMSIZE.get(dtype, 4) and t.device == out.device:
+            raise ValueError(f"out: overlaps the {name} argument; the kernel reads {name} while it writes out, "
+                             "so pass a separate output array")
 
 
 def _describe(x: Any) -> str:
@@ -220,8 +229,13 @@ class Kernel:
         specs = [("data", tuple(s.input_shape), s.dtype), ("weight", tuple(s.weight_shape), s.dtype)]
         if s.bias:
             specs.append(("bias", tuple(s.bias_shape), s.out_dtype))
+        if s.residual:
+            specs.append(("residual", tuple(s.residual_shape), s.out_dtype))
         self._arg_specs: tuple[tuple[str, tuple[int, ...], str], ...] = tuple(
             specs + [("out", tuple(s.output_shape), s.out_dtype)])
+        # the data alignment the kernel's arguments declare: kernels built by this convgen
+        # read any element-aligned array in place; older ones (64) need a staging copy
+        self._arg_align = int(meta.get("arg_alignment", _ALIGN))
         # staging buffers for data that cannot go zero-copy, one set per calling thread
         self._local = threading.local()
 
@@ -286,14 +300,34 @@ class Kernel:
         return list(self._arg_specs)
 
     # -- calling --------------------------------------------------------------------------
-    def __call__(self, data: Any, weight: Any, bias: Any = None, *, out: Any = None) -> Any:
-        """Run the convolution; returns ``out`` (allocated if not given) in the input's kind."""
+    def __call__(self, data: Any, weight: Any, *extras: Any, bias: Any = None, residual: Any = None,
+                 out: Any = None) -> Any:
+        """Run the convolution; returns ``out`` (allocated if not given) in the input's kind.
+
+        The spec's extra inputs follow, positionally in argument order (``k(x, w, b)``,
+        ``k(x, w, r)``, ``k(x, w, b, r)``, as :func:`convgen.reference.random_inputs` returns
+        them) or by keyword (``bias=``, ``residual=``). ``out`` must not overlap an input:
+        the kernel reads its inputs while it writes, so an aliased output would be read
+        half-written.
+        """
         s = self.spec
-        if s.bias:
-            if bias is None:
-                raise ValueError(f"this kernel was built with bias=True: call k(data, weight, bias) with bias of shape {s.bias_shape}")
-        elif bias is not None:
-            raise ValueError("this kernel was built without bias: rebuild with bias=True to pass one")
+        wanted = [n for n, on in (("bias", s.bias), ("residual", s.residual)) if on]
+        given = {"bias": bias, "residual": residual}
+        if len(extras) > len(wanted):
+            missing = " and ".join(n for n in ("bias", "residual") if n not in wanted)
+            raise ValueError(f"this kernel was built without {missing}: it takes data, weight"
+                             f"{''.join(', ' + n for n in wanted)}, got {2 + len(extras)} inputs "
+                             f"(rebuild with {missing.split(' ')[0]}=True to pass one)")
+        for name, value in zip(wanted, extras):
+            if given[name] is not None:
+                raise TypeError(f"{name} given both by position and by keyword")
+            given[name] = value
+        for name, shape in (("bias", s.bias_shape), ("residual", s.residual_shape)):
+            if name in wanted and given[name] is None:
+                raise ValueError(f"this kernel was built with {name}=True: pass {name} of shape {shape}")
+            if given[name] is not None and name not in wanted:
+                raise ValueError(f"this kernel was built without {name}: rebuild with {name}=True to pass one")
+        bias, residual = given["bias"], given["residual"]
         if self._runs_here is not True:
             self._require_runnable()
         if self._is_cpu and self.num_threads != getattr(_thread_state, "num_threads", None):
@@ -311,8 +345,11 @@ class Kernel:
         else:
             w_t = self._to_tvm(weight, *specs[1])
         tensors = [self._to_tvm(data, *specs[0], kind=kind), w_t]
-        if s.bias:
-            tensors.append(self._to_tvm(bias, *specs[2]))
+        i = 2
+        for extra in (bias, residual):
+            if extra is not None:
+                tensors.append(self._to_tvm(extra, *specs[i]))
+                i += 1
         name, shape, dtype = specs[-1]
         if out is None:
             out_t, finish = self._allocate(kind, shape, dtype, data)
@@ -320,6 +357,7 @@ class Kernel:
             if self._kind(out) != kind:
                 raise TypeError(f"out: expected the same kind of array as data ({_describe(data)}), got {_describe(out)}")
             out_t, finish = self._to_tvm_out(out, name, shape, dtype, kind)
+            _refuse_overlap(out_t, tensors, specs)
         try:
             if kind == "torch" and self._is_cuda:
                 # launch on torch's current stream, ordered with the torch work around it
@@ -403,38 +441,44 @@ class Kernel:
         t, host = self._from_dlpack(x, name, shape, dtype)
         return t if host is None else self._from_numpy(host, name)
 
+    def _import(self, x: Any) -> Any:
+        """``x`` (numpy or another DLPack producer) as a tvm Tensor viewing its memory; raises
+        when its data breaks the kernel's declared alignment or the export is refused."""
+        return _tvm_ffi().from_dlpack(x, require_alignment=self._arg_align, require_contiguous=True)
+
     def _from_dlpack(self, x: Any, name: str, shape: tuple, dtype: str) -> tuple[Any, np.ndarray | None]:
         """A DLPack tensor, checked: ``(tvm Tensor, None)`` zero-copy, or ``(None, numpy view)``
-        when its CPU data is not 64-byte aligned and has to go through a staging buffer."""
+        when its CPU data breaks the kernel's alignment and has to go through a staging buffer."""
         try:
             dev_type, _ = x.__dlpack_device__()
         except Exception as e:
             raise TypeError(f"{name}: cannot read the DLPack device of {_describe(x)}: {e}") from None
         self._check_device(name, int(dev_type))
+        if getattr(x, "requires_grad", False):
+            raise TypeError(f"{name}: the tensor requires grad, and convgen kernels record no gradients; "
+                            "pass tensor.detach()")
         try:
-            t = _tvm().runtime.from_dlpack(x)
+            t = self._import(x)
         except Exception as e:
             msg = str(e)
-            if "aligned" in msg and int(dev_type) == 1:
+            if int(dev_type) == 1 and ("align" in msg or "contiguous" in msg):
                 arr = np.from_dlpack(x)  # a CPU view of the caller's memory
                 self._check(name, shape, dtype, arr.shape, arr.dtype, arr.flags.c_contiguous)
                 return None, arr
             raise TypeError(f"{name}: {_describe(x)} cannot be passed through DLPack: {msg.splitlines()[-1]}") from None
-        contiguous = t.is_contiguous() if hasattr(t, "is_contiguous") else True
-        self._check(name, shape, dtype, tuple(t.shape), str(t.dtype), contiguous)
+        self._check(name, shape, dtype, tuple(t.shape), str(t.dtype), True)
         return t, None
 
     def _from_numpy(self, x: np.ndarray, name: str) -> Any:
         """A checked numpy array as a tvm Tensor: zero-copy when its data is writable and
-        64-byte aligned (numpy refuses to export read-only arrays through DLPack), else a
-        copy in a staging buffer (on the GPU for a CUDA kernel)."""
-        tvm = _tvm()
+        aligned as the kernel declares (numpy refuses to export read-only arrays through
+        DLPack), else a copy in a staging buffer (on the GPU for a CUDA kernel)."""
         if self._is_cuda:
-            return tvm.runtime.tensor(x, self.device)
+            return _tvm().runtime.tensor(x, self.device)
         if x.flags.writeable:
             try:
-                return tvm.runtime.from_dlpack(x)  # refuses data not 64-byte aligned
-            except Exception:  # noqa: BLE001 (TVM's error type for it is not public)
+                return self._import(x)
+            except Exception:  # noqa: BLE001 (misaligned for an older kernel; TVM's error type is not public)
                 pass
         buf, t = self._staging(name, x.shape, x.dtype)
         np.copyto(buf, x)
@@ -498,9 +542,10 @@ class Kernel:
                     return out
 
                 return staging, finish_device
-            if _aligned(out):
-                return tvm.runtime.from_dlpack(out), lambda: out
-            host = out
+            try:
+                return self._import(out), lambda: out
+            except Exception:  # noqa: BLE001 (misaligned for an older kernel)
+                host = out
         elif kind == "tvm":
             return self._to_tvm(out, name, shape, dtype, kind), lambda: out
         else:

@@ -12,6 +12,8 @@ Conventions
 - ``padding`` is stored resolved as ``(top, left, bottom, right)``; ``"same"`` follows
   TensorFlow/PyTorch: output = ceil(input / stride), the odd pixel of padding goes to the
   bottom/right; ``"valid"`` is no padding.
+- The epilogue, in order: ``+ bias`` (per output channel), ``+ residual`` (a tensor of the
+  output's shape, e.g. ResNet's skip connection), then the activation.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float16", "int8")
 ACTIVATIONS = (None, "relu")
+# TVM indexes buffers with int32: a tensor of more elements would overflow its index arithmetic.
+MAX_ELEMENTS = 2**31 - 1
 
 
 class SpecError(ValueError):
@@ -81,6 +85,7 @@ class ConvSpec:
     layout: str = "NCHW"
     dtype: str = "float32"
     bias: bool = False
+    residual: bool = False
     activation: str | None = None
     flip: bool = False
 
@@ -97,7 +102,7 @@ class ConvSpec:
         set_("stride", _pair("stride", self.stride, 1))
         set_("dilation", _pair("dilation", self.dilation, 1))
         set_("padding", self._resolve_padding(self.padding))
-        for name in ("bias", "flip"):
+        for name in ("bias", "residual", "flip"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, "must be True or False", getattr(self, name))
         if self.layout not in LAYOUTS:
@@ -121,6 +126,13 @@ class ConvSpec:
                     f"{axis} ({size} + {pad})",
                     self.kernel,
                 )
+        pt, pl, pb, pr = self.padding
+        padded = self.batch * self.in_channels * (self.height + pt + pb) * (self.width + pl + pr)
+        for what, n in (("the padded input", padded), ("the weights", math.prod(self.weight_shape)),
+                        ("the output", math.prod(self.output_shape))):
+            if n > MAX_ELEMENTS:
+                raise SpecError(f"ConvSpec: {what} would hold {n} elements, more than the {MAX_ELEMENTS} "
+                                "(2**31 - 1) that TVM's int32 indexing can address; split the workload")
 
     def _resolve_padding(self, padding: Any) -> tuple[int, int, int, int]:
         if isinstance(padding, str):
@@ -187,6 +199,11 @@ class ConvSpec:
         return (self.out_channels,)
 
     @property
+    def residual_shape(self) -> tuple[int, ...]:
+        """The residual added before the activation: the output's shape, in ``layout``."""
+        return self.output_shape
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of the result in ``layout``."""
         n, k, h, w = self.batch, self.out_channels, self.out_height, self.out_width
@@ -217,7 +234,8 @@ class ConvSpec:
             "d{}x{}".format(*self.dilation),
             f"g{self.groups}",
         ]
-        parts += [flag for flag, on in (("bias", self.bias), (self.activation, self.activation), ("flip", self.flip)) if on]
+        flags = (("bias", self.bias), ("residual", self.residual), (self.activation, self.activation), ("flip", self.flip))
+        parts += [flag for flag, on in flags if on]
         return "_".join(parts)
 
     @property
@@ -239,7 +257,8 @@ class ConvSpec:
         if self.batch > 1:
             s += f" n{self.batch}"
         s += f" {self.layout} {self.dtype}"
-        s += "".join(f" +{f}" for f, on in (("bias", self.bias), ("relu", self.activation == "relu"), ("flip", self.flip)) if on)
+        flags = (("bias", self.bias), ("res", self.residual), ("relu", self.activation == "relu"), ("flip", self.flip))
+        s += "".join(f" +{f}" for f, on in flags if on)
         return s
 
     # ---- (de)serialisation -----------------------------------------------------------------
@@ -275,5 +294,5 @@ class ConvSpec:
         """FLOPs per byte of compulsory traffic (input + weights + output once)."""
         item = {"float32": 4, "float16": 2, "int8": 1}[self.dtype]
         n_bytes = item * (math.prod(self.input_shape) + math.prod(self.weight_shape))
-        n_bytes += 4 * math.prod(self.output_shape)
+        n_bytes += 4 * math.prod(self.output_shape) * (2 if self.residual else 1)
         return self.flops / n_bytes

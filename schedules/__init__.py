@@ -35,11 +35,17 @@ class Template:
         raise NotImplementedError
 
     def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
-        """The function to schedule: the one conv definition, unless the template computes
-        the convolution by another algorithm (Winograd, say), which it then defines here."""
+        """The function to schedule: the one conv definition (with the output channels padded
+        to :meth:`channel_block`), unless the template computes the convolution by another
+        algorithm (Winograd, say), which it then defines here."""
         from convgen.compute import conv2d_primfunc
 
-        return conv2d_primfunc(spec)
+        return conv2d_primfunc(spec, channel_block=self.channel_block(spec, target, config))
+
+    def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
+        """Output channels the kernel computes in one vector block: the compute pads ``K`` up
+        to a multiple of it (see :func:`convgen.compute.padded_channels`); 1 for none."""
+        return 1
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         """The knob space for this workload and target."""
@@ -55,14 +61,36 @@ class Template:
 
     def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
         """The layout the kernel keeps its weights in, as an index map over the weight's own
-        axes (``lambda o, i, h, w: (...)``), or ``None`` when it reads them as given.
+        axes (``lambda o, i, h, w: (...)``, padded to :meth:`channel_block` filters), or
+        ``None`` when it reads them as given.
 
         A template that packs weights does it in a block annotated as a layout-rewrite
         preprocess (see :func:`schedules.common.pack_weights`); the builder then also emits
-        ``main_prepacked`` (weights already packed) and ``pack_weights`` so a caller can pack
-        once and call many times.
+        ``main_prepacked`` (weights already packed) and ``pack_weights``
+        (:meth:`pack_function`) so a caller can pack once and call many times.
         """
         return None
+
+    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
+        """``(output, input)`` channels of one block of the packed weights: the unit of work of
+        :func:`schedules.common.layout_pack` (``weight_pack`` templates define it)."""
+        raise NotImplementedError
+
+    def pack_function(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """``pack_weights(weight, packed)``: the packing block of ``main`` as a function of its
+        own, scheduled the same way; ``None`` when :meth:`weight_pack` is ``None``."""
+        index_map = self.weight_pack(spec, target, config)
+        if index_map is None:
+            return None
+        import tvm.s_tir as s_tir
+
+        from convgen.compute import weight_primfunc
+
+        from .common import layout_pack
+
+        sch = s_tir.Schedule(weight_primfunc(spec, self.channel_block(spec, target, config)))
+        layout_pack(sch, spec, sch.get_sblock("weight_pad"), index_map, *self.pack_blocks(spec, target, config))
+        return sch.mod["main"]
 
     def variants(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
         """Functions to build beside ``main`` when the weight preprocessing is a computation

@@ -187,7 +187,8 @@ def _sdot_intrin() -> str:
 
     The same description as TVM's ``dot_4x4_i8i8s32_sdot``, declared here because its module
     can only be imported with every target's intrinsics (``tvm.s_tir.tensor_intrin``: CUDA,
-    ROCm, Hexagon, ...), which takes 90 s.
+    ROCm, Hexagon, ...), which takes 90 s. Its buffers ask for element alignment only: the
+    input may be the caller's array, which kernels read in place at any element boundary.
     """
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
@@ -198,9 +199,9 @@ def _sdot_intrin() -> str:
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         # A: 4 input channels of one pixel; B: 4 output x 4 input channels; C: 4 outputs
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, align=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, align=4)
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])
@@ -211,9 +212,9 @@ def _sdot_intrin() -> str:
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, align=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, align=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, align=4)
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])
@@ -314,6 +315,9 @@ class DotprodInt8ARM(Template):
             "unroll_kw": spec.kernel[1] <= 3,
         })
 
+    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
+        return config["tile_oc"], config["tile_ic"]
+
     def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
         ob, ib = config["tile_oc"], config["tile_ic"]
 
@@ -336,7 +340,7 @@ class DotprodInt8ARM(Template):
         channels_innermost(sch, spec, conv, ib, 16)  # 16 int8 lanes for the padding copy
 
         # -- weights: K/ob C/ib R S ib/4 ob 4: a 4(oc) x 4(ic) block is 16 contiguous bytes --
-        pack_weights(sch, conv, self.weight_pack(spec, target, config))
+        pack_weights(sch, spec, conv, self.weight_pack(spec, target, config), ob, ib)
 
         # -- the int32 result tile, ob innermost: 4 output channels per SDOT accumulator -----
         if nchw:

@@ -79,16 +79,15 @@ class WinogradX86(Template):
             return f"dtype {spec.dtype} (float32 only)"
         if spec.kernel != (3, 3) or spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.groups != 1:
             return "Winograd here is for 3x3, stride 1, no dilation, no groups"
-        if spec.out_channels % target.vector_lanes:
-            return f"output channels not a multiple of {target.vector_lanes} lanes"
-        return None
+        return None  # output channels off the lanes: the last block's tail lanes are padding
 
     def _tiles(self, spec: ConvSpec, m: int) -> int:
         return spec.batch * (-(-spec.out_height // m)) * (-(-spec.out_width // m))
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         lanes, regs = target.vector_lanes, target.registers
-        tile_k = tuple(x * lanes for x in (1, 2) if spec.out_channels % (x * lanes) == 0)
+        # blocks of 1 or 2 vectors; a channel count off the lanes gets 1 (its tail is padding)
+        tile_k = tuple(x * lanes for x in (1, 2) if spec.out_channels % (x * lanes) == 0) or (lanes,)
         tile_p = sorted(set(divisors(self._tiles(spec, 2), upto=regs - 2)) | set(divisors(self._tiles(spec, 4), upto=regs - 2)))
 
         def legal(c: Config) -> str | None:
@@ -119,30 +118,24 @@ class WinogradX86(Template):
     def _te(self, spec: ConvSpec, config: Config, prepacked: bool):
         from tvm import te, tirx
 
+        from convgen.compute import epilogue, pad_data
+
         m, kb = config["tile_m"], config["tile_k"]
         alpha = m + 2
         A, B, G = transform_matrices(m)
         nchw = spec.layout == "NCHW"
         N, C, K = spec.batch, spec.in_channels, spec.out_channels
+        KB = -(-K // kb)  # channel blocks: K not a multiple of kb is padded with unread lanes
         OH, OW = spec.out_height, spec.out_width
         nH, nW = -(-OH // m), -(-OW // m)
         P = N * nH * nW
         pt, pl = spec.padding[0], spec.padding[1]
-        Hp, Wp = nH * m + 2, nW * m + 2
         dt = spec.dtype
 
         data = te.placeholder(spec.input_shape, dt, name="data")
         weight = te.placeholder(spec.weight_shape, dt, name="weight")
-
-        def x(n, c, h, w):
-            return data[n, c, h, w] if nchw else data[n, h, w, c]
-
-        def pad(*i):
-            n, c, h, w = (i[0], i[1], i[2], i[3]) if nchw else (i[0], i[3], i[1], i[2])
-            inside = tirx.all(h >= pt, h < pt + spec.height, w >= pl, w < pl + spec.width)
-            return tirx.if_then_else(inside, x(n, c, h - pt, w - pl), tirx.const(0, dt))
-
-        data_pad = te.compute((N, C, Hp, Wp) if nchw else (N, Hp, Wp, C), pad, name="data_pad")
+        # the spec's padding, and zeros up to whole m x m tiles at the bottom and right
+        data_pad = pad_data(spec, data, (pt, pl, nH * m + 2 - spec.height - pt, nW * m + 2 - spec.width - pl))
 
         def dpad(n, c, h, w):
             return data_pad[n, c, h, w] if nchw else data_pad[n, h, w, c]
@@ -157,18 +150,19 @@ class WinogradX86(Template):
         V = te.compute((alpha, alpha, P, C), v_body, name="data_transform")
 
         if prepacked:
-            U = te.placeholder((alpha, alpha, K // kb, C, kb), dt, name="weight_packed")
+            U = te.placeholder((alpha, alpha, KB, C, kb), dt, name="weight_packed")
         else:
             def g(k, c, a, b):
                 a, b = (2 - a, 2 - b) if spec.flip else (a, b)
+                k = tirx.min(k, K - 1)  # padded lanes repeat the last filter; never stored
                 return weight[k, c, a, b] if nchw else weight[a, b, c, k]
 
-            U = te.compute((alpha, alpha, K // kb, C, kb),
+            U = te.compute((alpha, alpha, KB, C, kb),
                            lambda e, nu, ko, c, ki: _bilinear(G.T, G.T, e, nu, lambda a, b: g(ko * kb + ki, c, a, b), dt),
                            name="weight_transform")
 
         rc = te.reduce_axis((0, C), name="rc")
-        M = te.compute((alpha, alpha, K // kb, P, kb),
+        M = te.compute((alpha, alpha, KB, P, kb),
                        lambda e, nu, ko, p, ki: te.sum(U[e, nu, ko, rc, ki] * V[e, nu, p, rc], axis=rc),
                        name="batch_gemm")
 
@@ -180,19 +174,8 @@ class WinogradX86(Template):
             conv = te.compute(spec.output_shape, lambda n, k, h, w: y(n, k, h, w), name="conv")
         else:
             conv = te.compute(spec.output_shape, lambda n, h, w, k: y(n, k, h, w), name="conv")
-        args = [data, U if prepacked else weight]
-        bias = te.placeholder(spec.bias_shape, dt, name="bias") if spec.bias else None
-        if bias is not None:
-            args.append(bias)
-
-        def epilogue(*i):
-            v = conv(*i)
-            if bias is not None:
-                v = v + bias[i[1] if nchw else i[3]]
-            return tirx.max(v, tirx.const(0, dt)) if spec.activation == "relu" else v
-
-        out = te.compute(spec.output_shape, epilogue, name="out")
-        return args, out, weight, U
+        inputs, out = epilogue(spec, conv)
+        return [data, U if prepacked else weight] + inputs, out, weight, U
 
     def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
         from tvm import te
@@ -221,9 +204,9 @@ class WinogradX86(Template):
             sch.vectorize(ki)
         if not has_block(sch, "data_transform"):
             return  # pack_weights: the weight transform alone
-        pad = sch.get_sblock("data_pad")
-        loops = sch.get_loops(pad)
-        sch.parallel(sch.fuse(loops[0], loops[1]))
+        if has_block(sch, "data_pad"):  # absent when neither the spec nor the tiles pad
+            loops = sch.get_loops(sch.get_sblock("data_pad"))
+            sch.parallel(sch.fuse(loops[0], loops[1]))
         dtb = sch.get_sblock("data_transform")
         e, nu, p, c = sch.get_loops(dtb)
         sch.reorder(p, c, e, nu)

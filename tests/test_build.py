@@ -65,8 +65,13 @@ def test_generic_template_serves_every_spec(spec, data):
     check_kernel(convgen.build(spec, "host", config, template="cpu.generic"), spec)
 
 
-# Workloads the specialised templates serve (channels multiple of the vector lanes).
+# Workloads the specialised templates serve (on every x86 target: AVX2's 8 lanes and
+# AVX-512's 16; 24 and 20 channels are padded to whole vectors inside the kernels).
 TEMPLATE_SPECS = [
+    ConvSpec(in_channels=16, out_channels=24, height=8, width=8, kernel=1, bias=True, residual=True, activation="relu"),
+    ConvSpec(in_channels=8, out_channels=20, height=9, width=7, kernel=3, padding=1, layout="NHWC", residual=True),
+    ConvSpec(in_channels=20, out_channels=20, height=9, width=9, kernel=3, padding=1, groups=20, residual=True,
+             activation="relu"),
     ConvSpec(in_channels=16, out_channels=32, height=12, width=14, kernel=3, padding=1),
     ConvSpec(in_channels=8, out_channels=16, height=9, width=9, kernel=3, stride=2, padding=(1, 0, 2, 1), bias=True, activation="relu"),
     ConvSpec(in_channels=24, out_channels=16, height=8, width=8, kernel=1, layout="NHWC", bias=True),
@@ -113,7 +118,8 @@ def test_illegal_config_is_a_clear_config_error():
 
 
 def test_template_that_cannot_serve_says_why(host):
-    odd = ConvSpec(in_channels=3, out_channels=5, height=8, width=8, kernel=3)
+    # 5 filters per group: the blocked template pads channels only for groups == 1 and depthwise
+    odd = ConvSpec(in_channels=6, out_channels=10, height=8, width=8, kernel=3, groups=2)
     with pytest.raises(convgen.ConfigError, match="multiple of"):
         convgen.build(odd, host, template="x86.direct")
     check_kernel(convgen.build(odd, host), odd)  # the generic template serves it

@@ -44,6 +44,9 @@ ARCHES = ("cuda-sm80", "cuda-sm90")
 # depthwise, bias + ReLU, flip, batch 2, 1x1 (the templates that serve each run).
 FP32_SPECS = [
     ConvSpec(in_channels=16, out_channels=32, height=12, width=14, kernel=3, padding=1),
+    ConvSpec(in_channels=16, out_channels=16, height=9, width=9, kernel=3, padding=1, bias=True, residual=True,
+             activation="relu"),
+    ConvSpec(in_channels=8, out_channels=24, height=7, width=7, kernel=1, layout="NHWC", residual=True),
     ConvSpec(in_channels=8, out_channels=16, height=9, width=9, kernel=3, stride=2, padding=(1, 0, 2, 1),
              bias=True, activation="relu"),
     ConvSpec(in_channels=24, out_channels=16, height=8, width=8, kernel=1, layout="NHWC", bias=True),
@@ -59,6 +62,8 @@ FP32_SPECS = [
 FP16_SPECS = [
     ConvSpec(in_channels=64, out_channels=64, height=14, width=14, kernel=3, padding=1, layout="NHWC",
              dtype="float16", bias=True, activation="relu"),
+    ConvSpec(in_channels=32, out_channels=32, height=8, width=8, kernel=3, padding=1, layout="NHWC",
+             dtype="float16", bias=True, residual=True, activation="relu"),
     ConvSpec(in_channels=8, out_channels=24, height=9, width=9, kernel=3, stride=2, padding=(1, 0, 2, 1),
              layout="NHWC", dtype="float16"),
     ConvSpec(batch=2, in_channels=16, out_channels=48, height=7, width=7, kernel=1, layout="NHWC",
