@@ -256,21 +256,39 @@ def resolve_config(
     records: str | list[str] | None,
     builtin_records: bool = True,
 ) -> tuple[Any, Config, str]:
-    """(template, config, where the config came from) for a build."""
+    """(template, config, where the config came from) for a build.
+
+    Records of the spec itself come first (the user's, then the shipped ones); without
+    any, the records of its stand-ins (:meth:`ConvSpec.stand_ins`: without its epilogue,
+    at batch 1) serve it, and the source says so (``"builtin (batch 1)"``, say).
+    """
     if config is not None:
         tmpl = select_template(spec, target, template)
         return tmpl, tmpl.space(spec, target).check(config), "given"
-    for source, paths in (("records", records), ("builtin", _builtin(builtin_records))):
-        if not paths:
-            continue
-        from .records import best_config
+    sources = [(name, paths) for name, paths in (("records", records), ("builtin", _builtin(builtin_records))) if paths]
+    if sources:
+        from .records import find_config, read
 
-        found = best_config(spec, target, paths, template=template)
-        if found is not None:
-            tmpl, cfg = found
-            return tmpl, cfg, source
+        keys = {s.key for s in [spec] + spec.stand_ins()}
+        logs = [(name, [r for r in read(paths) if r.spec_key in keys]) for name, paths in sources]
+        for tuned in [spec] + spec.stand_ins():
+            for source, log in logs:
+                found = find_config(spec, target, log, template=template, tuned_as=[tuned])
+                if found is not None:
+                    tmpl, cfg, _ = found
+                    return tmpl, cfg, source if tuned == spec else f"{source} ({_difference(spec, tuned)})"
     tmpl = select_template(spec, target, template)
     return tmpl, tmpl.default(spec, target), "default"
+
+
+def _difference(spec: ConvSpec, tuned: ConvSpec) -> str:
+    """How a stand-in's records differ from ``spec``: ``"batch 1, no epilogue"``."""
+    parts = []
+    if tuned.batch != spec.batch:
+        parts.append(f"batch {tuned.batch}")
+    if (tuned.bias, tuned.residual, tuned.activation) != (spec.bias, spec.residual, spec.activation):
+        parts.append("no epilogue")
+    return ", ".join(parts)
 
 
 def _builtin(enabled: bool) -> list[str]:

@@ -99,7 +99,10 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layout", choices=["NCHW", "NHWC"], help="data layout; weights OIHW / HWIO [NCHW]")
     g.add_argument("--dtype", choices=["float32", "float16", "int8"], help="[float32]")
     g.add_argument("--bias", action="store_true", default=None, help="add a per-channel bias")
-    g.add_argument("--relu", action="store_true", default=None, help="fuse a ReLU")
+    g.add_argument("--residual", action="store_true", default=None,
+                   help="add a residual input (the output's shape) before the activation, as ResNet's skip")
+    g.add_argument("--activation", choices=["relu", "relu6"], help="fuse an activation")
+    g.add_argument("--relu", action="store_true", default=None, help="fuse a ReLU (= --activation relu)")
     g.add_argument("--flip", action="store_true", default=None,
                    help="true convolution (flip the filter); default is the CNN cross-correlation")
 
@@ -115,7 +118,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     if args.size is not None:
         fields["height"] = fields["width"] = args.size
     for name in ("batch", "in_channels", "out_channels", "height", "width", "kernel", "stride", "padding",
-                 "dilation", "groups", "layout", "dtype", "bias", "flip"):
+                 "dilation", "groups", "layout", "dtype", "bias", "residual", "activation", "flip"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value

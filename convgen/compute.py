@@ -91,8 +91,10 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
             y = y + cast(bias[idx[1] if nchw else idx[3]])
         if residual is not None:
             y = y + cast(residual[idx])
-        if spec.activation == "relu":
+        if spec.activation in ("relu", "relu6"):
             y = tirx.max(y, tirx.const(0, acc))
+        if spec.activation == "relu6":  # MobileNet's clipped ReLU
+            y = tirx.min(y, tirx.const(6, acc))
         return y if acc == spec.out_dtype else y.astype(spec.out_dtype)
 
     return inputs, te.compute(spec.output_shape, body, name="out")

@@ -325,23 +325,47 @@ def best_config(spec: ConvSpec, target: Target, paths: str | list[str], *, templ
     Valid: measured without error, never marked wrong, and made against the template's
     current space (same space hash), so a config from an older template version is never
     applied. A candidate timed several times counts with the median of its timings.
+    Records measured on this machine's CPU, where there are any, rank before the others:
+    timings from a faster machine would otherwise always win.
     """
+    found = find_config(spec, target, read(paths), template=template, tuned_as=[spec])
+    return None if found is None else found[:2]
+
+
+def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, template: str | None = None,
+                tuned_as: Sequence[ConvSpec] | None = None) -> tuple[Any, Config, ConvSpec] | None:
+    """``(template, config, tuned spec)``: the best valid record among ``records`` for the
+    first workload of ``tuned_as`` (default: ``spec``, then :meth:`ConvSpec.stand_ins`)
+    that has one whose config ``spec``'s space also holds; ``None`` when none has. Ranked
+    as :func:`best_config` ranks."""
     from convgen.schedules import all_templates
 
+    from .target import host_cpu_name
+
     templates = all_templates()
-    mine = [r for r in read(paths) if r.spec_key == spec.key and r.target == target.name
-            and (template is None or r.template == template)]
-    best = None
-    for cost, r in _aggregate(mine).values():
-        tmpl = templates.get(r.template)
-        if tmpl is None or tmpl.supports(spec, target) is not None:
-            continue
-        space = tmpl.space(spec, target)
-        if space.hash != r.space_hash or r.config not in space:
-            continue
-        if best is None or cost < best[0]:
-            best = (cost, r, tmpl)
-    return None if best is None else (best[2], dict(best[1].config))
+    candidates = list(tuned_as) if tuned_as is not None else [spec] + spec.stand_ins()
+    keys = {s.key for s in candidates}
+    by_key: dict[str, list[Record]] = {}
+    for r in records:
+        if r.spec_key in keys and r.target == target.name and (template is None or r.template == template):
+            by_key.setdefault(r.spec_key, []).append(r)
+    here = host_cpu_name()
+    for tuned in candidates:
+        best = None
+        for cost, r in _aggregate(by_key.get(tuned.key, [])).values():
+            tmpl = templates.get(r.template)
+            if tmpl is None or tmpl.supports(tuned, target) is not None or tmpl.supports(spec, target) is not None:
+                continue
+            if tmpl.space(tuned, target).hash != r.space_hash or r.config not in tmpl.space(tuned, target):
+                continue
+            if r.config not in tmpl.space(spec, target):
+                continue
+            rank = (r.data.get("host_cpu") != here, cost)
+            if best is None or rank < best[0]:
+                best = (rank, r, tmpl)
+        if best is not None:
+            return best[2], dict(best[1].config), tuned
+    return None
 
 
 def builtin_record_files() -> list[str]:

@@ -50,8 +50,10 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
     if residual is not None:
         r = residual.astype(wide)
         y = y + (np.transpose(r, (0, 3, 1, 2)) if spec.layout == "NHWC" else r)
-    if spec.activation == "relu":
+    if spec.activation in ("relu", "relu6"):
         y = np.maximum(y, 0)
+    if spec.activation == "relu6":
+        y = np.minimum(y, 6)
     if spec.layout == "NHWC":
         y = np.transpose(y, (0, 2, 3, 1))
     return np.ascontiguousarray(y.astype(spec.out_dtype))

@@ -27,7 +27,7 @@ from typing import Any
 
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float16", "int8")
-ACTIVATIONS = (None, "relu")
+ACTIVATIONS = (None, "relu", "relu6")
 # TVM indexes buffers with int32: a tensor of more elements would overflow its index arithmetic.
 MAX_ELEMENTS = 2**31 - 1
 
@@ -257,7 +257,7 @@ class ConvSpec:
         if self.batch > 1:
             s += f" n{self.batch}"
         s += f" {self.layout} {self.dtype}"
-        flags = (("bias", self.bias), ("res", self.residual), ("relu", self.activation == "relu"), ("flip", self.flip))
+        flags = (("bias", self.bias), ("res", self.residual), (self.activation, self.activation), ("flip", self.flip))
         s += "".join(f" +{f}" for f, on in flags if on)
         return s
 
@@ -289,6 +289,19 @@ class ConvSpec:
     def replace(self, **changes: Any) -> "ConvSpec":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def stand_ins(self) -> list["ConvSpec"]:
+        """Workloads whose tuned configs serve this one when it has no records of its own,
+        best first: the same convolution without its epilogue (bias, residual and ReLU add
+        memory traffic, not another loop nest), then the same at batch 1 (tuned layers are
+        batch 1; a larger batch only adds parallel work), then both."""
+        bare = dict(bias=False, residual=False, activation=None)
+        out: list[ConvSpec] = []
+        for changes in (bare, {"batch": 1}, dict(bare, batch=1)):
+            s = self.replace(**changes)
+            if s != self and s not in out:
+                out.append(s)
+        return out
 
     def arithmetic_intensity(self) -> float:
         """FLOPs per byte of compulsory traffic (input + weights + output once)."""

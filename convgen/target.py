@@ -75,11 +75,19 @@ class Target:
         return set(self.cpu_flags) <= host_cpu_flags()
 
     def to_dict(self) -> dict[str, Any]:
-        """The TOML content, for metadata."""
+        """The TOML content, for metadata: ``Target.from_dict(t.to_dict()) == t``."""
         return dict(self.raw)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Target":
+        """A target from its TOML content (a ``targets/*.toml`` file, kernel metadata, or
+        :meth:`to_dict` on the other side of a process boundary)."""
+        return _from_toml(data)
 
 
 def _from_toml(data: dict[str, Any]) -> Target:
+    if not isinstance(data, dict):
+        raise TargetError(f"a target description must be a table, got {type(data).__name__}")
     try:
         return Target(
             name=data["name"],

@@ -1,0 +1,197 @@
+"""PyTorch models in and out: tune a model's convolutions, run the model on convgen kernels.
+
+>>> import torch, convgen.torch
+>>> from convgen.torch.models import resnet50
+>>> model = resnet50()                                   # any nn.Module torch.fx can trace
+>>> x = torch.randn(1, 3, 224, 224)
+>>> convgen.tune(convgen.torch.conv_layers(model, x), "host", trials=400, records="r50.jsonl")
+>>> fast = convgen.torch.optimize(model, x, records="r50.jsonl")   # a copy; model is untouched
+>>> y = fast(x)                                          # also fast(x8), fast(x.to(memory_format=torch.channels_last))
+>>> print(convgen.torch.explain(fast))                   # per conv: what runs, and why
+
+:func:`optimize` traces the model with ``torch.fx``, folds eval-mode BatchNorm into the
+convolutions, fuses a following residual add and ReLU/ReLU6 into the kernels' epilogue, and
+swaps each convolution it can serve for a :class:`Conv2d` of its own, whose ``forward`` is
+the custom op ``convgen::conv2d`` (so ``torch.compile`` and ``torch.export`` trace through).
+Kernels come from records (yours, then the shipped ones, then the template's default),
+are built in parallel and cached on disk (``~/.cache/convgen/kernels``: the second
+``optimize`` of a model builds nothing), and their weights are packed once. Anything it
+cannot serve stays on torch, correct, and :func:`explain` says why.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - the torch extra is not installed
+    raise ImportError("convgen.torch needs PyTorch: pip install 'convgen[torch]'") from e
+
+import time
+from typing import Any
+
+from torch import nn
+
+from ..spec import ConvSpec
+from ..target import Target, get_target
+from ._graph import Site, TraceError, site_spec, sites, trace
+from ._module import Conv2d, conv2d, torch_conv2d
+from .threads import configure_threads
+
+__all__ = ["conv_layers", "optimize", "explain", "Conv2d", "ConvLayers", "TraceError", "conv2d",
+           "configure_threads", "torch_conv2d"]
+
+
+class ConvLayers(dict):
+    """``{module path: ConvSpec}``, one entry per distinct workload (its first path), with
+    ``counts[name]`` (how many convolutions of the model compute it) and ``paths[name]``
+    (all of them). :func:`convgen.tune` weights each layer by its count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self.paths: dict[str, list[str]] = {}
+
+
+def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = True) -> ConvLayers:
+    """The distinct convolution workloads of ``model`` at the example inputs' shapes.
+
+    Names are module paths (``layer1.0.conv2``); a workload computed by several modules
+    is listed once, under its first path, and counted. With ``fused`` (the default) each
+    spec is the convolution as :func:`optimize` runs it: eval-mode BatchNorm folded into a
+    bias, the residual add and ReLU/ReLU6 that follow it fused, so tuning them gives
+    records that match exactly. A channels_last example input gives NHWC specs.
+    Convolutions convgen cannot serve (see :func:`explain`) are left out.
+    """
+    gm = trace(model, example_inputs)
+    out = ConvLayers()
+    first: dict[str, str] = {}
+    for site in sites(gm, fuse=fused):
+        spec = site_spec(site, fused=fused)
+        if site.why_not or isinstance(spec, str):
+            continue
+        name = first.setdefault(spec.key, site.path)
+        if name == site.path:
+            out[name] = spec
+            out.counts[name], out.paths[name] = 0, []
+        out.counts[name] += 1
+        out.paths[name].append(site.path)
+    return out
+
+
+def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Target = "host", records: Any = None,
+             builtin_records: bool = True, num_threads: int | None = None, cache: str | None = None,
+             parallel: int | None = None, threads: bool = True) -> torch.fx.GraphModule:
+    """A copy of ``model`` whose convolutions run convgen kernels (``model`` is untouched).
+
+    ``example_inputs`` fix the shapes kernels are built for now (other batch sizes, image
+    sizes and channels_last inputs get theirs on first use). ``records``: tuning logs to
+    take configs from (before the shipped ones; ``builtin_records=False`` ignores those).
+    ``num_threads``: CPU threads of the kernels (default: every CPU of the process).
+    ``cache``: the folder of compiled kernels (default ``~/.cache/convgen/kernels``);
+    ``parallel``: build processes (default one per CPU). ``threads``: set torch's and TVM's
+    thread pools so they do not fight over the cores (:func:`configure_threads`).
+
+    Raises :class:`TraceError` (a ``ValueError``) when torch.fx cannot trace the model or
+    the model fails on the example inputs.
+    """
+    from ..cache import kernels
+
+    target = get_target(target)
+    gm = trace(model, example_inputs)
+    found = sites(gm)
+    build = {"records": records, "builtin_records": builtin_records, "num_threads": num_threads, "folder": cache}
+    served: list[tuple[Site, ConvSpec]] = []
+    report: dict[str, str] = {}
+    runs_here = target.runs_here()
+    for site in found:
+        spec = site_spec(site)
+        why = site.why_not or (spec if isinstance(spec, str) else None)
+        if why is None and not runs_here:
+            why = f"target {target.name} does not run on this machine"
+        if why is None and spec.dtype not in target.dtypes:
+            why = f"dtype {spec.dtype}; {target.name} kernels take {', '.join(target.dtypes)}"
+        device = "cuda" if target.family == "cuda" else "cpu"
+        if why is None and site.conv.weight.device.type != device:
+            why = f"weights on {site.conv.weight.device.type}; {target.name} kernels run on {device}"
+        if why is None:
+            served.append((site, spec))
+        else:
+            report[site.path] = why
+    t0 = time.perf_counter()
+    built = kernels([spec for _, spec in served], target, parallel=parallel, **build)
+    replaced: dict[torch.fx.Node, torch.fx.Node] = {}
+    for (site, spec), kernel in zip(served, built):
+        module = _convgen_module(site, spec, target, build)
+        module.kernels[(spec.batch, spec.height, spec.width, spec.layout)] = kernel
+        _rewrite(gm, site, module, replaced)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    gm.convgen_torch_convs = report  # the convolutions left to torch, and why
+    gm.convgen_build_seconds = time.perf_counter() - t0
+    with torch.no_grad():  # pack the weights of the kernels just built
+        for module in gm.modules():
+            if isinstance(module, Conv2d):
+                for key, kernel in module.kernels.items():
+                    if not isinstance(kernel, Exception):
+                        module._pack(key, kernel, module.weight)
+    if threads and target.is_cpu:
+        configure_threads(num_threads)
+    return gm
+
+
+def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict) -> Conv2d:
+    conv = site.conv
+    if site.bn is not None:
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        conv = fuse_conv_bn_eval(conv, site.bn)
+    return Conv2d(conv.weight, conv.bias, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+                  groups=spec.groups, activation=site.activation, residual=site.residual is not None,
+                  spec=spec.replace(layout="NCHW") if spec.layout == "NHWC" else spec, target=target,
+                  build=build, fused=tuple(site.fused))
+
+
+def _rewrite(gm: torch.fx.GraphModule, site: Site, module: Conv2d, replaced: dict) -> None:
+    """Replace the site's chain of nodes with one call of ``module`` (at the module's path);
+    ``replaced`` maps the chains' last nodes rewritten so far to their new calls (a later
+    site's input or residual may be one of them)."""
+    gm.add_submodule(site.path, module)
+    last = site.chain[-1]
+    args = tuple(replaced.get(a, a) for a in (site.node.args[0], site.residual) if a is not None)
+    with gm.graph.inserting_after(last):
+        new = gm.graph.call_module(site.path, args)
+    new.meta = dict(last.meta)
+    last.replace_all_uses_with(new)
+    replaced[last] = new
+    for node in reversed(site.chain):
+        gm.graph.erase_node(node)
+
+
+def explain(model: nn.Module) -> str:
+    """One line per convolution of an :func:`optimize`'d model: what runs it and why.
+
+    ``convgen``: the template, its config and where the config came from (``records``,
+    ``builtin``, ``default``; ``(batch 1)`` when records of another batch size serve it),
+    per input shape built so far, and what was fused. ``torch``: the reason convgen does
+    not serve it.
+    """
+    rows = []
+    torch_convs = getattr(model, "convgen_torch_convs", {})
+    for path, m in model.named_modules():
+        if isinstance(m, Conv2d):
+            fused = f"  [fused {', '.join(m.fused)}]" if m.fused else ""
+            rows.append(f"{path}: convgen {m.spec.describe()}{fused}")
+            for (n, h, w, layout), k in sorted(m.kernels.items(), key=lambda kv: str(kv[0])):
+                shape = f"n{n} {h}x{w} {layout}"
+                if isinstance(k, Exception):
+                    rows.append(f"    {shape}: torch (the kernel did not build: {str(k).splitlines()[0][:200]})")
+                else:
+                    rows.append(f"    {shape}: {k.template} {k.config} ({k.meta.get('config_source', '?')} config)")
+        elif isinstance(m, nn.Conv2d):
+            rows.append(f"{path}: torch ({torch_convs.get(path, 'not optimized by convgen')})")
+    if not rows:
+        return "no convolutions"
+    served = sum(isinstance(m, Conv2d) for m in model.modules())
+    total = served + sum(type(m) is not Conv2d and isinstance(m, nn.Conv2d) for m in model.modules())
+    return "\n".join(rows + [f"{served} of {total} convolutions run convgen kernels"])

@@ -1,0 +1,189 @@
+"""Finding a model's convolutions and what can be fused into them, with torch.fx.
+
+``torch.fx.symbolic_trace`` gives the graph (module calls keep their module paths), and
+``ShapeProp`` runs the example inputs through it for every tensor's shape, dtype and
+memory format. A convolution site is an ``nn.Conv2d`` call followed, each step only when
+it is the sole user of the one before, by an eval-mode ``BatchNorm2d`` (folded into the
+weights), an add of a tensor of the same shape (the residual), and a ReLU or ReLU6
+(ResNet's conv -> BN -> (+ skip) -> ReLU, MobileNet-v2's conv -> BN -> ReLU6 and
+conv -> BN -> + skip).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..spec import ConvSpec, SpecError
+
+
+class TraceError(ValueError):
+    """The model cannot be traced or run on the example inputs; the message says why."""
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+_RELUS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", torch.relu_: "relu"}
+
+
+@dataclass
+class Site:
+    """One ``nn.Conv2d`` call of the traced graph and what follows it."""
+
+    node: torch.fx.Node
+    path: str
+    conv: nn.Conv2d
+    chain: list[torch.fx.Node] = field(default_factory=list)  # the nodes fused: conv, bn, add, relu
+    bn: nn.BatchNorm2d | None = None
+    residual: torch.fx.Node | None = None
+    activation: str | None = None
+    fused: list[str] = field(default_factory=list)
+    why_not: str | None = None  # why torch keeps it
+
+    @property
+    def input_meta(self) -> Any:
+        return self.node.args[0].meta.get("tensor_meta")
+
+    def spec(self, *, fused: bool = True) -> ConvSpec:
+        """The workload at the example input: NHWC for a channels_last input; with the fused
+        epilogue (``fused``) or as the module alone computes it."""
+        meta = self.input_meta
+        n, c, h, w = (int(d) for d in meta.shape)
+        conv = self.conv
+        layout = "NHWC" if _is_channels_last(meta) else "NCHW"
+        bias = conv.bias is not None or (fused and self.bn is not None)
+        return ConvSpec(batch=n, in_channels=c, out_channels=conv.out_channels, height=h, width=w,
+                        kernel=conv.kernel_size, stride=conv.stride, padding=_padding(conv), dilation=conv.dilation,
+                        groups=conv.groups, layout=layout, dtype=str(meta.dtype).removeprefix("torch."),
+                        bias=bias, residual=fused and self.residual is not None,
+                        activation=self.activation if fused else None)
+
+
+def _padding(conv: nn.Conv2d) -> Any:
+    if isinstance(conv.padding, str):
+        return conv.padding  # "same" (stride 1 in torch) or "valid": ConvSpec resolves both alike
+    return tuple(conv.padding)
+
+
+def _is_channels_last(meta: Any) -> bool:
+    return meta.memory_format == torch.channels_last and len(meta.shape) == 4 and meta.shape[1] > 1 \
+        and meta.shape[2] * meta.shape[3] > 1
+
+
+def trace(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
+    """A traced copy of ``model`` whose nodes carry the shapes of ``example_inputs``."""
+    import copy
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not example_inputs:
+        raise ValueError("give example inputs: optimize(model, torch.randn(1, 3, 224, 224)), say")
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"example input {i} is a {type(x).__name__}, not a torch.Tensor")
+    try:
+        gm = torch.fx.symbolic_trace(copy.deepcopy(model))
+    except Exception as e:  # noqa: BLE001 - data-dependent control flow, an untraceable call
+        raise TraceError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''} (convgen.torch needs a model torch.fx "
+                         "can trace; data-dependent control flow in forward is the usual cause)") from None
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    except Exception as e:  # noqa: BLE001
+        shapes = ", ".join(str(tuple(x.shape)) for x in example_inputs)
+        raise TraceError(f"{type(model).__name__} fails on example inputs of shape {shapes}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    return gm
+
+
+def _sole_user(node: torch.fx.Node) -> torch.fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _activation(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        return {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(m))
+    if node.op == "call_function" and node.target in _RELUS:
+        return _RELUS[node.target]
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return "relu"
+    return None
+
+
+def _residual_of(add: torch.fx.Node, last: torch.fx.Node) -> torch.fx.Node | None:
+    """The other operand of ``add`` when it adds a tensor of ``last``'s shape and dtype."""
+    is_add = (add.op == "call_function" and add.target in _ADDS) or (add.op == "call_method" and add.target in ("add", "add_"))
+    if not is_add or add.kwargs or len(add.args) != 2 or add.args.count(last) != 1:
+        return None
+    other = add.args[1] if add.args[0] is last else add.args[0]
+    if not isinstance(other, torch.fx.Node):
+        return None
+    mine, theirs = last.meta.get("tensor_meta"), other.meta.get("tensor_meta")
+    if mine is None or theirs is None or not hasattr(theirs, "shape"):
+        return None
+    return other if (tuple(theirs.shape) == tuple(mine.shape) and theirs.dtype == mine.dtype) else None
+
+
+def sites(gm: torch.fx.GraphModule, *, fuse: bool = True) -> list[Site]:
+    """Every ``nn.Conv2d`` call of the graph, in order, with what can be fused into it."""
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    out = []
+    claimed: set[torch.fx.Node] = set()  # an add of two convolutions fuses into the first only
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.Conv2d):
+            continue
+        conv = gm.get_submodule(node.target)
+        site = Site(node=node, path=node.target, conv=conv, chain=[node])
+        out.append(site)
+        if type(conv) is not nn.Conv2d:
+            site.why_not = f"{type(conv).__name__} subclasses nn.Conv2d: its forward may compute something else"
+            continue
+        if conv.padding_mode != "zeros":
+            site.why_not = f"padding_mode={conv.padding_mode!r} (convgen pads with zeros)"
+            continue
+        meta = site.input_meta
+        if meta is None or not hasattr(meta, "shape") or len(meta.shape) != 4:
+            site.why_not = "its input is not one 4-D N,C,H,W tensor"
+            continue
+        if not fuse or calls[node.target] > 1:
+            continue  # a module called at several places serves each of them unfused
+        last = node
+        user = _sole_user(last)
+        if user is not None and user.op == "call_module" and isinstance(gm.get_submodule(user.target), nn.BatchNorm2d):
+            bn = gm.get_submodule(user.target)
+            if not bn.training and not conv.training and bn.track_running_stats and bn.running_mean is not None:
+                site.bn, last = bn, user
+                site.chain.append(user)
+                site.fused.append(user.target)
+        user = _sole_user(last)
+        if user is not None and user not in claimed and (other := _residual_of(user, last)) is not None:
+            site.residual, last = other, user
+            site.chain.append(user)
+            site.fused.append("add")
+        user = _sole_user(last)
+        if user is not None and (act := _activation(gm, user)) is not None:
+            site.activation, last = act, user
+            site.chain.append(user)
+            site.fused.append(act)
+        claimed.update(site.chain)
+    return out
+
+
+def site_spec(site: Site, *, fused: bool = True) -> ConvSpec | str:
+    """The site's spec, or why it has none (a shape convgen's ConvSpec refuses)."""
+    try:
+        return site.spec(fused=fused)
+    except SpecError as e:
+        return str(e)

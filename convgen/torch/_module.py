@@ -1,0 +1,230 @@
+"""``convgen.torch.Conv2d`` and the ``convgen::conv2d`` custom op it calls.
+
+The module's ``forward`` is one call of the op, so ``torch.compile`` and ``torch.export``
+see an opaque operator with a fake (meta) implementation and trace through; the op's real
+implementation finds the module again by its handle, and runs a convgen kernel:
+
+- the layout follows the input: a ``channels_last`` tensor is an NHWC array in memory, so
+  it runs an NHWC kernel on a permuted view (no copy) and returns a ``channels_last``
+  result; anything else runs the NCHW kernel;
+- one kernel per (batch, height, width, layout), built on first use and kept (records
+  tuned at batch 1 serve other batch sizes: :meth:`convgen.ConvSpec.stand_ins`);
+- the weights are packed once per kernel, and again only when the weight tensor changes
+  (``data_ptr`` or ``tensor._version``: an in-place update bumps it);
+- what the kernel cannot take (another dtype or device, a failed build) is computed by
+  torch itself, with the same epilogue: correct, and reported by ``explain``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spec import ConvSpec
+from ..target import Target
+
+_LAYERS: "weakref.WeakValueDictionary[str, Conv2d]" = weakref.WeakValueDictionary()
+_COUNTER = itertools.count()
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Does ``x`` lie in memory as NHWC (and not also as NCHW, as 1-channel tensors do)?"""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _out_hw(h: Any, w: Any, weight_shape: Any, stride: list[int], padding: list[int], dilation: list[int]) -> tuple:
+    r, s = weight_shape[2], weight_shape[3]
+    oh = (h + padding[0] + padding[2] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    ow = (w + padding[1] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+def torch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                 stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str) -> torch.Tensor:
+    """The same computation in torch's own operators: the fallback, and the gradient."""
+    t, left, b, right = padding
+    if t == b and left == right:
+        y = F.conv2d(x, weight, bias, stride, (t, left), dilation, groups)
+    else:
+        y = F.conv2d(F.pad(x, (left, right, t, b)), weight, bias, stride, 0, dilation, groups)
+    if residual is not None:
+        y = y + residual
+    if activation == "relu":
+        y = F.relu(y)
+    elif activation == "relu6":
+        y = F.relu6(y)
+    return y
+
+
+@torch.library.custom_op("convgen::conv2d", mutates_args=())
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+           stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
+           layer: str) -> torch.Tensor:
+    """``activation(conv2d(x, weight) + bias + residual)`` on the convgen kernel of the
+    :class:`Conv2d` called ``layer`` (torch's own operators when there is none)."""
+    module = _LAYERS.get(layer)
+    if module is not None:
+        y = module._run(x, weight, bias, residual)
+        if y is not None:
+            return y
+    return torch_conv2d(x, weight, bias, residual, stride, padding, dilation, groups, activation).contiguous(
+        memory_format=torch.channels_last if _channels_last(x) else torch.contiguous_format)
+
+
+@conv2d.register_fake
+def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, layer):
+    oh, ow = _out_hw(x.shape[2], x.shape[3], weight.shape, stride, padding, dilation)
+    fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
+    return torch.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*[t if t is not None else torch.empty(0) for t in inputs[:4]])
+    ctx.present = [t is not None for t in inputs[:4]]
+    ctx.params = inputs[4:9]
+
+
+def _backward(ctx, grad):
+    # the gradient of the same expression in torch's operators, recomputed (training through
+    # a convgen model is correct; the kernels themselves are for inference)
+    saved = [t if on else None for t, on in zip(ctx.saved_tensors, ctx.present)]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(needs) if t is not None else None
+                  for t, needs in zip(saved, ctx.needs_input_grad[:4])]
+        y = torch_conv2d(*leaves, *ctx.params)
+        wanted = [t for t, needs in zip(leaves, ctx.needs_input_grad[:4]) if t is not None and needs]
+        grads = iter(torch.autograd.grad(y, wanted, grad)) if wanted else iter(())
+    out = [next(grads) if t is not None and needs else None for t, needs in zip(leaves, ctx.needs_input_grad[:4])]
+    return (*out, None, None, None, None, None, None)
+
+
+conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+class Conv2d(nn.Module):
+    """A convolution served by convgen kernels: ``nn.Conv2d``'s arithmetic with BatchNorm
+    folded in and the epilogue fused (``+ residual``, ReLU/ReLU6), one kernel per input
+    shape and layout.
+
+    Made by :func:`convgen.torch.optimize`. ``spec`` is the workload at the example input's
+    shape; ``fused`` names what was folded into it; ``kernels`` maps
+    ``(batch, height, width, layout)`` to the :class:`convgen.Kernel` (or the error that
+    kept that shape on torch).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, stride: tuple[int, int],
+                 padding: tuple[int, int, int, int], dilation: tuple[int, int], groups: int,
+                 activation: str | None, residual: bool, spec: ConvSpec, target: Target, build: dict[str, Any],
+                 fused: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
+        self.groups = groups
+        self.activation = activation or ""
+        self.residual = residual
+        self.spec = spec
+        self.target = target
+        self.fused = fused
+        self._build = dict(build)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self.kernels: dict[tuple, Any] = {}
+        self._packed: dict[tuple, tuple] = {}  # shape key -> (weight version, PackedWeights)
+        self._lock = threading.Lock()
+        self._handle = f"{type(self).__name__}-{next(_COUNTER)}"
+        _LAYERS[self._handle] = self
+
+    # a copy (copy.deepcopy, pickle) gets its own handle; compiled kernels are rebuilt or
+    # found in the cache on first use
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in ("kernels", "_packed", "_lock", "_handle"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``activation(conv(x) + bias [+ residual])``; ``residual`` is required exactly when
+        the module fused a skip connection."""
+        if (residual is not None) != self.residual:
+            raise TypeError(f"this convgen.torch.Conv2d {'needs' if self.residual else 'takes no'} residual input")
+        return torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
+                                        self.dilation, self.groups, self.activation, self._handle)
+
+    def extra_repr(self) -> str:
+        fused = f", fused={'+'.join(self.fused)}" if self.fused else ""
+        return f"{self.spec.describe()}, target={self.target.name}{fused}"
+
+    # -- what runs ------------------------------------------------------------------------
+    def spec_for(self, x: torch.Tensor) -> ConvSpec:
+        """The workload of input ``x`` (its batch, size and memory layout)."""
+        n, _, h, w = x.shape
+        return self.spec.replace(batch=int(n), height=int(h), width=int(w),
+                                 layout="NHWC" if _channels_last(x) else "NCHW")
+
+    def why_not(self, x: torch.Tensor) -> str | None:
+        """Why ``x`` goes to torch instead of a convgen kernel, or ``None``."""
+        want = "cuda" if self.target.family == "cuda" else "cpu"
+        if x.device.type != want:
+            return f"input on {x.device.type}; {self.target.name} kernels run on {want}"
+        if x.dim() != 4:
+            return f"input of rank {x.dim()}, not N,C,H,W"
+        dtype = str(x.dtype).removeprefix("torch.")
+        if dtype not in self.target.dtypes:
+            return f"dtype {dtype}; {self.target.name} kernels take {', '.join(self.target.dtypes)}"
+        return None
+
+    def kernel_for(self, spec: ConvSpec) -> Any:
+        """The kernel of ``spec`` (built now if this shape is new), or the exception of its build."""
+        key = (spec.batch, spec.height, spec.width, spec.layout)
+        kernel = self.kernels.get(key)
+        if kernel is None:
+            with self._lock:
+                kernel = self.kernels.get(key)
+                if kernel is None:
+                    from ..cache import kernels
+
+                    kernel = self.kernels[key] = kernels([spec], self.target, parallel=1, **self._build)[0]
+        return kernel
+
+    def _pack(self, key: tuple, kernel: Any, weight: torch.Tensor) -> Any:
+        """``kernel``'s packed weights, packed again only when ``weight`` changed since."""
+        version = (weight.data_ptr(), weight._version)
+        held = self._packed.get(key)
+        if held is None or held[0] != version:
+            w = weight.detach()
+            w = w.permute(2, 3, 1, 0).contiguous() if key[3] == "NHWC" else w.contiguous()  # OIHW -> HWIO
+            held = self._packed[key] = (version, kernel.pack_weights(w))
+        return held[1]
+
+    def _run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             residual: torch.Tensor | None) -> torch.Tensor | None:
+        """The op's implementation: the result, or ``None`` to let torch compute it."""
+        if self.why_not(x) is not None or weight.dtype != x.dtype:
+            return None
+        spec = self.spec_for(x)
+        kernel = self.kernel_for(spec)
+        if isinstance(kernel, Exception):
+            return None
+        nhwc = spec.layout == "NHWC"
+        packed = self._pack((spec.batch, spec.height, spec.width, spec.layout), kernel, weight)
+        args = [x.detach().permute(0, 2, 3, 1) if nhwc else x.detach().contiguous(), packed]
+        if bias is not None:
+            args.append(bias.detach().contiguous())
+        if residual is not None:
+            r = residual.detach()
+            args.append(r.permute(0, 2, 3, 1).contiguous() if nhwc else r.contiguous())
+        out = torch.empty(spec.output_shape, dtype=x.dtype, device=x.device)
+        kernel(*args, out=out)
+        return out.permute(0, 3, 1, 2) if nhwc else out
