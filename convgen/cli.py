@@ -153,8 +153,18 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    """``convgen layers``: the built-in workloads, by network."""
+    """``convgen layers``: the built-in workloads, by network (or a PyTorch model's)."""
     from .workloads import PRESETS
+
+    if args.torch_model:
+        from .cli_tune import torch_model_layers
+
+        layers = torch_model_layers(args)
+        print(f"{args.torch_model} at {','.join(map(str, args.input_shape))}: {len(layers)} distinct convolutions "
+              f"of {sum(layers.counts.values())}")
+        for name, spec in layers.items():
+            print(f"  {name:<28} {spec.describe():<56} x{layers.counts[name]:<3} {spec.flops / 1e9:7.3f} GFLOP")
+        return 0
 
     for net, layers in PRESETS.items():
         if args.preset and net != args.preset:
@@ -331,8 +341,14 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("-v", "--verbose", action="store_true", help="also print each TVM target dict")
     s.set_defaults(fn=cmd_targets)
 
-    s = sub.add_parser("layers", help="list the built-in workloads", formatter_class=_Fmt)
+    s = sub.add_parser("layers", help="list the built-in workloads, or a PyTorch model's convolutions",
+                       formatter_class=_Fmt,
+                       epilog="examples:\n  convgen layers --preset resnet50\n"
+                              "  convgen layers --torch-model convgen.torch.models:mobilenet_v2 --input-shape 1,3,224,224")
     s.add_argument("--preset", help="only this network")
+    from .cli_tune import add_torch_model_args
+
+    add_torch_model_args(s)
     s.set_defaults(fn=cmd_layers)
 
     s = sub.add_parser("space", help="show the knob space and default config of the templates for a workload",

@@ -15,6 +15,7 @@ examples:
   convgen tune --workload layers.toml --trials 200 --records my.jsonl
   convgen tune --layer resnet50.r4_3x3 --target arm-neon --rpc 127.0.0.1:9090
   convgen tune --preset mobilenet_v2 --target arm-neon --tracker 10.0.0.2:9190 --key rk3399 --parallel 4
+  convgen tune --torch-model convgen.torch.models:resnet50 --input-shape 1,3,224,224 --trials 800
 
 Trials already in --records count towards --trials: run the same command again and it
 resumes where it stopped (a campaign killed at any point loses at most the trial in flight).
@@ -53,6 +54,7 @@ def add_tune_parsers(sub: Any, fmt: Any, add_spec_args: Any, cmd_tune: Any, cmd_
     g = s.add_argument_group("campaign")
     g.add_argument("--preset", help="every layer of a built-in network: resnet18, resnet50, mobilenet_v1, mobilenet_v2")
     g.add_argument("--workload", help="a JSON/TOML file listing specs (see convgen.workloads)")
+    add_torch_model_args(s)
     g.add_argument("--target", default="host", help="target name (convgen targets)")
     g.add_argument("--trials", type=positive_int, default=64, help="total trials of the campaign (resumed ones count)")
     g.add_argument("--records", default="convgen-records.jsonl", help="the tuning log (appended; resumed from)")
@@ -107,9 +109,14 @@ def _workloads(args: argparse.Namespace) -> tuple[dict, dict]:
     from .cli import spec_from_args
     from .workloads import load_workload_file, preset
 
-    given = [bool(args.preset), bool(args.workload), bool(args.layer or args.in_channels)]
+    given = [bool(args.preset), bool(args.workload), bool(args.layer or args.in_channels), bool(args.torch_model)]
     if sum(given) != 1:
-        raise ValueError("give exactly one of --preset NAME, --workload FILE, or one layer (--layer / -c -k --size ...)")
+        raise ValueError("give exactly one of --preset NAME, --workload FILE, --torch-model PKG.MODULE:FACTORY, "
+                         "or one layer (--layer / -c -k --size ...)")
+    if args.torch_model:
+        layers = torch_model_layers(args)
+        weights = {name: float(n) for name, n in layers.counts.items()}
+        return dict(layers), weights
     if args.preset:
         named = {f"{args.preset}.{k}": v for k, v in preset(args.preset).items()}
     elif args.workload:
@@ -118,6 +125,43 @@ def _workloads(args: argparse.Namespace) -> tuple[dict, dict]:
         spec = spec_from_args(args)
         named = {args.layer or spec.describe(): spec}
     return merge_duplicates(named)
+
+
+def torch_model_layers(args: argparse.Namespace) -> Any:
+    """The distinct convolutions of ``--torch-model`` at ``--input-shape``, as
+    :func:`convgen.torch.conv_layers` gives them (counted)."""
+    if not args.input_shape:
+        raise ValueError("--torch-model needs --input-shape N,C,H,W (e.g. 1,3,224,224)")
+    try:
+        import torch
+
+        import convgen.torch as ct
+    except ImportError:
+        raise ValueError("--torch-model needs PyTorch: pip install 'convgen[torch]'") from None
+    model = ct.model_from_factory(args.torch_model)
+    shape = args.input_shape if isinstance(args.input_shape, tuple) else (args.input_shape,)
+    return ct.conv_layers(model, torch.randn(*shape), channels_last=not args.nchw)
+
+
+def add_torch_model_args(p: Any) -> None:
+    """``--torch-model``, ``--input-shape`` and ``--nchw`` (for ``tune`` and ``layers``)."""
+    g = p.add_argument_group("PyTorch model")
+    g.add_argument("--torch-model", metavar="PKG.MODULE:FACTORY",
+                   help="the convolutions of the model FACTORY() builds (random weights are fine; put in eval "
+                        "mode), e.g. convgen.torch.models:resnet50")
+    g.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="the model's input shape, e.g. 1,3,224,224")
+    g.add_argument("--nchw", action="store_true",
+                   help="NCHW kernels, as convgen.torch.optimize(..., channels_last=False) runs (default: NHWC)")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 1,3,224,224, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return shape
 
 
 def merge_duplicates(named: dict) -> tuple[dict, dict]:

@@ -35,10 +35,10 @@ from ..spec import ConvSpec
 from ..target import Target, get_target
 from ._graph import Site, TraceError, site_spec, sites, trace
 from ._module import Conv2d, conv2d, torch_conv2d
-from .threads import configure_threads
+from .threads import configure_threads, torch_single_threaded_forward
 
 __all__ = ["conv_layers", "optimize", "explain", "Conv2d", "ConvLayers", "TraceError", "conv2d",
-           "configure_threads", "torch_conv2d"]
+           "configure_threads", "torch_conv2d", "model_from_factory"]
 
 
 class ConvLayers(dict):
@@ -52,15 +52,17 @@ class ConvLayers(dict):
         self.paths: dict[str, list[str]] = {}
 
 
-def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = True) -> ConvLayers:
+def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = True,
+                channels_last: bool = True) -> ConvLayers:
     """The distinct convolution workloads of ``model`` at the example inputs' shapes.
 
     Names are module paths (``layer1.0.conv2``); a workload computed by several modules
     is listed once, under its first path, and counted. With ``fused`` (the default) each
     spec is the convolution as :func:`optimize` runs it: eval-mode BatchNorm folded into a
     bias, the residual add and ReLU/ReLU6 that follow it fused, so tuning them gives
-    records that match exactly. A channels_last example input gives NHWC specs.
-    Convolutions convgen cannot serve (see :func:`explain`) are left out.
+    records that match exactly. ``channels_last`` (the default, as :func:`optimize`'s)
+    gives NHWC specs; ``False`` the example input's own layout. Convolutions convgen cannot
+    serve (see :func:`explain`) are left out.
     """
     gm = trace(model, example_inputs)
     out = ConvLayers()
@@ -69,6 +71,8 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
         spec = site_spec(site, fused=fused)
         if site.why_not or isinstance(spec, str):
             continue
+        if channels_last:
+            spec = spec.replace(layout="NHWC")
         name = first.setdefault(spec.key, site.path)
         if name == site.path:
             out[name] = spec
@@ -80,7 +84,7 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
 
 def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Target = "host", records: Any = None,
              builtin_records: bool = True, num_threads: int | None = None, cache: str | None = None,
-             parallel: int | None = None, threads: bool = True) -> torch.fx.GraphModule:
+             parallel: int | None = None, threads: bool = True, channels_last: bool = True) -> torch.fx.GraphModule:
     """A copy of ``model`` whose convolutions run convgen kernels (``model`` is untouched).
 
     ``example_inputs`` fix the shapes kernels are built for now (other batch sizes, image
@@ -88,8 +92,15 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     take configs from (before the shipped ones; ``builtin_records=False`` ignores those).
     ``num_threads``: CPU threads of the kernels (default: every CPU of the process).
     ``cache``: the folder of compiled kernels (default ``~/.cache/convgen/kernels``);
-    ``parallel``: build processes (default one per CPU). ``threads``: set torch's and TVM's
-    thread pools so they do not fight over the cores (:func:`configure_threads`).
+    ``parallel``: build processes (default one per CPU). ``threads``: run torch's own
+    operators on one thread inside the model's forward, so torch's spinning OpenMP workers
+    leave the cores to the kernels (see :mod:`convgen.torch.threads`).
+    ``channels_last`` (default): every convolution runs an NHWC kernel, whatever the
+    input's layout: an NCHW input is converted once, at the first convolution, then
+    activations stay channels_last through torch's pooling and adds, and 4-D outputs come
+    back in the layout the original model returns. NHWC kernels read 1x1 inputs in place
+    and store whole vectors, where NCHW ones re-lay out the data on every call.
+    ``channels_last=False`` runs NCHW kernels for NCHW tensors.
 
     Raises :class:`TraceError` (a ``ValueError``) when torch.fx cannot trace the model or
     the model fails on the example inputs.
@@ -118,12 +129,17 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         else:
             report[site.path] = why
     t0 = time.perf_counter()
+    if channels_last and target.is_cpu:
+        served = [(site, spec.replace(layout="NHWC")) for site, spec in served]
     built = kernels([spec for _, spec in served], target, parallel=parallel, **build)
     replaced: dict[torch.fx.Node, torch.fx.Node] = {}
+    layout = "NHWC" if channels_last and target.is_cpu else "NCHW"
     for (site, spec), kernel in zip(served, built):
-        module = _convgen_module(site, spec, target, build)
+        module = _convgen_module(site, spec, target, build, layout)
         module.kernels[(spec.batch, spec.height, spec.width, spec.layout)] = kernel
         _rewrite(gm, site, module, replaced)
+    if layout == "NHWC" and served:
+        _outputs_as_before(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -135,12 +151,53 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
                 for key, kernel in module.kernels.items():
                     if not isinstance(kernel, Exception):
                         module._pack(key, kernel, module.weight)
-    if threads and target.is_cpu:
+    if target.is_cpu:
         configure_threads(num_threads)
+        if threads and served:
+            torch_single_threaded_forward(gm)
     return gm
 
 
-def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict) -> Conv2d:
+def _outputs_as_before(gm: torch.fx.GraphModule) -> None:
+    """Make each 4-D output that the original model returns contiguous, contiguous again
+    (channels_last activations would otherwise leak out of a channels_last network)."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+
+    def restore(arg: Any) -> Any:
+        if not isinstance(arg, torch.fx.Node):
+            return arg
+        meta = arg.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape") or len(meta.shape) != 4 \
+                or meta.memory_format != torch.contiguous_format:
+            return arg
+        with gm.graph.inserting_before(output):
+            return gm.graph.call_method("contiguous", (arg,))
+
+    output.args = torch.fx.node.map_aggregate(output.args, restore)
+
+
+def model_from_factory(text: str) -> nn.Module:
+    """The model ``PKG.MODULE:FACTORY`` builds (``FACTORY()``, then ``.eval()``): how the CLI's
+    ``--torch-model`` gets one, e.g. ``convgen.torch.models:resnet50``."""
+    import importlib
+
+    module_name, sep, attr = text.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--torch-model: expected PKG.MODULE:FACTORY (e.g. convgen.torch.models:resnet50), got {text!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--torch-model: cannot import {module_name!r}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--torch-model: {module_name} has no callable {attr!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--torch-model: {text}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict, layout: str) -> Conv2d:
     conv = site.conv
     if site.bn is not None:
         from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -148,8 +205,8 @@ def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict) -> 
         conv = fuse_conv_bn_eval(conv, site.bn)
     return Conv2d(conv.weight, conv.bias, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
                   groups=spec.groups, activation=site.activation, residual=site.residual is not None,
-                  spec=spec.replace(layout="NCHW") if spec.layout == "NHWC" else spec, target=target,
-                  build=build, fused=tuple(site.fused))
+                  spec=spec.replace(layout="NCHW"), target=target, build=build, fused=tuple(site.fused),
+                  layout=layout)
 
 
 def _rewrite(gm: torch.fx.GraphModule, site: Site, module: Conv2d, replaced: dict) -> None:

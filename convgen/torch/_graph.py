@@ -11,6 +11,8 @@ conv -> BN -> + skip).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,12 +96,22 @@ def trace(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
                          f"{str(e).splitlines()[0] if str(e) else ''} (convgen.torch needs a model torch.fx "
                          "can trace; data-dependent control flow in forward is the usual cause)") from None
     try:
-        with torch.no_grad():
+        # ShapeProp prints the traceback of a failing node itself: the error below says it once
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(*example_inputs)
     except Exception as e:  # noqa: BLE001
+        cause = e.__cause__ or e
         shapes = ", ".join(str(tuple(x.shape)) for x in example_inputs)
         raise TraceError(f"{type(model).__name__} fails on example inputs of shape {shapes}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                         f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d):
+            meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], torch.fx.Node) else None
+            if meta is not None and hasattr(meta, "shape") and len(meta.shape) != 4:
+                raise TraceError(f"the convolution {node.target} gets a {len(meta.shape)}-D input "
+                                 f"{tuple(meta.shape)} from example inputs of shape "
+                                 f"{', '.join(str(tuple(x.shape)) for x in example_inputs)}: give batched "
+                                 "N,C,H,W (4-D) inputs")
     return gm
 
 

@@ -4,9 +4,10 @@ The module's ``forward`` is one call of the op, so ``torch.compile`` and ``torch
 see an opaque operator with a fake (meta) implementation and trace through; the op's real
 implementation finds the module again by its handle, and runs a convgen kernel:
 
-- the layout follows the input: a ``channels_last`` tensor is an NHWC array in memory, so
-  it runs an NHWC kernel on a permuted view (no copy) and returns a ``channels_last``
-  result; anything else runs the NCHW kernel;
+- the layout: a ``channels_last`` tensor is an NHWC array in memory, so it runs an NHWC
+  kernel on a permuted view (no copy) and returns a ``channels_last`` result; an NCHW input
+  runs the NCHW kernel, or (``layout="NHWC"``, what :func:`convgen.torch.optimize` sets)
+  is converted once and runs NHWC too, so a whole network stays channels_last;
 - one kernel per (batch, height, width, layout), built on first use and kept (records
   tuned at batch 1 serve other batch sizes: :meth:`convgen.ConvSpec.stand_ins`);
 - the weights are packed once per kernel, and again only when the weight tensor changes
@@ -62,32 +63,38 @@ def torch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y
 
 
+def _nhwc(x: torch.Tensor, layout: str) -> bool:
+    """Does the op run (and return) NHWC for input ``x`` and the layout asked for?"""
+    return layout == "NHWC" or _channels_last(x)
+
+
 @torch.library.custom_op("convgen::conv2d", mutates_args=())
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
            stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
-           layer: str) -> torch.Tensor:
+           layout: str, layer: str) -> torch.Tensor:
     """``activation(conv2d(x, weight) + bias + residual)`` on the convgen kernel of the
-    :class:`Conv2d` called ``layer`` (torch's own operators when there is none)."""
+    :class:`Conv2d` called ``layer`` (torch's own operators when there is none). The result
+    is channels_last when ``x`` is or ``layout`` is ``"NHWC"``, else contiguous."""
     module = _LAYERS.get(layer)
     if module is not None:
         y = module._run(x, weight, bias, residual)
         if y is not None:
             return y
-    return torch_conv2d(x, weight, bias, residual, stride, padding, dilation, groups, activation).contiguous(
-        memory_format=torch.channels_last if _channels_last(x) else torch.contiguous_format)
+    y = torch_conv2d(x, weight, bias, residual, stride, padding, dilation, groups, activation)
+    return y.contiguous(memory_format=torch.channels_last if _nhwc(x, layout) else torch.contiguous_format)
 
 
 @conv2d.register_fake
-def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, layer):
+def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, layout, layer):
     oh, ow = _out_hw(x.shape[2], x.shape[3], weight.shape, stride, padding, dilation)
-    fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
+    fmt = torch.channels_last if _nhwc(x, layout) else torch.contiguous_format
     return torch.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*[t if t is not None else torch.empty(0) for t in inputs[:4]])
     ctx.present = [t is not None for t in inputs[:4]]
-    ctx.params = inputs[4:9]
+    ctx.params = inputs[4:9]  # stride, padding, dilation, groups, activation
 
 
 def _backward(ctx, grad):
@@ -101,7 +108,7 @@ def _backward(ctx, grad):
         wanted = [t for t, needs in zip(leaves, ctx.needs_input_grad[:4]) if t is not None and needs]
         grads = iter(torch.autograd.grad(y, wanted, grad)) if wanted else iter(())
     out = [next(grads) if t is not None and needs else None for t, needs in zip(leaves, ctx.needs_input_grad[:4])]
-    return (*out, None, None, None, None, None, None)
+    return (*out, None, None, None, None, None, None, None)
 
 
 conv2d.register_autograd(_backward, setup_context=_setup_context)
@@ -121,7 +128,7 @@ class Conv2d(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, stride: tuple[int, int],
                  padding: tuple[int, int, int, int], dilation: tuple[int, int], groups: int,
                  activation: str | None, residual: bool, spec: ConvSpec, target: Target, build: dict[str, Any],
-                 fused: tuple[str, ...] = ()) -> None:
+                 fused: tuple[str, ...] = (), layout: str = "NHWC") -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
@@ -132,6 +139,9 @@ class Conv2d(nn.Module):
         self.spec = spec
         self.target = target
         self.fused = fused
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be 'NCHW' (follow the input) or 'NHWC', got {layout!r}")
+        self.layout = layout
         self._build = dict(build)
         self._init_state()
 
@@ -160,18 +170,19 @@ class Conv2d(nn.Module):
         if (residual is not None) != self.residual:
             raise TypeError(f"this convgen.torch.Conv2d {'needs' if self.residual else 'takes no'} residual input")
         return torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
-                                        self.dilation, self.groups, self.activation, self._handle)
+                                        self.dilation, self.groups, self.activation, self.layout, self._handle)
 
     def extra_repr(self) -> str:
         fused = f", fused={'+'.join(self.fused)}" if self.fused else ""
-        return f"{self.spec.describe()}, target={self.target.name}{fused}"
+        return f"{self.spec.describe()}, target={self.target.name}, layout={self.layout}{fused}"
 
     # -- what runs ------------------------------------------------------------------------
     def spec_for(self, x: torch.Tensor) -> ConvSpec:
-        """The workload of input ``x`` (its batch, size and memory layout)."""
+        """The workload of input ``x`` (its batch and size; NHWC for a channels_last input or
+        ``layout="NHWC"``)."""
         n, _, h, w = x.shape
         return self.spec.replace(batch=int(n), height=int(h), width=int(w),
-                                 layout="NHWC" if _channels_last(x) else "NCHW")
+                                 layout="NHWC" if _nhwc(x, self.layout) else "NCHW")
 
     def why_not(self, x: torch.Tensor) -> str | None:
         """Why ``x`` goes to torch instead of a convgen kernel, or ``None``."""
@@ -219,12 +230,15 @@ class Conv2d(nn.Module):
             return None
         nhwc = spec.layout == "NHWC"
         packed = self._pack((spec.batch, spec.height, spec.width, spec.layout), kernel, weight)
-        args = [x.detach().permute(0, 2, 3, 1) if nhwc else x.detach().contiguous(), packed]
+        x = x.detach()
+        if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
+            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        args = [x if nhwc else x.contiguous(), packed]
         if bias is not None:
             args.append(bias.detach().contiguous())
         if residual is not None:
             r = residual.detach()
-            args.append(r.permute(0, 2, 3, 1).contiguous() if nhwc else r.contiguous())
+            args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
         out = torch.empty(spec.output_shape, dtype=x.dtype, device=x.device)
         kernel(*args, out=out)
         return out.permute(0, 3, 1, 2) if nhwc else out

@@ -116,21 +116,23 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """torchvision's MobileNet-v2 (width 1.0)."""
+    """torchvision's MobileNet-v2 (width 1.0); ``settings`` (expansion, channels, blocks,
+    stride per stage), ``stem`` and ``last`` make smaller variants for tests."""
 
     SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, num_classes: int = 1000, settings: list[tuple[int, int, int, int]] | None = None,
+                 stem: int = 32, last: int = 1280) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Sequential(*_conv_bn(3, 32, 3, 2), nn.ReLU6(inplace=True))]
-        cin = 32
-        for t, c, n, s in self.SETTINGS:
+        layers: list[nn.Module] = [nn.Sequential(*_conv_bn(3, stem, 3, 2), nn.ReLU6(inplace=True))]
+        cin = stem
+        for t, c, n, s in settings or self.SETTINGS:
             for i in range(n):
                 layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
                 cin = c
-        layers.append(nn.Sequential(*_conv_bn(cin, 1280, 1), nn.ReLU6(inplace=True)))
+        layers.append(nn.Sequential(*_conv_bn(cin, last, 1), nn.ReLU6(inplace=True)))
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
