@@ -40,6 +40,17 @@ PRESETS: dict[str, dict[str, ConvSpec]] = {
         "r5_3x3": _c(512, 512, 7, 3),
         "r5_1x1_reduce": _c(2048, 512, 7),
         "r5_1x1_expand": _c(512, 2048, 7),
+        # the first block of each stage (torchvision v1.5: stride on the 3x3) and the
+        # projection shortcuts, so that the preset holds every convolution of the network
+        "r2_1x1_first": _c(64, 64, 56),
+        "r3_1x1_first": _c(256, 128, 56),
+        "r3_down": _c(256, 512, 56, 1, 2),
+        "r4_1x1_first": _c(512, 256, 28),
+        "r4_3x3_s2": _c(256, 256, 28, 3, 2),
+        "r4_down": _c(512, 1024, 28, 1, 2),
+        "r5_1x1_first": _c(1024, 512, 14),
+        "r5_3x3_s2": _c(512, 512, 14, 3, 2),
+        "r5_down": _c(1024, 2048, 14, 1, 2),
     },
     "resnet18": {
         "conv1": _c(3, 64, 224, 7, 2),
