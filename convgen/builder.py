@@ -192,7 +192,7 @@ def metadata(spec: ConvSpec, target: Target, template: Any, config: Config, sour
     except (ImportError, AttributeError):
         ffi_version = "unknown"
     return {
-        "format": 1,
+        "format": 2,
         "convgen": __version__,
         "spec": spec.to_dict(),
         "spec_key": spec.key,
@@ -245,7 +245,8 @@ def build(
     module = executable.mod if target.runs_here() else None  # a GPU target runs here only on a fit GPU
     if module is not None and target.is_cpu:
         set_num_threads(num_threads)
-    return Kernel(meta, module, num_threads=num_threads, executable=executable)
+    return Kernel(meta, module, num_threads=num_threads,
+                  exporter=lambda path: export_library(executable, target, path))
 
 
 def resolve_config(

@@ -220,34 +220,20 @@ def _config_arg(text: str) -> dict:
     return config
 
 
-def _metadata(path: str) -> dict:
-    """A kernel's metadata, with the fields the commands read checked."""
-    from .runtime import KernelError, read_metadata
-
-    meta = read_metadata(path)
-    if not isinstance(meta, dict):
-        raise KernelError(f"{path}: corrupt metadata (not a JSON object)")
-    for key, kind in (("spec", dict), ("template", str), ("config", dict)):
-        if not isinstance(meta.get(key), kind):
-            raise KernelError(f"{path}: corrupt metadata ({key!r} missing or not a {kind.__name__})")
-    return meta
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    """``convgen info``: a kernel's metadata."""
-    from .runtime import read_metadata
-
-    if args.json:
-        print(json.dumps(read_metadata(args.kernel), indent=2, sort_keys=True))
-        return 0
+    """``convgen info``: a kernel's metadata (checked), and the file's SHA-256."""
+    from .runtime import file_sha256, read_metadata
     from .spec import ConvSpec
 
-    meta = _metadata(args.kernel)
-
+    meta = read_metadata(args.kernel)  # checked: the trailer, its fields, the library's hash
+    if args.json:
+        print(json.dumps(dict(meta, file_sha256=file_sha256(args.kernel)), indent=2, sort_keys=True))
+        return 0
     spec = ConvSpec.from_dict(meta["spec"])
     print(f"{args.kernel}: {spec.describe()}")
     for key in ("target", "template", "config", "config_source", "space_hash", "convgen", "tvm", "tvm_ffi", "built_on", "built_at"):
         print(f"  {key:<14} {json.dumps(meta.get(key)) if isinstance(meta.get(key), dict) else meta.get(key)}")
+    print(f"  {'sha256':<14} {file_sha256(args.kernel)}  (the whole file: pin it with convgen.load(path, sha256=...))")
     return 0
 
 
@@ -258,7 +244,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .reference import conv2d_reference, random_inputs, tolerance
     from .runtime import load, target_from_metadata
 
-    meta = _metadata(args.kernel)
+    from .runtime import file_sha256, read_metadata
+
+    meta = read_metadata(args.kernel)
+    if args.sha256 and args.sha256.lower() != file_sha256(args.kernel):
+        from .runtime import KernelError
+
+        raise KernelError(f"{args.kernel}: SHA-256 {file_sha256(args.kernel)} is not the pinned {args.sha256}")
     if args.rpc or args.tracker:
         from .remote import connect, run_remote
 
@@ -267,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             check=not args.no_check)
         where = args.rpc or f"{args.tracker} key {args.key or target_from_metadata(meta).rpc_key}"
     else:
-        kernel = load(args.kernel, num_threads=args.threads)
+        kernel = load(args.kernel, num_threads=args.threads, sha256=args.sha256)
         spec = kernel.spec
         result = {"threads": kernel.num_threads}
         if not args.no_check:
@@ -286,7 +278,7 @@ def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
     import statistics
 
     from .peak import measured_peak_gflops
-    from .runtime import target_from_metadata
+    from .runtime import file_sha256, target_from_metadata
     from .spec import ConvSpec
 
     spec = ConvSpec.from_dict(meta["spec"])
@@ -295,6 +287,7 @@ def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
     gflops = spec.flops / median / 1e9
     threads = result["threads"]
     print(f"{path}: {spec.describe()} | {target.name} | {meta['template']} {json.dumps(meta['config'])}")
+    print(f"  sha256 {file_sha256(path)}")
     if "max_error" in result:
         ok = result["max_error"] <= result["tolerance"]
         print(f"  check vs numpy reference: max |error| {result['max_error']:.2e} "
@@ -388,6 +381,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=positive_int, help="CPU threads (default: every CPU this process may use)")
     s.add_argument("--repeat", type=positive_int, default=10, help="timed repeats (each >= 100 ms)")
     s.add_argument("--no-check", action="store_true", help="skip the comparison with the reference")
+    s.add_argument("--sha256", help="refuse the kernel unless the file has this SHA-256 (see convgen info)")
     s.add_argument("--rpc", metavar="HOST:PORT", help="run on a TVM RPC server (a board) instead of here")
     s.add_argument("--tracker", metavar="HOST:PORT", help="run on a device from a TVM RPC tracker")
     s.add_argument("--key", help="device key at the tracker (default: the target's rpc_key)")

@@ -83,6 +83,11 @@ def add_tune_parsers(sub: Any, fmt: Any, add_spec_args: Any, cmd_tune: Any, cmd_
     m.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices from a TVM RPC tracker")
     m.add_argument("--key", help="device key at the tracker (default: the target's rpc_key)")
     m.add_argument("--parallel", type=positive_int, default=1, help="devices used at once through the tracker")
+    m.add_argument("--queue-timeout", type=positive_float, default=600.0,
+                   help="seconds a trial may wait at the tracker for a free device (not counted as run time)")
+    m.add_argument("--device-wait", type=positive_float, default=300.0,
+                   help="seconds an unreachable device is retried (with backoff, no trials spent) before the "
+                        "campaign stops; run the same command again to resume")
     s.set_defaults(fn=cmd_tune)
 
     r = sub.add_parser("records", help="show, merge and prune tuning logs", formatter_class=fmt, epilog=RECORDS_EPILOG)
@@ -196,7 +201,7 @@ def run_tune(args: argparse.Namespace) -> int:
     target = get_target(args.target)
     options = MeasureOptions(number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms,
                              cache_flush_bytes=args.cache_flush, build_timeout=args.build_timeout,
-                             run_timeout=args.run_timeout, num_threads=args.threads)
+                             run_timeout=args.run_timeout, num_threads=args.threads, queue_timeout=args.queue_timeout)
     runner = None
     if args.rpc:
         runner = f"rpc://{args.rpc}"
@@ -210,7 +215,8 @@ def run_tune(args: argparse.Namespace) -> int:
         results = tune(named, target, trials=args.trials, records=args.records, strategy=args.strategy, runner=runner,
                        template=args.template, batch_size=args.batch_size, early_stopping=args.early_stopping,
                        seed=args.seed, options=options, transfer=not args.no_transfer, progress=not args.quiet,
-                       plot=plot, refine=args.refine, weights=weights if any(w != 1 for w in weights.values()) else None)
+                       plot=plot, refine=args.refine, weights=weights if any(w != 1 for w in weights.values()) else None,
+                       device_wait=args.device_wait)
     finally:
         if hasattr(runner, "close"):  # the tracker runner made here (tune closes the ones it makes)
             runner.close()

@@ -593,14 +593,16 @@ def fatbin_contents(fatbin: bytes) -> dict[str, list[str]]:
 
 # ---- runtime side (TVM runtime only) -------------------------------------------------------------
 def _cudart_candidates() -> list[str]:
-    """Where a pip- or toolkit-installed CUDA 13 runtime library may be."""
+    """Where a pip- or toolkit-installed CUDA 13 runtime library may be: the toolkit folders
+    (``$CUDA_HOME``, ``$CUDA_PATH``, ``/usr/local/cuda*``) and the ``nvidia/*/lib`` folders of
+    the interpreter's site-packages. Only absolute paths: a library found relative to the
+    current directory would be whatever file someone left there, loaded into the process."""
     import site
-    import sys
 
     found = [os.path.join(r, sub, "libcudart.so.13") for r in _toolkit_roots() for sub in ("lib64", "lib")]
-    for base in site.getsitepackages() + [site.getusersitepackages()] + sys.path:
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
         found += sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libcudart.so.13")))
-    return [p for p in found if os.path.isfile(p)]
+    return [p for p in found if os.path.isabs(p) and os.path.isfile(p)]
 
 
 @functools.cache

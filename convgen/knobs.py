@@ -152,6 +152,7 @@ def config_key(config: Mapping[str, Any]) -> str:
 
 
 def divisors(n: int, *, upto: int | None = None) -> list[int]:
-    """Divisors of ``n`` in increasing order, optionally only those <= ``upto``."""
-    out = [d for d in range(1, n + 1) if n % d == 0]
+    """Divisors of ``n`` in increasing order, optionally only those <= ``upto`` (O(sqrt n))."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    out = small + [n // d for d in reversed(small) if d * d != n]
     return [d for d in out if upto is None or d <= upto]

@@ -20,6 +20,10 @@ import tempfile
 from .target import Target, host_cpu_name
 
 CHAINS = 12
+# The C program compiles in well under a second and runs ~50 ms; these bound a broken
+# compiler or a machine so overloaded that the figure would mean nothing anyway.
+COMPILE_TIMEOUT = 60.0
+RUN_TIMEOUT = 30.0
 _SOURCE = r"""
 #include <stdio.h>
 #include <time.h>
@@ -63,11 +67,18 @@ def _measure(target: Target, threads: int) -> float:
         exe = os.path.join(tmp, "peak")
         with open(exe + ".c", "w") as fh:
             fh.write(src)
-        subprocess.run([cc, "-O2", *flags, exe + ".c", "-o", exe], check=True, capture_output=True)
+        subprocess.run([cc, "-O2", *flags, exe + ".c", "-o", exe], check=True, capture_output=True,
+                       timeout=COMPILE_TIMEOUT)
         best = 0.0
         for _ in range(3):  # the best of three: neighbours on a shared machine only slow it down
             procs = [subprocess.Popen([exe], stdout=subprocess.PIPE, text=True) for _ in range(threads)]
-            total = sum(float(p.communicate()[0].split()[0]) for p in procs)
+            try:
+                total = sum(float(p.communicate(timeout=RUN_TIMEOUT)[0].split()[0]) for p in procs)
+            finally:
+                for p in procs:  # a hung (or timed out) copy must not outlive the measurement
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
             best = max(best, total)
     return best
 
@@ -89,7 +100,7 @@ def measured_peak_gflops(target: Target, threads: int, *, refresh: bool = False,
         return float(cache[key])
     try:
         value = _measure(target, threads)
-    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, IndexError):
         return target.nominal_peak_gflops(threads)
     cache[key] = value
     try:

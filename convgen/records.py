@@ -25,6 +25,7 @@ import math
 import os
 import stat
 import statistics
+import tempfile
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -50,9 +51,10 @@ def median(times: Sequence[float]) -> float:
 
 @dataclass
 class Record:
-    """One trial as read back from a file."""
+    """One trial as read back from a file (``path``: which one, when read from a file)."""
 
     data: dict[str, Any]
+    path: str = ""
 
     @property
     def spec_key(self) -> str:
@@ -98,6 +100,11 @@ class Record:
     def spec(self) -> ConvSpec:
         """The workload, parsed."""
         return ConvSpec.from_dict(self.data["spec"])
+
+    @property
+    def tvm_minor(self) -> tuple[int, ...] | None:
+        """``(major, minor)`` of the TVM the trial was built with (``None`` if unrecorded)."""
+        return tvm_minor(self.data.get("tvm"))
 
     def trial_key(self) -> tuple[str, str, str, str, str]:
         """What makes two records measurements of the same candidate."""
@@ -145,7 +152,7 @@ def append(path: str, records: Iterable[dict[str, Any]]) -> None:
             fd = _lock_current(path, fd, flags)
             try:
                 _ensure_newline(fd)
-                os.write(fd, line)
+                write_all(fd, line)
                 os.fsync(fd)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -165,14 +172,17 @@ def rewrite(path: str, produce: Callable[[], Iterable[dict[str, Any]]]) -> int:
     try:
         fd = _lock_current(path, fd, os.O_RDONLY)
         datas = list(produce())
-        tmp = f"{path}.tmp{os.getpid()}"
+        # a fresh name in the same folder, created exclusively (O_EXCL: a symlink or file
+        # planted under a guessable name is never followed or overwritten)
+        tmp_fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                       dir=os.path.dirname(os.path.abspath(path)))
         try:
-            with open(tmp, "wb") as fh:
-                for d in datas:
-                    fh.write((json.dumps(d, sort_keys=True, default=str) + "\n").encode())
-                fh.flush()
-                os.fchmod(fh.fileno(), stat.S_IMODE(os.fstat(fd).st_mode))
-                os.fsync(fh.fileno())
+            try:
+                os.fchmod(tmp_fd, stat.S_IMODE(os.fstat(fd).st_mode))
+                write_all(tmp_fd, b"".join((json.dumps(d, sort_keys=True, default=str) + "\n").encode() for d in datas))
+                os.fsync(tmp_fd)
+            finally:
+                os.close(tmp_fd)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -182,6 +192,16 @@ def rewrite(path: str, produce: Callable[[], Iterable[dict[str, Any]]]) -> int:
     finally:
         os.close(fd)  # releases the lock: appenders waiting on the old file move to the new one
     return len(datas)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be short: a full disk, a signal)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(f"could not write to the records file ({len(view)} bytes left)")
+        view = view[n:]
 
 
 def _lock_current(path: str, fd: int, flags: int) -> int:
@@ -253,11 +273,12 @@ def _read(paths: list[str], warn: bool) -> Iterator[Record]:
                 try:
                     data = json.loads(raw)
                     _check(data)
-                except (ValueError, KeyError, TypeError) as e:
+                except (ValueError, KeyError, TypeError, RecursionError) as e:
                     if warn:
-                        warnings.warn(f"{path}:{lineno}: skipping a corrupt record ({e})", RecordWarning, stacklevel=2)
+                        why = "nested too deeply" if isinstance(e, RecursionError) else e
+                        warnings.warn(f"{path}:{lineno}: skipping a corrupt record ({why})", RecordWarning, stacklevel=2)
                     continue
-                yield Record(data)
+                yield Record(data, path)
 
 
 _FIELDS = {"spec": dict, "spec_key": str, "target": str, "template": str, "config": dict, "result": dict}
@@ -281,6 +302,39 @@ def _check(data: Any) -> None:
     if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float))
                              or not math.isfinite(cost) or cost <= 0):
         raise ValueError(f"'result.median_s' is not a positive number ({cost!r})")
+    if not isinstance(data.get("tvm", ""), str):
+        raise ValueError("'tvm' is not a str")
+    spec = ConvSpec.from_dict(data["spec"])  # a SpecError (ValueError) for a malformed one
+    if spec.key != data["spec_key"]:
+        raise ValueError(f"'spec' ({spec.key}) and 'spec_key' ({data['spec_key']}) disagree")
+
+
+def tvm_minor(version: Any) -> tuple[int, ...] | None:
+    """``(0, 27)`` for ``"0.27.0.post1"``; ``None`` for anything unparsable."""
+    parts = str(version or "").split(".")[:2]
+    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else None
+
+
+_WARNED_VERSIONS: set[tuple[str, tuple]] = set()
+
+
+def same_tvm(records: Iterable[Record]) -> Iterator[Record]:
+    """The records made with this TVM's minor version (configs are timings of the code that
+    TVM generated: another version's are not evidence for this one); warns once per file
+    and version about the others. Records that name no version are kept."""
+    import tvm
+
+    here = tvm_minor(tvm.__version__)
+    for r in records:
+        theirs = r.tvm_minor
+        if theirs is None or theirs == here:
+            yield r
+            continue
+        key = (r.path, theirs)
+        if key not in _WARNED_VERSIONS:
+            _WARNED_VERSIONS.add(key)
+            warnings.warn(f"{r.path or 'records'}: ignoring records made with TVM {'.'.join(map(str, theirs))} "
+                          f"(this is TVM {tvm.__version__}); tune again to use them", RecordWarning, stacklevel=2)
 
 
 class RecordWarning(UserWarning):
@@ -346,7 +400,7 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
     candidates = list(tuned_as) if tuned_as is not None else [spec] + spec.stand_ins()
     keys = {s.key for s in candidates}
     by_key: dict[str, list[Record]] = {}
-    for r in records:
+    for r in same_tvm(records):
         if r.spec_key in keys and r.target == target.name and (template is None or r.template == template):
             by_key.setdefault(r.spec_key, []).append(r)
     here = host_cpu_name()

@@ -29,8 +29,18 @@ class RemoteError(RuntimeError):
 
 
 class DeviceUnavailable(RemoteError):
-    """The device could not be reached, or a library could not be sent to it: nothing ran
-    there yet, so the kernel is not to blame (the tuner records error kind ``device``)."""
+    """The device could not be reached, granted by the tracker in time, or sent a library:
+    nothing ran there yet, so the kernel is not to blame (the tuner records kind ``device``)."""
+
+
+class RemoteTimeout(RemoteError):
+    """The kernel ran past the session's timeout and the device ended the session."""
+
+
+def session_seconds(timeout: float) -> int:
+    """The RPC session timeout for a run timeout: whole seconds (TVM's unit), at least 1 (0
+    would mean no timeout at all)."""
+    return max(1, math.ceil(timeout))
 
 
 # What a client sees when the device's session process died under it: the emulated board
@@ -72,22 +82,38 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
 
 
 def connect(rpc: str | None = None, tracker: str | None = None, key: str | None = None,
-            *, timeout: float = 600) -> Any:
+            *, timeout: float = 600, queue_timeout: float | None = None) -> Any:
     """An RPC session: directly to ``rpc`` (HOST:PORT) or from ``tracker`` for device ``key``.
 
-    Raises :class:`DeviceUnavailable` when the device (or tracker) cannot be reached.
+    ``timeout``: the session's (the server ends it after that many seconds, rounded up, at
+    least 1); ``queue_timeout``: how long to wait at the tracker for a free device (``None``:
+    as long as it takes). Raises :class:`DeviceUnavailable` when the device (or tracker)
+    cannot be reached, or no device is granted in time.
     """
+    import socket
+
     from tvm import rpc as tvm_rpc
 
     try:
         if rpc:
             host, port = parse_address(rpc, "--rpc")
-            return tvm_rpc.connect(host, port, session_timeout=int(timeout))
+            return tvm_rpc.connect(host, port, session_timeout=session_seconds(timeout))
         if tracker:
             if not key:
                 raise ValueError("a tracker needs a device key (--key)")
             host, port = parse_address(tracker, "--tracker")
-            return tvm_rpc.connect_tracker(host, port).request(key, session_timeout=int(timeout))
+            client = tvm_rpc.connect_tracker(host, port)
+            if queue_timeout is not None:
+                # the tracker answers a request when a device is free: bound that wait on the
+                # request socket (TVM's TrackerSession keeps it as _sock), and do not retry it
+                client._sock.settimeout(queue_timeout)
+            try:
+                return client.request(key, session_timeout=session_seconds(timeout), max_retry=1)
+            except (socket.timeout, TimeoutError, RuntimeError) as e:
+                if "timed out" in str(e) or isinstance(e, (socket.timeout, TimeoutError)):
+                    raise DeviceUnavailable(f"no {key} device was free at tracker {tracker} within "
+                                            f"{queue_timeout:g} s") from None
+                raise
     except ValueError:
         raise
     except Exception as e:  # socket errors, tracker refusals: one clear line

@@ -5,28 +5,43 @@ Needs only the TVM runtime (works with ``TVM_USE_RUNTIME_LIB=1``): nothing here 
 just the runtime can load and run convgen kernels.
 
 A convgen ``.so`` is an ordinary TVM shared library followed by a metadata trailer
-(spec, target, template, config, versions as JSON, then its length and a magic tag).
-The dynamic loader ignores bytes past the ELF sections; :func:`read_metadata` reads the
-trailer with plain file I/O, so metadata is available even for a cross-compiled library
-this machine cannot load.
+(spec, target, template, config, versions, the library's SHA-256, as JSON, then its length
+and a magic tag). The dynamic loader ignores bytes past the ELF sections; :func:`read_metadata`
+reads the trailer with plain file I/O, so metadata is available even for a cross-compiled
+library this machine cannot load.
+
+Before anything is loaded, :func:`load` checks what a file claims: the metadata is a
+well-formed record of this format, the library bytes hash to the SHA-256 it carries (a
+truncated or corrupted file is refused before ``dlopen``, never a signal), it was built by
+a compatible TVM and tvm-ffi, and, when the caller pins one (``load(path, sha256=...)``),
+the whole file hashes to the value the deployment vetted. The verified bytes are loaded
+from a private copy, so the file cannot change between the check and the load. The
+embedded hash catches accidents (a partial copy, a bad disk, an edited file); it is no
+signature: whoever can write a library can write its trailer too. Pinning the file's hash
+is what guards against a swapped library.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import hmac
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import threading
 from typing import Any, Sequence
 
 import numpy as np
 
 from .spec import ConvSpec
-from .target import Target, TargetError, _from_toml, all_targets, available_cpus
+from .target import Target, TargetError, all_targets, available_cpus
 
 _MAGIC = b"\0CONVGEN-META-v1"
+FORMAT = 2  # 2: the metadata carries the library's SHA-256 (1, before: no hash; refused)
 _ALIGN = 64  # TVM refuses DLPack tensors whose data is not 64-byte aligned
 
 # The CPUs this process may use, read before TVM's thread pool first starts: its default
@@ -65,6 +80,15 @@ def _tvm_ffi() -> Any:
 
 class KernelError(RuntimeError):
     """A kernel cannot run here (wrong machine, missing file, broken library)."""
+
+
+class KernelNotFoundError(FileNotFoundError, KernelError):
+    """There is no kernel file at the path (a ``FileNotFoundError``)."""
+
+
+class NotAKernelError(KernelError, ValueError):
+    """The file is not a convgen kernel, or not an intact one: no trailer, metadata that is
+    malformed or lies, library bytes that do not match their hash (a ``ValueError``)."""
 
 
 # ---- threads --------------------------------------------------------------------------------
@@ -119,42 +143,128 @@ def current_num_threads() -> int:
 
 
 # ---- metadata trailer -----------------------------------------------------------------------
-def write_metadata(path: str, meta: dict[str, Any]) -> None:
-    """Append convgen's metadata trailer to the library at ``path``."""
+def write_metadata(path: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Append convgen's metadata trailer to the library at ``path``, with the library's
+    SHA-256 added; returns the metadata as written."""
+    with open(path, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    meta = dict(meta, format=FORMAT, sha256=digest)
     blob = json.dumps(meta, sort_keys=True).encode()
     with open(path, "ab") as fh:
         fh.write(blob + len(blob).to_bytes(8, "little") + _MAGIC)
+    return meta
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of the whole file (what ``sha256sum`` prints): the value to pin in
+    ``load(path, sha256=...)``; ``convgen info`` and ``convgen run`` print it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_kernel_file(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
+    """``(file bytes, library bytes, metadata)`` of a kernel file, the metadata checked (see
+    :func:`check_metadata`) and the library checked against its SHA-256."""
+    if not os.path.exists(path):
+        raise KernelNotFoundError(errno.ENOENT, "no such kernel file", path)
+    if not os.path.isfile(path):
+        raise NotAKernelError(f"{path}: not a file")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    tail = len(_MAGIC) + 8
+    if len(data) < tail or data[-len(_MAGIC):] != _MAGIC:
+        raise NotAKernelError(f"{path}: not a convgen kernel (no metadata trailer; was it built by convgen?)")
+    length = int.from_bytes(data[-tail:-len(_MAGIC)], "little")
+    if length > len(data) - tail:
+        raise NotAKernelError(f"{path}: corrupt metadata trailer (its length points before the file)")
+    library = data[: len(data) - tail - length]
+    try:
+        meta = json.loads(data[len(data) - tail - length : len(data) - tail])
+    except RecursionError:
+        raise NotAKernelError(f"{path}: corrupt metadata (nested too deeply)") from None
+    except ValueError as e:
+        raise NotAKernelError(f"{path}: corrupt metadata trailer ({e})") from None
+    check_metadata(meta, path)
+    if hashlib.sha256(library).hexdigest() != meta["sha256"]:
+        raise NotAKernelError(f"{path}: the library does not match the SHA-256 in its metadata: it was truncated, "
+                              "corrupted or modified after it was built; rebuild it")
+    return data, library, meta
 
 
 def read_metadata(path: str) -> dict[str, Any]:
-    """The metadata of a convgen ``.so`` (no TVM needed); ``KernelError`` if it has none."""
-    if not os.path.isfile(path):
-        raise KernelError(f"{path}: no such file")
-    tail = len(_MAGIC) + 8
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        if size < tail:
-            raise KernelError(f"{path}: not a convgen kernel (too small)")
-        fh.seek(size - tail)
-        footer = fh.read(tail)
-        if footer[8:] != _MAGIC:
-            raise KernelError(f"{path}: not a convgen kernel (no metadata trailer; was it built by convgen?)")
-        length = int.from_bytes(footer[:8], "little")
-        if length > size - tail:
-            raise KernelError(f"{path}: corrupt metadata trailer")
-        fh.seek(size - tail - length)
+    """The metadata of a convgen ``.so`` (no TVM needed), checked as :func:`load` checks it:
+    ``KernelNotFoundError`` for a missing file, ``NotAKernelError`` for anything else wrong."""
+    return _read_kernel_file(path)[2]
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "spec": dict, "target": str, "template": str, "config": dict, "sha256": str, "tvm": str, "tvm_ffi": str,
+}
+
+
+def check_metadata(meta: Any, path: str = "kernel") -> None:
+    """Raise :class:`NotAKernelError` unless ``meta`` is metadata of this format whose fields
+    have the types the runtime reads (a spec that validates, a target description, ...)."""
+    def bad(why: str) -> NotAKernelError:
+        return NotAKernelError(f"{path}: corrupt metadata ({why})")
+
+    if not isinstance(meta, dict):
+        raise bad(f"a {type(meta).__name__}, not a JSON object")
+    if meta.get("format") == 1:
+        raise NotAKernelError(f"{path}: built by an older convgen (metadata format 1, no content hash to check "
+                              "it against): rebuild it")
+    if meta.get("format") != FORMAT:
+        raise NotAKernelError(f"{path}: unsupported convgen metadata format {meta.get('format')!r} "
+                              f"(this convgen reads {FORMAT})")
+    for key, kind in _FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            raise bad(f"{key!r} missing or not a {kind.__name__}")
+    if len(meta["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in meta["sha256"]):
+        raise bad("'sha256' is not a SHA-256 hex digest")
+    try:
+        ConvSpec.from_dict(meta["spec"])
+    except (ValueError, TypeError) as e:
+        raise bad(f"'spec': {e}") from None
+    if "target_desc" in meta:
+        if not isinstance(meta["target_desc"], dict):
+            raise bad("'target_desc' is not a table")
         try:
-            return json.loads(fh.read(length))
-        except ValueError as e:
-            raise KernelError(f"{path}: corrupt metadata trailer ({e})") from None
+            Target.from_dict(meta["target_desc"])
+        except (ValueError, TypeError) as e:
+            raise bad(f"'target_desc': {e}") from None
+    elif meta["target"] not in all_targets():
+        raise bad(f"no 'target_desc' and the target {meta['target']!r} is unknown")
+    packed = meta.get("packed_weight_shape")
+    if packed is not None and not (isinstance(packed, list) and packed
+                                   and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in packed)):
+        raise bad("'packed_weight_shape' is not a list of positive ints")
+    align = meta.get("arg_alignment", _ALIGN)
+    if not isinstance(align, int) or isinstance(align, bool) or align < 1:
+        raise bad("'arg_alignment' is not a positive int")
+
+
+def check_versions(meta: dict[str, Any], path: str = "kernel") -> None:
+    """Raise :class:`KernelError` unless the kernel was built by the TVM and tvm-ffi minor
+    versions of this runtime (their library ABI and packed-function calling convention)."""
+    here = {"tvm": _tvm().__version__, "tvm_ffi": getattr(_tvm_ffi(), "__version__", "unknown")}
+    for key, name in (("tvm", "TVM"), ("tvm_ffi", "tvm-ffi")):
+        if _minor(meta[key]) != _minor(here[key]):
+            raise KernelError(f"{path}: built with {name} {meta[key]}, but this runtime is {name} {here[key]}: "
+                              f"rebuild the kernel with {name} {'.'.join(here[key].split('.')[:2])}")
+
+
+def _minor(version: str) -> list[str]:
+    return str(version).split(".")[:2]
 
 
 def target_from_metadata(meta: dict[str, Any]) -> Target:
     """The target a kernel was built for (from its embedded description)."""
     desc = meta.get("target_desc")
     if desc:
-        return _from_toml(desc)
+        return Target.from_dict(desc)
     name = meta.get("target", "")
     if name in all_targets():
         return all_targets()[name]
@@ -205,7 +315,7 @@ class Kernel:
     """
 
     def __init__(self, meta: dict[str, Any], module: Any = None, *, path: str | None = None,
-                 num_threads: int | None = None, executable: Any = None) -> None:
+                 num_threads: int | None = None, exporter: Any = None, sha256: str | None = None) -> None:
         self.meta = meta
         self.spec = ConvSpec.from_dict(meta["spec"])
         self.target = target_from_metadata(meta)
@@ -214,7 +324,10 @@ class Kernel:
         self.path = path
         self.num_threads = default_num_threads() if num_threads is None else _clamp_threads(num_threads)
         self._module = module
-        self._executable = executable  # set when built in this process (export needs it)
+        # writes the library to a path (set by the builder for a kernel built in this
+        # process): the runtime itself never needs the compiler to export one
+        self._exporter = exporter
+        self._pin = sha256
         self._functions: dict[str, Any] = {}  # looked up once: a module lookup costs ~0.2 ms
         self._runs_here: bool | None = None
         self._device: Any = None
@@ -258,14 +371,37 @@ class Kernel:
 
     @property
     def module(self) -> Any:
-        """The TVM runtime module (loaded on first use)."""
+        """The TVM runtime module (loaded on first use, after the checks of :func:`load`)."""
         if self._module is None:
             self._require_runnable()
-            try:
-                self._module = _tvm().runtime.load_module(self.path)
-            except Exception as e:  # a broken or foreign library: say so, no TVM trace
-                raise KernelError(f"{self.path}: TVM could not load the library: {str(e).splitlines()[-1]}") from None
+            self._module = self._load_verified()
         return self._module
+
+    def _load_verified(self) -> Any:
+        """dlopen the file's library once its bytes are verified: from a private copy of
+        exactly the verified bytes, so the file cannot change between check and load."""
+        data, library, meta = _read_kernel_file(self.path)
+        if self._pin is not None:
+            whole = hashlib.sha256(data).hexdigest()
+            if not hmac.compare_digest(whole, self._pin.lower()):
+                raise KernelError(f"{self.path}: SHA-256 {whole} is not the pinned {self._pin}: refusing to load it")
+        check_versions(meta, self.path)
+        folder = tempfile.mkdtemp(prefix="convgen-load-")  # mode 0700: nobody else can swap the copy
+        copy = os.path.join(folder, os.path.basename(self.path) or "kernel.so")
+        try:
+            with open(copy, "wb") as fh:
+                fh.write(library)
+            module = _tvm().runtime.load_module(copy)
+        except Exception as e:  # a library the loader or TVM refuses: say so, no TVM trace
+            raise KernelError(f"{self.path}: TVM could not load the library: {str(e).splitlines()[-1]}") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # the mapping outlives the file
+        needed = ["main"] + (["main_prepacked", "pack_weights"] if self._packed_shape else [])
+        missing = [n for n in needed if not module.implements_function(n, True)]
+        if missing:
+            raise NotAKernelError(f"{self.path}: the library has no {', '.join(missing)} entry point "
+                                  f"({'it does not match its metadata' if 'main' not in missing else 'not a convgen kernel'})")
+        return module
 
     def _require_runnable(self) -> None:
         if not self.runs_here:
@@ -589,10 +725,8 @@ class Kernel:
 
     def export(self, path: str) -> str:
         """Write the shared library with its metadata to ``path``; returns ``path``."""
-        if self._executable is not None:
-            from .builder import export_library
-
-            export_library(self._executable, self.target, path)
+        if self._exporter is not None:
+            self._exporter(path)
             write_metadata(path, self.meta)
         elif self.path and os.path.abspath(self.path) != os.path.abspath(path):
             shutil.copyfile(self.path, path)
@@ -627,16 +761,21 @@ class PackedWeights:
         return f"<convgen.PackedWeights {self.shape}>"
 
 
-def load(path: str, *, num_threads: int | None = None) -> Kernel:
+def load(path: str, *, num_threads: int | None = None, sha256: str | None = None) -> Kernel:
     """Load a kernel written by :meth:`Kernel.export` (or ``convgen build``).
 
     Works with the TVM runtime alone. A kernel built for another machine (aarch64, a GPU)
-    loads for inspection; calling it says where it can run.
+    loads for inspection; calling it says where it can run. Before the library is loaded:
+    its metadata is checked, its bytes against the SHA-256 the metadata carries, its TVM and
+    tvm-ffi versions against this runtime's, and, given ``sha256`` (the whole file's, as
+    ``sha256sum`` or ``convgen info`` print it), the file against that pin. A missing file
+    raises :class:`KernelNotFoundError` (a ``FileNotFoundError``), a file that is not an
+    intact kernel :class:`NotAKernelError` (a ``ValueError``), both :class:`KernelError`.
     """
     meta = read_metadata(path)
-    if meta.get("format") != 1:
-        raise KernelError(f"{path}: unsupported convgen metadata format {meta.get('format')!r}")
-    kernel = Kernel(meta, path=path, num_threads=num_threads)
+    if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64):
+        raise ValueError(f"sha256: expected a 64-digit hex SHA-256, got {sha256!r}")
+    kernel = Kernel(meta, path=path, num_threads=num_threads, sha256=sha256)
     if kernel.runs_here:
         if kernel.target.is_cpu:
             set_num_threads(kernel.num_threads)

@@ -117,17 +117,12 @@ def all_targets() -> dict[str, Target]:
     return out
 
 
-@functools.cache
 def host_cpu_flags() -> frozenset[str]:
-    """CPU feature flags of this machine (``/proc/cpuinfo``; empty where unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    """CPU feature flags of this process (:func:`convgen.cpufeatures.host_cpu_flags`: the
+    auxiliary vector on aarch64, ``/proc/cpuinfo`` or CPUID on x86)."""
+    from .cpufeatures import host_cpu_flags as flags
+
+    return flags()
 
 
 def host_cpu_name() -> str:

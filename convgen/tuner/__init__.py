@@ -16,9 +16,10 @@ from typing import Any, Iterable, Mapping
 from ..knobs import Config
 from ..spec import ConvSpec
 from ..target import Target, get_target
-from .measure import Builder, Candidate, LocalRunner, MeasureOptions, RPCRunner
+from .campaign import DeviceDown
+from .measure import Builder, Candidate, LocalRunner, MeasureOptions, RPCRunner, missing_dependencies
 
-__all__ = ["tune", "TuneResult", "MeasureOptions", "LocalRunner", "RPCRunner", "make_tasks"]
+__all__ = ["tune", "TuneResult", "MeasureOptions", "LocalRunner", "RPCRunner", "make_tasks", "DeviceDown"]
 
 
 @dataclass
@@ -102,6 +103,7 @@ def tune(
     plot: str | None = None,
     weights: Mapping[str, float] | None = None,
     refine: int = 3,
+    device_wait: float = 300.0,
 ) -> dict[str, TuneResult]:
     """Tune one spec, a list, or a ``{name: spec}`` dict for ``target``.
 
@@ -111,6 +113,9 @@ def tune(
     machine), an :class:`RPCRunner`, or a string ``"rpc://host:port"`` /
     ``"tracker://host:port/key"``. ``refine``: re-time each layer's ``refine`` fastest
     configs twice more at the end (0: off), so a noisy timing does not pick the winner.
+    ``device_wait``: seconds an unreachable device is waited for (retrying with backoff,
+    burning no trials) before the campaign stops with :class:`DeviceDown`. Layers given as
+    :func:`convgen.torch.conv_layers` returns them are weighted by their counts.
     Returns the best result per workload name.
     """
     from ..peak import measured_peak_gflops
@@ -120,6 +125,11 @@ def tune(
 
     target = get_target(target)
     options = options or MeasureOptions()
+    missing = missing_dependencies(strategy)
+    if missing:  # before the first trial: a campaign must not find out halfway
+        raise RuntimeError(f"tuning needs {', '.join(missing)}, not installed: pip install 'convgen[tune]'")
+    if weights is None and isinstance(getattr(specs, "counts", None), Mapping):
+        weights = {name: float(n) for name, n in specs.counts.items()}
     named = _named(specs)
     tasks = make_tasks(named, target, template, weights)
     own_runner = runner is None or isinstance(runner, str)
@@ -148,7 +158,7 @@ def tune(
                 else target.nominal_peak_gflops(threads, dtype))
         campaign = Campaign(tasks, target, measure=measure, records=records, strategy=strategy, batch_size=batch_size,
                             early_stopping=early_stopping, seed=seed, progress=Progress(peak) if progress else None,
-                            transfer=transfer)
+                            transfer=transfer, device_wait=device_wait)
         campaign.run(trials)
         if refine:
             campaign.refine(top=refine)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -41,6 +42,10 @@ from .strategies import SearchContext, get_strategy
 from .strategies.model_based import relative_throughput
 
 WINDOW = 16
+
+
+class DeviceDown(RuntimeError):
+    """The measuring device stayed unreachable for longer than the campaign waits."""
 
 
 @dataclass
@@ -144,8 +149,11 @@ class Campaign:
 
     def __init__(self, tasks: list[Task], target: Target, *, measure: Callable[[Task, list[Config], float | None], list[Candidate]],
                  records: str | None, strategy: str = "model", batch_size: int = 8, early_stopping: int | None = None,
-                 seed: int = 0, progress: Any = None, transfer: bool = True) -> None:
+                 seed: int = 0, progress: Any = None, transfer: bool = True, device_wait: float = 300.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.tasks, self.target = tasks, target
+        self.device_wait = device_wait  # how long a device may stay unreachable before the campaign stops
+        self._sleep = sleep
         self.measure = measure
         self.records = records
         self.batch_size = batch_size
@@ -169,7 +177,7 @@ class Campaign:
             return  # a new records file: created by the first append
         by_key = {(t.spec.key, t.template.name, t.ctx.space.hash): t for t in self.tasks}
         seen: set[tuple] = set()
-        for r in rec.read(self.records):
+        for r in rec.same_tvm(rec.read(self.records)):
             if r.target != self.target.name:
                 continue
             task = by_key.get((r.spec_key, r.template, r.space_hash))
@@ -320,8 +328,39 @@ class Campaign:
                 # best); timing only: one batch, its builds in parallel
                 batches = [[c] for c in configs] if check else [configs]
                 for batch in batches:
-                    for c in self.measure(task, batch, None if check else 0.0):
-                        self._account(task, c, refine=True)
+                    self._measure(task, batch, None if check else 0.0, refine=True)
+
+    def _measure(self, task: Task, configs: list[Config], best: float | None, refine: bool = False) -> int:
+        """Measure ``configs`` and account for each result; returns how many were measured.
+
+        A config the device could not run (error kind ``device``: the board is down, the
+        tracker grants none) is no trial: it is neither counted nor recorded, and measured
+        again after a pause that doubles from 5 s up to a minute. When the device has stayed
+        unreachable for ``device_wait`` seconds the campaign stops with :class:`DeviceDown`;
+        everything measured before is in the records, and the same command resumes.
+        """
+        waited, pause, done = 0.0, 5.0, 0
+        while configs:
+            down = []
+            for c in self.measure(task, configs, best):
+                if c.error in rec.DEVICE_ERRORS:
+                    down.append(c)
+                else:
+                    self._account(task, c, refine)
+                    done += 1
+            if not down:
+                break
+            if waited >= self.device_wait:
+                raise DeviceDown(f"the device has not run a kernel for {waited:.0f} s ({down[0].message}); "
+                                 f"stopping with {self.total_trials()} trials measured"
+                                 f"{f' (in {self.records}: run the same command again to resume)' if self.records else ''}")
+            print(f"convgen: the device is unreachable ({down[0].message}); trying again in {pause:.0f} s",
+                  file=sys.stderr)
+            self._sleep(pause)
+            waited += pause
+            pause = min(2 * pause, 60.0)
+            configs = [c.config for c in down]
+        return done
 
     def run(self, trials: int) -> None:
         """Measure until ``trials`` trials exist in total (resumed ones count) or every task is done."""
@@ -340,13 +379,11 @@ class Campaign:
                 task.done = True
                 continue
             t0 = time.perf_counter()
-            results = self.measure(task, batch, task.best_cost)
-            for c in results:
-                self._account(task, c)
+            measured = self._measure(task, batch, task.best_cost)
             if self.early_stopping and task.since_improvement >= self.early_stopping:
                 task.done = True
             if self.progress:
-                self.progress.update(self, task, time.perf_counter() - t0, len(results))
+                self.progress.update(self, task, time.perf_counter() - t0, measured)
         if self.progress:
             self.progress.finish(self)
 

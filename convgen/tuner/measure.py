@@ -48,8 +48,9 @@ class MeasureOptions:
     min_repeat_ms: int = 40       # a repeat lasts at least this long (number grows)
     cache_flush_bytes: int = 0    # flush this many bytes of cache before each repeat (cold-cache timing)
     build_timeout: float = 120.0  # seconds per build
-    run_timeout: float = 60.0     # seconds per run (load + warm-up + timing + check)
+    run_timeout: float = 60.0     # seconds per run (load + warm-up + timing + check), queueing excluded
     num_threads: int | None = None  # CPU threads of the kernels (None: every CPU of the process)
+    queue_timeout: float = 600.0  # seconds a trial may wait for a device at an RPC tracker
 
 
 @dataclass
@@ -81,6 +82,74 @@ class Candidate:
         return median(self.times) if self.ok else None
 
 
+# ---- worker processes ------------------------------------------------------------------------
+# The grace a worker gets past its own timeout before the parent kills it: the worker's timer
+# is a thread of the worker, so a candidate that hangs holding the GIL (a kernel stuck in C,
+# a compile loop) stops it; the parent's deadline does not depend on the worker at all.
+GRACE = 5.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process: be killed (SIGKILL) when the process that started it dies, so a
+    tuner killed with ``kill -9`` leaves no worker behind running a hung kernel. Runs as the
+    popen workers' initializer; exits at once if the parent is already gone."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the worker outlives a killed tuner
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def call_with_deadline(worker: Any, fn: Any, args: tuple, timeout: float) -> Any:
+    """``fn(*args)`` in a TVM ``PopenWorker``: the worker's own timeout, and the parent's
+    deadline ``timeout + GRACE`` after which the worker is killed (its result is then a
+    ``TimeoutError``). Raises what the worker raises (``ChildProcessError`` if it died)."""
+    import select
+
+    worker.send(fn, args, timeout=timeout)
+    reader = worker._reader  # TVM's PopenWorker reads results from this pipe
+    ready, _, _ = select.select([reader], [], [], timeout + GRACE)
+    if not ready:
+        worker.kill()  # the hung worker and its children; the next send starts a fresh one
+        raise TimeoutError(f"no answer from the worker within {timeout + GRACE:.0f} s")
+    return worker.recv()
+
+
+def missing_dependencies(strategy: str = "model") -> list[str]:
+    """The Python packages tuning needs that are not installed: psutil (killing a hung
+    worker's children), cloudpickle (sending work to the workers), xgboost (the cost model
+    of the default strategy). Checked before the first trial, not discovered by it."""
+    import importlib.util
+
+    needed = ["psutil", "cloudpickle"] + (["xgboost"] if strategy == "model" else [])
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def stale_build_folders(root: str | None = None) -> list[str]:
+    """``convgen-build-<pid>-*`` folders (of this user) whose tuner is dead: what a killed
+    campaign left behind."""
+    import glob
+    import re
+
+    out = []
+    for path in glob.glob(os.path.join(root or tempfile.gettempdir(), "convgen-build-*")):
+        m = re.match(r"convgen-build-(\d+)-", os.path.basename(path))
+        try:
+            if not m or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            out.append(path)  # no such process: the tuner that made it is gone
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 # ---- worker functions (run in popen workers; module-level so they pickle by reference) ----------
 def build_worker(spec: dict, target: dict, template: str, config: Config, out_dir: str, module: str = "") -> tuple:
     """Compile one candidate and export it.
@@ -94,9 +163,9 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
     from convgen.knobs import ConfigError
     from convgen.schedules import get_template
     from convgen.spec import ConvSpec
-    from convgen.target import _from_toml
+    from convgen.target import Target
 
-    tgt = _from_toml(target)
+    tgt = Target.from_dict(target)
     path = None
     try:
         spec_ = ConvSpec.from_dict(spec)
@@ -140,9 +209,9 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
     spec_ = ConvSpec.from_dict(spec)
     if target and target.get("family") == "cuda":
         from convgen.cuda import device_problem
-        from convgen.target import _from_toml
+        from convgen.target import Target
 
-        why = device_problem(_from_toml(target))
+        why = device_problem(Target.from_dict(target))
         if why:
             raise RuntimeError(why)
         dev = tvm.cuda(0)
@@ -161,26 +230,47 @@ class Builder:
     def __init__(self, n_parallel: int | None = None, timeout: float = 120.0) -> None:
         from tvm.support.popen_pool import PopenPoolExecutor
 
+        import shutil
+
         self.n_parallel = n_parallel or max(1, len(os.sched_getaffinity(0)))
         self.timeout = timeout
-        self.out_dir = tempfile.mkdtemp(prefix="convgen-build-")
-        # TVM's diagnostics go nowhere: every failure comes back as an error kind + message
-        self._pool = PopenPoolExecutor(max_workers=self.n_parallel, timeout=timeout,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for stale in stale_build_folders():
+            shutil.rmtree(stale, ignore_errors=True)
+        # the pid in the name tells a later run whether the tuner that made it is alive
+        self.out_dir = tempfile.mkdtemp(prefix=f"convgen-build-{os.getpid()}-")
+        self._make_pool = lambda: PopenPoolExecutor(
+            max_workers=self.n_parallel, timeout=timeout, initializer=die_with_parent, initargs=(os.getpid(),),
+            # TVM's diagnostics go nowhere: every failure comes back as an error kind + message
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._pool = self._make_pool()
 
     def build(self, candidates: list[Candidate]) -> None:
         """Fill ``path`` (or ``error``/``message``) of each candidate, in place."""
-        futures = [self._pool.submit(build_worker, c.spec, c.target, c.template, c.config, self.out_dir, c.template_module)
-                   for c in candidates]
-        for c, fut in zip(candidates, futures):
-            try:
-                c.path, c.error, c.message, c.build_s, c.packed_shape = fut.result()
-            except TimeoutError:
-                c.error, c.message = "build_timeout", f"build took longer than {self.timeout:.0f} s"
-            except ChildProcessError:
-                c.error, c.message = "build", "the build worker died (out of memory, or a crash in TVM)"
-            except Exception as e:  # noqa: BLE001
-                c.error, c.message = "build", f"{type(e).__name__}: {e}"[-2000:]
+        todo = list(candidates)
+        while todo:
+            futures = [self._pool.submit(build_worker, c.spec, c.target, c.template, c.config, self.out_dir,
+                                         c.template_module) for c in todo]
+            deadline = time.monotonic() + self.timeout * -(-len(futures) // self.n_parallel) + GRACE
+            stuck = None
+            for i, (c, fut) in enumerate(zip(todo, futures)):
+                try:
+                    # the workers time their own builds; this bounds one too stuck to (GIL held)
+                    c.path, c.error, c.message, c.build_s, c.packed_shape = fut.result(
+                        timeout=max(deadline - time.monotonic(), GRACE))
+                except TimeoutError:
+                    c.error, c.message = "build_timeout", f"build took longer than {self.timeout:.0f} s"
+                    if not fut.done():  # the worker did not answer at all: kill the pool
+                        stuck = i
+                        break
+                except ChildProcessError:
+                    c.error, c.message = "build", "the build worker died (out of memory, or a crash in TVM)"
+                except Exception as e:  # noqa: BLE001
+                    c.error, c.message = "build", f"{type(e).__name__}: {e}"[-2000:]
+            if stuck is None:
+                return
+            self._pool.shutdown(wait=False)  # kills every worker, the stuck one included
+            self._pool = self._make_pool()
+            todo = todo[stuck + 1:]  # built again by fresh workers: they were not to blame
 
     def discard(self, candidates: list[Candidate]) -> None:
         """Delete the libraries of candidates that have been run (their ``path`` stays, naming
@@ -209,23 +299,25 @@ class LocalRunner:
 
         self.options = options or MeasureOptions()
         # a crashing kernel makes TVM print a stack dump: the record says "crash" instead
-        self._worker = PopenWorker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._worker = PopenWorker(initializer=die_with_parent, initargs=(os.getpid(),),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def run(self, c: Candidate, verify_below: float | None = None) -> None:
         """Fill ``times`` (or ``error``) and ``verified`` of a built candidate, in place."""
         if c.path is None:
             return
-        # the worker's own timer answers a hang; the kill on timeout restarts it
-        self._worker.send(run_worker, (c.path, c.spec, self.options, verify_below, c.packed_shape, c.target),
-                          timeout=self.options.run_timeout)
         try:
-            c.times, c.verified, c.message = self._worker.recv()
+            # the worker's own timer answers a hang; the parent's deadline one that stops it
+            c.times, c.verified, c.message = call_with_deadline(
+                self._worker, run_worker, (c.path, c.spec, self.options, verify_below, c.packed_shape, c.target),
+                self.options.run_timeout)
         except TimeoutError:
             c.error, c.message = "timeout", f"run took longer than {self.options.run_timeout:.0f} s"
         except ChildProcessError:
             c.error, c.message = "crash", "the kernel crashed the run worker (segfault, SIGILL or abort)"
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - anything else fails this trial, never the campaign
             c.error, c.message = "run", _last_line(e)
+            self._worker.kill()  # a fresh worker for the next trial, whatever state this left
         if c.verified is False:
             c.error = "wrong_result"
 
@@ -247,18 +339,23 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
     """Time (and maybe check) a library on a remote device; same result as :func:`run_worker`.
 
     Measures as the local worker does (:func:`convgen.remote.measure_kernel`: weights packed
-    once on the device, ``main_prepacked`` timed, both entry points checked). Raises
-    :class:`convgen.remote.DeviceUnavailable` when the device cannot be reached or sent the
-    library, :class:`convgen.remote.RemoteError` when the kernel fails there.
+    once on the device, ``main_prepacked`` timed, both entry points checked). Waiting for a
+    device at a tracker is bounded by ``opts.queue_timeout`` and does not count against the
+    run: the session's own timeout (``opts.run_timeout``, at least 1 s) starts once a device
+    is granted, and the server ends the session when it runs out. Raises
+    :class:`convgen.remote.DeviceUnavailable` when no device could be reached, granted or
+    sent the library, :class:`convgen.remote.RemoteTimeout` when the session ran out of
+    time, :class:`convgen.remote.RemoteError` when the kernel fails there.
     """
     from convgen import remote
     from convgen.spec import ConvSpec
-    from convgen.target import _from_toml
+    from convgen.target import Target
 
     spec_ = ConvSpec.from_dict(spec)
-    tgt = _from_toml(target)
+    tgt = Target.from_dict(target)
     session = remote.connect(rpc=address.get("rpc"), tracker=address.get("tracker"), key=address.get("key"),
-                             timeout=opts.run_timeout)
+                             timeout=opts.run_timeout, queue_timeout=opts.queue_timeout)
+    started = time.monotonic()
     module = remote.upload(session, path)
     dev = remote.device_of(session, {"target_desc": target})
     try:
@@ -267,6 +364,9 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
         run = remote.measure_kernel(module, spec_, dev, packed_shape=packed_shape, check_below=verify_below,
                                     **_timing(opts))
     except Exception as e:
+        if time.monotonic() - started >= 0.95 * remote.session_seconds(opts.run_timeout):
+            raise remote.RemoteTimeout(f"the run took longer than {opts.run_timeout:g} s and the device ended "
+                                       f"the session ({_last_line(e)})") from None
         raise remote.RemoteError(remote.explain_failure(e, tgt)) from None
     return run.times, run.verified, run.mismatch
 
@@ -298,16 +398,26 @@ class RPCRunner:
         self.address = {"rpc": rpc, "tracker": tracker, "key": key}
         self.options = options or MeasureOptions()
         self.n_parallel = n_parallel
-        self._pool = PopenPoolExecutor(max_workers=n_parallel, timeout=self.options.run_timeout,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the worker's budget: waiting for a device, uploading, running (each bounded on its own)
+        self._budget = self.options.queue_timeout + self.options.run_timeout + 60
+        self._make_pool = lambda: PopenPoolExecutor(
+            max_workers=n_parallel, timeout=self._budget, initializer=die_with_parent, initargs=(os.getpid(),),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._pool = self._make_pool()
 
-    def _finish(self, c: Candidate, fut: concurrent.futures.Future) -> None:
-        from ..remote import DeviceUnavailable
+    def _finish(self, c: Candidate, fut: concurrent.futures.Future, deadline: float) -> None:
+        from ..remote import DeviceUnavailable, RemoteTimeout
 
         try:
-            c.times, c.verified, c.message = fut.result()
+            c.times, c.verified, c.message = fut.result(timeout=max(deadline - time.monotonic(), GRACE))
         except TimeoutError:
-            c.error, c.message = "timeout", f"remote run took longer than {self.options.run_timeout:.0f} s"
+            if not fut.done():  # the worker itself is stuck: start the pool afresh
+                self._pool.shutdown(wait=False)
+                self._pool = self._make_pool()
+            # the run is bounded by the session timeout, so this is a device that stopped answering
+            c.error, c.message = "device", f"no answer from the device within {self._budget:.0f} s"
+        except RemoteTimeout as e:
+            c.error, c.message = "timeout", _last_line(e)
         except ChildProcessError:
             c.error, c.message = "crash", "the RPC worker died"
         except DeviceUnavailable as e:  # before the kernel ran: a board down, a refused connection
@@ -326,8 +436,9 @@ class RPCRunner:
         best = math.inf if verify_below is None else verify_below
         futures = [self._pool.submit(rpc_run_worker, self.address, c.path, c.spec, c.target, self.options, best,
                                      c.packed_shape) for c in todo]
+        deadline = time.monotonic() + self._budget * -(-len(futures) // self.n_parallel) + GRACE
         for c, fut in zip(todo, futures):
-            self._finish(c, fut)
+            self._finish(c, fut, deadline)
             if c.ok and c.verified and c.cost < best:
                 best = c.cost
         return best
