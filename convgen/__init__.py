@@ -13,12 +13,12 @@ side when first called.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .knobs import ConfigError, Knob, Space  # noqa: E402
-from .runtime import Kernel, KernelError, PackedWeights, aligned_empty, load, set_num_threads  # noqa: E402
-from .spec import ConvSpec, SpecError  # noqa: E402
-from .target import Target, TargetError, all_targets, get_target  # noqa: E402
+from .errors import ConfigError, KernelError, SpecError, TargetError
+from .knobs import Knob, Space
+from .runtime import Kernel, PackedWeights, aligned_empty, load, set_num_threads
+from .spec import ConvSpec
+from .target import Target, all_targets, get_target
+from .version import __version__
 
 
 def build(spec, target="host", config=None, **kwargs):

@@ -10,15 +10,13 @@ import datetime
 import shutil
 from typing import Any
 
-from . import __version__
-from .knobs import Config, ConfigError
+from .errors import BuildError, ConfigError, TargetError, last_line
+from .knobs import Config
 from .runtime import Kernel, set_num_threads
 from .spec import ConvSpec
-from .target import Target, TargetError, get_target, host_cpu_name
+from .target import Target, get_target, host_cpu_name
+from .version import __version__
 
-
-class BuildError(RuntimeError):
-    """TVM failed to schedule or compile a config (recorded as a failed trial by the tuner)."""
 
 
 def tvm_target(target: Target) -> Any:
@@ -96,7 +94,7 @@ def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> A
         except ConfigError:
             raise
         except Exception as e:  # ScheduleError and friends: a config the primitives refuse
-            raise ConfigError(f"{template.name} could not apply {config}: {_last_line(e)}") from None
+            raise ConfigError(f"{template.name} could not apply {config}: {last_line(e)}") from None
         return sch.mod["main"]
 
     def defined(make: Any) -> Any:
@@ -105,7 +103,7 @@ def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> A
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(f"{template.name} could not define {config}: {_last_line(e)}") from None
+            raise ConfigError(f"{template.name} could not define {config}: {last_line(e)}") from None
 
     funcs = {"main": scheduled(defined(lambda: template.primfunc(spec, target, config)))}
     if target.family != "cuda":
@@ -150,15 +148,15 @@ def compile_module_from(mod: Any, spec: ConvSpec, target: Target, template: Any,
     """Compile a scheduled module for ``target``."""
     import tvm
 
-    if target.family == "cuda":  # [cuda hook] GPU resource checks + nvcc fatbin: convgen/cuda.py
-        from . import cuda
+    if target.family == "cuda":  # GPU resource checks + nvcc fatbin: convgen/cuda/compile.py
+        from .cuda.compile import compile_module as compile_cuda
 
-        return cuda.compile_module(mod, target, tvm_target(target), template, config)
+        return compile_cuda(mod, target, tvm_target(target), template, config)
     try:
         with tvm_target(target):
             return tvm.compile(mod, target=tvm_target(target))
     except Exception as e:
-        raise BuildError(f"TVM failed to compile {template.name} {config}: {_last_line(e)}") from None
+        raise BuildError(f"TVM failed to compile {template.name} {config}: {last_line(e)}") from None
 
 
 def export_library(executable: Any, target: Target, path: str) -> None:
@@ -174,10 +172,10 @@ def export_library(executable: Any, target: Target, path: str) -> None:
     else:
         fcompile = tvm_cc.create_shared
     extra = {}
-    if target.family == "cuda":  # [cuda hook] embed the nvcc fatbin, not CUDA source: convgen/cuda.py
-        from . import cuda
+    if target.family == "cuda":  # embed the nvcc fatbin, not CUDA source: convgen/cuda/compile.py
+        from .cuda.compile import fpack_imports
 
-        extra["fpack_imports"] = cuda.fpack_imports(executable)
+        extra["fpack_imports"] = fpack_imports(executable)
     executable.export_library(path, fcompile=fcompile, **extra)
 
 
@@ -238,10 +236,10 @@ def build(
     meta = metadata(spec, target, tmpl, config, source)
     if packed:
         meta["packed_weight_shape"] = packed
-    if target.family == "cuda":  # [cuda hook] device-code report (registers, spills, fatbin)
-        from . import cuda
+    if target.family == "cuda":  # device-code report (registers, spills, fatbin)
+        from .cuda.compile import report
 
-        meta["cuda"] = cuda.report(executable)
+        meta["cuda"] = report(executable)
     module = executable.mod if target.runs_here() else None  # a GPU target runs here only on a fit GPU
     if module is not None and target.is_cpu:
         set_num_threads(num_threads)
@@ -298,10 +296,3 @@ def _builtin(enabled: bool) -> list[str]:
     from .records import builtin_record_files
 
     return builtin_record_files()
-
-
-def _last_line(e: BaseException) -> str:
-    """The line of a TVM error that says what went wrong (the last one naming an error)."""
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    msg = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
-    return msg.strip()[:500] or type(e).__name__

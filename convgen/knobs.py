@@ -18,11 +18,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
+from .errors import ConfigError
+
 Config = dict[str, Any]
 
-
-class ConfigError(ValueError):
-    """A config a template cannot apply; the tuner records it as a failed trial."""
 
 
 @dataclass(frozen=True)

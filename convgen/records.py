@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .knobs import Config, config_key
 from .spec import ConvSpec
-from .target import Target
+from .target import Target, TargetError
 
 FORMAT = 1
 
@@ -392,11 +392,9 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
     first workload of ``tuned_as`` (default: ``spec``, then :meth:`ConvSpec.stand_ins`)
     that has one whose config ``spec``'s space also holds; ``None`` when none has. Ranked
     as :func:`best_config` ranks."""
-    from convgen.schedules import all_templates
-
     from .target import host_cpu_name
 
-    templates = all_templates()
+    rule = Staleness()
     candidates = list(tuned_as) if tuned_as is not None else [spec] + spec.stand_ins()
     keys = {s.key for s in candidates}
     by_key: dict[str, list[Record]] = {}
@@ -407,18 +405,14 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
     for tuned in candidates:
         best = None
         for cost, r in _aggregate(by_key.get(tuned.key, [])).values():
-            tmpl = templates.get(r.template)
-            if tmpl is None or tmpl.supports(tuned, target) is not None or tmpl.supports(spec, target) is not None:
-                continue
-            if tmpl.space(tuned, target).hash != r.space_hash or r.config not in tmpl.space(tuned, target):
-                continue
-            if r.config not in tmpl.space(spec, target):
+            mine = rule.space(r.template, spec, target)  # the config must serve spec too
+            if not rule.current(r) or mine is None or r.config not in mine:
                 continue
             rank = (r.data.get("host_cpu") != here, cost)
             if best is None or rank < best[0]:
-                best = (rank, r, tmpl)
+                best = (rank, r)
         if best is not None:
-            return best[2], dict(best[1].config), tuned
+            return rule.template(best[1].template), dict(best[1].config), tuned
     return None
 
 
@@ -432,3 +426,119 @@ def builtin_record_files() -> list[str]:
         return sorted(str(p) for p in folder.iterdir() if p.name.endswith(".jsonl"))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+class Staleness:
+    """The one rule for whether a record's config is still valid, with the templates' spaces
+    cached: the template exists and serves the workload on the target, the record was made
+    against its current space (same space hash) and the config lies in it, and it was
+    measured with this TVM's minor version. A target this convgen does not know cannot be
+    checked (:meth:`current` says ``None``)."""
+
+    def __init__(self) -> None:
+        from convgen.schedules import all_templates
+
+        self._templates = all_templates()
+        self._spaces: dict[tuple, Any] = {}
+        import tvm
+
+        self._tvm = tvm_minor(tvm.__version__)
+
+    def template(self, name: str) -> Any:
+        """The registered template called ``name`` (``None`` if there is none)."""
+        return self._templates.get(name)
+
+    def space(self, template: str, spec: ConvSpec, target: Target) -> Any:
+        """The template's space for ``spec`` on ``target``; ``None`` when it does not serve it."""
+        k = (template, spec.key, target.name)
+        if k not in self._spaces:
+            tmpl = self._templates.get(template)
+            ok = tmpl is not None and tmpl.supports(spec, target) is None
+            self._spaces[k] = tmpl.space(spec, target) if ok else None
+        return self._spaces[k]
+
+    def current(self, r: Record) -> bool | None:
+        """Is ``r`` valid for its template as it is now? ``None``: its target is unknown."""
+        from .target import get_target
+
+        try:
+            target = get_target(r.target)
+        except TargetError:
+            return None
+        space = self.space(r.template, r.spec, target)
+        mine = r.tvm_minor
+        return (space is not None and space.hash == r.space_hash and r.config in space
+                and (mine is None or mine == self._tvm))
+
+
+def prune(records: Iterable[Record], *, keep: int = 1, keep_stale: bool = False) -> list[Record]:
+    """Every record of the ``keep`` best candidates per (workload, target, template), in file order.
+
+    Candidates are ranked as :func:`best_config` ranks them: by the median of all their
+    timings, those that ever failed or gave a wrong result left out. Unless ``keep_stale``,
+    stale candidates (:class:`Staleness`) are dropped too; for a target this convgen does
+    not know that check is impossible and its candidates are ranked without it.
+    """
+    if keep < 1:
+        raise ValueError(f"prune: keep must be >= 1 (got {keep})")
+    records = list(records)
+    rule = Staleness()
+    groups: dict[tuple, list] = {}
+    for key, (cost, r) in _aggregate(records).items():
+        if not keep_stale and rule.current(r) is False:
+            continue
+        groups.setdefault((r.spec_key, r.target, r.template), []).append((cost, key))
+    kept = set()
+    for cands in groups.values():
+        kept.update(key for _, key in sorted(cands, key=lambda c: (c[0], str(c[1])))[:keep])
+    return [r for r in records if r.trial_key() in kept]
+
+
+def prune_file(path: str, *, keep: int = 1, keep_stale: bool = False, output: str | None = None) -> int:
+    """:func:`prune` the records in ``path`` into ``output`` (default: ``path`` itself, rewritten
+    under the appenders' lock); returns how many were kept."""
+    read(path)  # the file must exist (checked before anything is written)
+    return rewrite(output or path, lambda: [r.data for r in prune(read(path), keep=keep, keep_stale=keep_stale)])
+
+
+def merge(output: str, paths: Sequence[str]) -> int:
+    """Write every record of ``paths`` (exact duplicates once, corrupt lines dropped) to
+    ``output``, which may be one of them; returns how many were written."""
+    read(paths)  # every input must exist (checked before the output is touched)
+
+    def merged() -> list[dict[str, Any]]:
+        seen, out = set(), []
+        for r in read(paths):
+            k = json.dumps(r.data, sort_keys=True, default=str)  # only exact duplicates go
+            if k not in seen:
+                seen.add(k)
+                out.append(r.data)
+        return out
+
+    return rewrite(output, merged)
+
+
+@dataclass
+class Summary:
+    """What ``convgen records show`` prints for one (workload, target)."""
+
+    spec_key: str
+    target: str
+    trials: int
+    errors: int
+    best: Record | None = None
+    cost: float | None = None  # median seconds of the best valid candidate
+
+
+def summarize(paths: Sequence[str]) -> list[Summary]:
+    """Per (workload, target) in ``paths``: trials, errors and the best valid candidate."""
+    all_records = list(read(paths))
+    best = best_records(all_records)
+    rows: dict[tuple[str, str], Summary] = {}
+    for r in all_records:
+        row = rows.setdefault((r.spec_key, r.target), Summary(r.spec_key, r.target, 0, 0))
+        row.trials += 1
+        row.errors += r.error is not None
+    for k, (cost, r) in best.items():
+        rows[k].best, rows[k].cost = r, cost
+    return [rows[k] for k in sorted(rows)]

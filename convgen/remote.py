@@ -19,22 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DeviceUnavailable, RemoteError, RemoteTimeout, last_line  # noqa: F401 (re-exported)
 from .reference import conv2d_reference, random_inputs, tolerance
 from .runtime import KernelError, target_from_metadata
 from .spec import ConvSpec
 
-
-class RemoteError(RuntimeError):
-    """The device could not be reached, or it failed (crashed) while running a kernel."""
-
-
-class DeviceUnavailable(RemoteError):
-    """The device could not be reached, granted by the tracker in time, or sent a library:
-    nothing ran there yet, so the kernel is not to blame (the tuner records kind ``device``)."""
-
-
-class RemoteTimeout(RemoteError):
-    """The kernel ran past the session's timeout and the device ended the session."""
 
 
 def session_seconds(timeout: float) -> int:
@@ -56,7 +45,7 @@ def explain_failure(e: BaseException, target: Any = None) -> str:
     A SIGILL means the kernel uses an instruction the device's CPU lacks: the kernel was
     built for a target whose ISA extensions (``mattr``) the board does not have.
     """
-    last = _last_line(e)
+    last = last_line(e)
     text = str(e)
     built = ""
     if target is not None:
@@ -118,7 +107,7 @@ def connect(rpc: str | None = None, tracker: str | None = None, key: str | None 
         raise
     except Exception as e:  # socket errors, tracker refusals: one clear line
         where = rpc or f"tracker {tracker} (key {key})"
-        raise DeviceUnavailable(f"cannot reach the RPC device at {where}: {_last_line(e)}") from None
+        raise DeviceUnavailable(f"cannot reach the RPC device at {where}: {last_line(e)}") from None
     raise ValueError("give --rpc HOST:PORT or --tracker HOST:PORT")
 
 
@@ -132,11 +121,11 @@ def upload(session: Any, path: str) -> Any:
     try:
         session.upload(path, target=name)
     except Exception as e:
-        raise DeviceUnavailable(f"could not send {name} to the device: {_last_line(e)}") from None
+        raise DeviceUnavailable(f"could not send {name} to the device: {last_line(e)}") from None
     try:
         return session.load_module(name)
     except Exception as e:
-        raise RemoteError(f"the device could not load {name}: {_last_line(e)}") from None
+        raise RemoteError(f"the device could not load {name}: {last_line(e)}") from None
 
 
 def device_of(session: Any, meta: dict[str, Any]) -> Any:
@@ -297,9 +286,3 @@ def run_remote(session: Any, path: str, meta: dict[str, Any], *, num_threads: in
     result["times"] = run.times
     result["median"] = statistics.median(run.times)
     return result
-
-
-def _last_line(e: BaseException) -> str:
-    """The last non-empty line of an error (TVM's errors end with the message), at most 500 characters."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:500]

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import KernelError, KernelNotFoundError, NotAKernelError
 from .spec import ConvSpec
 from .target import Target, TargetError, all_targets, available_cpus
 
@@ -77,18 +78,6 @@ def _tvm_ffi() -> Any:
         _tvm_ffi_module = tvm_ffi
     return _tvm_ffi_module
 
-
-class KernelError(RuntimeError):
-    """A kernel cannot run here (wrong machine, missing file, broken library)."""
-
-
-class KernelNotFoundError(FileNotFoundError, KernelError):
-    """There is no kernel file at the path (a ``FileNotFoundError``)."""
-
-
-class NotAKernelError(KernelError, ValueError):
-    """The file is not a convgen kernel, or not an intact one: no trailer, metadata that is
-    malformed or lies, library bytes that do not match their hash (a ``ValueError``)."""
 
 
 # ---- threads --------------------------------------------------------------------------------
@@ -410,7 +399,7 @@ class Kernel:
             where = f"this {platform.machine()} machine"
             hint = f"run it on the device (convgen run {self.path or 'conv.so'} --rpc HOST:PORT)"
             if self._is_cuda:
-                from .cuda import device_problem
+                from .cuda.device import device_problem
 
                 raise KernelError(f"kernel for {self.target.name} cannot run on {where}: "
                                   f"{device_problem(self.target)}; {hint}")

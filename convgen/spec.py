@@ -25,15 +25,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import SpecError
+
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float16", "int8")
 ACTIVATIONS = (None, "relu", "relu6")
 # TVM indexes buffers with int32: a tensor of more elements would overflow its index arithmetic.
 MAX_ELEMENTS = 2**31 - 1
 
-
-class SpecError(ValueError):
-    """A ConvSpec field breaks a rule; the message names the field and the rule."""
 
 
 def _fail(field: str, rule: str, got: Any) -> SpecError:

@@ -8,14 +8,48 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from .cpufeatures import host_cpu_flags as _host_cpu_flags
+from .cuda.device import device_problem
+from .errors import TargetError
 
-class TargetError(ValueError):
-    """Unknown target, or a target that cannot do what was asked."""
+
+
+@dataclass(frozen=True)
+class GPULimits:
+    """What a CUDA target allows one thread block (from its TOML)."""
+
+    arch: str                      # "sm_90"
+    max_threads_per_block: int
+    max_shared_memory_per_block: int  # bytes
+    registers_per_block: int       # 32-bit registers one block may use
+    max_registers_per_thread: int
+    warp_size: int
+    sm_count: int
+    max_vthread: int
+    max_vector_bytes: int
+
+    @property
+    def compute_capability(self) -> tuple[int, int]:
+        """``(9, 0)`` for ``sm_90``."""
+        digits = re.sub(r"\D", "", self.arch)
+        return int(digits[:-1]), int(digits[-1])
+
+    def constraints(self) -> dict[str, int]:
+        """The dict TVM's ``VerifyGPUCode`` takes."""
+        return {
+            "max_threads_per_block": self.max_threads_per_block,
+            "max_shared_memory_per_block": self.max_shared_memory_per_block,
+            "max_vthread": self.max_vthread,
+            "max_vector_bytes": self.max_vector_bytes,
+            # per-thread local arrays (register tiles): more than a thread's registers spill
+            "max_local_memory_per_block": 4 * self.max_registers_per_thread,
+        }
 
 
 @dataclass(frozen=True)
@@ -45,6 +79,12 @@ class Target:
         return int(self.isa.get("registers", 16))
 
     @property
+    def fma_memory_operand(self) -> bool:
+        """Can a vector FMA read one operand from memory (x86: yes; AArch64 FMLA: no)? A
+        register tile may then hold one weight vector fewer than it uses."""
+        return bool(self.isa.get("fma_memory_operand", False))
+
+    @property
     def is_cpu(self) -> bool:
         """True for targets whose kernels run on the CPU that loads them."""
         return self.family in ("x86", "arm")
@@ -60,12 +100,32 @@ class Target:
         per_cycle = per_cycle if per_cycle is not None else self.peak.get("flops_per_cycle", 0)
         return float(per_cycle) * float(self.peak.get("ghz", 0)) * cores
 
+    def gpu_limits(self) -> "GPULimits":
+        """The per-block limits of a CUDA target (``TargetError`` for another family, or one
+        whose TOML lacks them)."""
+        if self.family != "cuda":
+            raise TargetError(f"{self.name} is not a CUDA target")
+        tvm_, isa = self.tvm, self.isa
+        try:
+            return GPULimits(
+                arch=str(tvm_["arch"]),
+                max_threads_per_block=int(tvm_["max_threads_per_block"]),
+                max_shared_memory_per_block=int(tvm_["max_shared_memory_per_block"]),
+                registers_per_block=int(tvm_.get("registers_per_block", isa.get("registers_per_sm", 65536))),
+                max_registers_per_thread=int(isa.get("max_registers_per_thread", 255)),
+                warp_size=int(tvm_.get("thread_warp_size", 32)),
+                sm_count=int(isa.get("sm_count", 80)),
+                max_vthread=int(isa.get("max_vthread", 8)),
+                max_vector_bytes=int(isa.get("max_vector_bytes", 16)),
+            )
+        except KeyError as e:
+            raise TargetError(f"CUDA target {self.name} lacks tvm.{e.args[0]} "
+                              "(arch and per-block limits are required)") from None
+
     def runs_here(self) -> bool:
         """Can kernels for this target run on this machine (ISA and CPU flags present, or a
         CUDA GPU of the target's compute capability or later)?"""
         if self.family == "cuda":
-            from .cuda import device_problem
-
             return device_problem(self) is None
         if not self.is_cpu:
             return False
@@ -120,9 +180,7 @@ def all_targets() -> dict[str, Target]:
 def host_cpu_flags() -> frozenset[str]:
     """CPU feature flags of this process (:func:`convgen.cpufeatures.host_cpu_flags`: the
     auxiliary vector on aarch64, ``/proc/cpuinfo`` or CPUID on x86)."""
-    from .cpufeatures import host_cpu_flags as flags
-
-    return flags()
+    return _host_cpu_flags()
 
 
 def host_cpu_name() -> str:

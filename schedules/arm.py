@@ -44,9 +44,10 @@ from convgen.knobs import Config, ConfigError, Knob, Space, divisors
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
-from . import Template, register
-from .common import channels_innermost, pack_weights, spatial_loops, vectorize_inner
-from .x86 import DepthwiseX86, DirectX86, live_registers, tile_knobs
+from .base import Template, register
+from .common import vectorize_inner
+from .cpu import direct_loops, register_fit, tile_knobs
+from .x86 import DepthwiseX86, DirectX86
 
 
 def _find_loop(sch: Any, block_name: str, loop_name: str) -> Any:
@@ -90,14 +91,10 @@ class SpatialPackARM(DirectX86):
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         base = super().space(spec, target)
-        lanes, regs = target.vector_lanes, target.registers
 
         def fits(config: Config) -> str | None:
-            # x86 tolerates one register over (an FMA can read a weight vector from memory);
-            # AArch64's FMLA takes registers only, so the tile must fit the 32 outright.
-            live = live_registers(_split(config, base), lanes)
-            if live > regs:
-                return f"register tile needs {live} > {regs} registers (FMLA has no memory operand)"
+            # (the base constraint holds the register tile to the 32 registers: FMLA has no
+            # memory operand, target.fma_memory_operand)
             # 8 channels x a 3x3 window (kh, kw unrolled too) x 28 FMLAs = 2016 instructions,
             # ~8 KiB: beyond that the body crowds the 48 KiB (A72) / 64 KiB (N1) I-cache.
             if config["unroll_ic"] and config["tile_ic"] > 8:
@@ -111,7 +108,7 @@ class SpatialPackARM(DirectX86):
         return _extend(base, self.name, self.version, extra, fits)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
-        lanes, regs = target.vector_lanes, target.registers
+        lanes = target.vector_lanes
         space = self.space(spec, target)
         # NEON's FMLA takes its multiplier from a lane of a loaded vector (by-element form),
         # so broadcasts cost no extra loads as they do on x86: the default is simply the
@@ -120,15 +117,15 @@ class SpatialPackARM(DirectX86):
         # Rolled kh and ic loops keep the code small; unrolling them is the tuner's call.
         tile_oc = 2 * lanes if 2 * lanes in space["tile_oc"].values else space["tile_oc"].values[0]
         vec = tile_oc // lanes
-        fit = [w for w in space["tile_ow"].values if w * vec + vec + 1 <= regs]
+        fit = [w for w in space["tile_ow"].values if register_fit(target, w * vec, vec) is None]
         config = {"tile_oc": tile_oc, "tile_ic": max(d for d in space["tile_ic"].values if d <= 8),
                   "tile_ow": max(fit) if fit else 1, "tile_oh": 1, "reduce_order": "ic_kh_kw",
                   "unroll_kw": spec.kernel[1] <= 3, "unroll_kh": False, "unroll_ic": False}
         return space.check(config)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         base = super().space(spec, target)
-        super().apply(sch, spec, target, _split(config, base))
+        super().apply(sch, spec, target, _split(config, base), intrinsics=intrinsics)
         # The base schedule splits ic into ic_0 (blocks) and ic_1 (the block) and keeps kh
         # whole; decompose_reduction renamed the update block to conv_update. Unroll is a
         # plain loop annotation, legal after the decomposition.
@@ -155,22 +152,16 @@ class DepthwiseARM(DepthwiseX86):
     def space(self, spec: ConvSpec, target: Target) -> Space:
         base = super().space(spec, target)
         extra = (Knob("unroll_kh", (False, True), "unroll the kernel-height loop"),)
-        lanes, regs = target.vector_lanes, target.registers
-
-        def fits(config: Config) -> str | None:
-            vec = config["tile_c"] // lanes  # no memory operand on FMLA: no spare register
-            live = config["tile_ow"] * vec + vec + 1
-            return None if live <= regs else f"register tile needs {live} > {regs} registers"
-
-        return _extend(base, self.name, self.version, extra, fits)
+        # (the base constraint holds the tile to the 32 registers: FMLA has no memory operand)
+        return _extend(base, self.name, self.version, extra, lambda config: None)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         config = dict(super().default(spec, target), unroll_kh=spec.kernel[0] <= 3)
         return self.space(spec, target).check(config)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         base = super().space(spec, target)
-        super().apply(sch, spec, target, _split(config, base))
+        super().apply(sch, spec, target, _split(config, base), intrinsics=intrinsics)
         if config["unroll_kh"]:
             sch.unroll(_find_loop(sch, "conv_update", "kh"))
 
@@ -330,43 +321,18 @@ class DotprodInt8ARM(Template):
             return blocked
         return lambda h, w, i, o: blocked(o, i, h, w)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
-        ob, ib = config["tile_oc"], config["tile_ic"]
-        rh, rw = config["tile_oh"], config["tile_ow"]
-        nchw = spec.layout == "NCHW"
-        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
-
-        # -- data: channels innermost in blocks of ib (4 contiguous bytes per SDOT) --------
-        channels_innermost(sch, spec, conv, ib, 16)  # 16 int8 lanes for the padding copy
-
-        # -- weights: K/ob C/ib R S ib/4 ob 4: a 4(oc) x 4(ic) block is 16 contiguous bytes --
-        pack_weights(sch, spec, conv, self.weight_pack(spec, target, config), ob, ib)
-
-        # -- the int32 result tile, ob innermost: 4 output channels per SDOT accumulator -----
-        if nchw:
-            sch.transform_layout(conv, ("write", 0), lambda n, k, h, w: (n, k // ob, h, w, k % ob))
-
-        L = spatial_loops(sch, spec, conv)
-        oco, ocv, oc4 = sch.split(L["oc"], [None, ob // 4, 4])
-        oho, ohi = sch.split(L["oh"], [None, rh])
-        owo, owi = sch.split(L["ow"], [None, rw])
-        ico, icq, ic4 = sch.split(L["ic"], [None, ib // 4, 4])
-        if config["reduce_order"] == "ic_kh_kw":
-            reduction = [ico, L["kh"], L["kw"], icq]
-        else:
-            reduction = [L["kh"], L["kw"], ico, icq]
-        sch.reorder(L["n"], oco, oho, owo, *reduction, ohi, owi, ocv, oc4, ic4)
-        sch.parallel(sch.fuse(L["n"], oco, oho))
-        sch.reverse_compute_at(out, owo)
-        sch.unroll(owi)
-        sch.unroll(ohi)
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+        # the shared CPU loop nest (schedules/cpu.py), with SDOT's 4x4 blocks innermost:
+        # 4 output channels per int32 accumulator, 4 input channels per dot product
+        loops = direct_loops(sch, spec, config, pack_map=self.weight_pack(spec, target, config),
+                             data_lanes=16,  # 16 int8 lanes for the data copy
+                             oc_parts=(config["tile_oc"] // 4, 4), ic_parts=(config["tile_ic"] // 4, 4))
+        ocv, oc4 = loops["oc"]
         sch.unroll(ocv)
-        if config["unroll_kw"]:
-            sch.unroll(L["kw"])
-        vectorize_inner(sch, out, 4)
-        init = sch.decompose_reduction(conv, reduction[0])
+        vectorize_inner(sch, sch.get_sblock("out"), 4)
+        init = sch.decompose_reduction(sch.get_sblock("conv"), loops["reduction"][0])
         sch.vectorize(sch.get_loops(init)[-1])
-        if self.sdot:
+        if self.sdot and intrinsics:
             sch.tensorize(oc4, _sdot_intrin())
 
 

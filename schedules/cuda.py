@@ -43,14 +43,8 @@ from convgen.knobs import Config, Knob, Space, divisors
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
-from . import Template, register
+from .base import Template, register
 from .common import has_block, spatial_loops
-
-
-def _gpu(target: Target) -> Any:
-    from convgen.cuda import limits
-
-    return limits(target)
 
 
 def _split_values(extent: int, vthreads: tuple[int, ...], threads: int, inner: int) -> tuple[list[int], ...]:
@@ -115,7 +109,7 @@ class DirectCUDA(Template):
         return f[0] * f[2] * y[0] * y[2] * x[0] * x[2]
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
-        gpu = _gpu(target)
+        gpu = target.gpu_limits()
         axes = self._axes(spec)
         c, (r, s) = spec.in_per_group, spec.kernel
         # which axis the threads of a warp run along: the contiguous one of the layout
@@ -160,7 +154,7 @@ class DirectCUDA(Template):
         (FMAs per word copied into shared memory; FMAs per word read from it into
         registers), shared memory small enough for two blocks per SM, coalesced access.
         """
-        gpu = _gpu(target)
+        gpu = target.gpu_limits()
         threads, acc = self._threads(config), self._accumulators(config)
         fb, yb, xb = (math.prod(config[k]) for k in ("tile_f", "tile_y", "tile_x"))
         blocks = spec.batch * (spec.out_channels // fb) * (spec.out_height // yb) * (spec.out_width // xb)
@@ -224,7 +218,7 @@ class DirectCUDA(Template):
         return out
 
     # -- the schedule --------------------------------------------------------------------
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         nchw = spec.layout == "NCHW"
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
         L = spatial_loops(sch, spec, conv)
@@ -295,6 +289,7 @@ class GenericCUDA(Template):
     version = 1
     families = ("cuda",)
     priority = -100  # the last resort
+    fallback = True
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
         return None
@@ -306,7 +301,7 @@ class GenericCUDA(Template):
         return conv2d_primfunc(spec, acc_dtype="float32" if spec.dtype == "float16" else None)
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
-        gpu = _gpu(target)
+        gpu = target.gpu_limits()
         threads = tuple(t for t in (64, 128, 256, 512) if t <= gpu.max_threads_per_block)
         return Space(
             self.name,
@@ -320,7 +315,7 @@ class GenericCUDA(Template):
     def default(self, spec: ConvSpec, target: Target) -> Config:
         return {"threads": 256, "auto_unroll_max_step": 64 if spec.kernel[0] * spec.kernel[1] <= 16 else 16}
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         if has_block(sch, "data_pad"):
             sch.compute_inline(sch.get_sblock("data_pad"))
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
@@ -342,6 +337,3 @@ class GenericCUDA(Template):
 
 register(DirectCUDA())
 register(GenericCUDA())
-
-# The tensor-core template lives in its own module (its intrinsics are registered lazily).
-from . import cuda_tc  # noqa: E402,F401

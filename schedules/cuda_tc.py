@@ -46,7 +46,7 @@ from convgen.knobs import Config, Knob, Space
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
-from . import Template, register
+from .base import Template, register
 
 WMMA = 16  # the m16n16k16 fragment shape
 WARP = 32
@@ -278,7 +278,7 @@ class TensorCoreCUDA(Template):
     version = 1
     families = ("cuda",)
     priority = 20
-    tensor_core = True  # convgen.cuda.emulate refuses it: WMMA has no CPU form
+    uses_intrinsics = True  # convgen.cuda.emulate refuses it: WMMA has no CPU form
     # TVM's StorageRewrite may place the fp32 C tile inside the (larger) fp16 A/B buffer and
     # then fails in LowerIntrin ("tvm_access_ptr element type must match"); without it,
     # MergeSharedMemoryAllocations still overlaps the two by lifetime.
@@ -319,9 +319,7 @@ class TensorCoreCUDA(Template):
         return max(2 * (bm * (bk + 8) + bk * (bn + 8)), 4 * bm * bn)
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
-        from convgen.cuda import limits
-
-        gpu = limits(target)
+        gpu = target.gpu_limits()
         vec = tuple(v for v in (2, 4, 8) if spec.in_channels % v == 0 and spec.out_channels % v == 0)
         m = spec.batch * spec.out_height * spec.out_width
 
@@ -357,15 +355,13 @@ class TensorCoreCUDA(Template):
         """Heuristic quality (higher is better): every SM busy, 4-8 warps, large block and
         warp tiles (operand reuse from shared memory and from fragments), little padding of
         the GEMM, 32-deep stages, wide copies."""
-        from convgen.cuda import limits
-
         bm, bn, bk = self._tile(config)
         m, n = spec.batch * spec.out_height * spec.out_width, spec.out_channels
         k = spec.in_channels * spec.kernel[0] * spec.kernel[1]
         blocks = -(-m // bm) * -(-n // bn)
         waste = (-(-m // bm) * bm * -(-n // bn) * bn * -(-k // bk) * bk) / (m * n * k) - 1
         warps = config["warp_m"] * config["warp_n"]
-        sms = limits(target).sm_count
+        sms = target.gpu_limits().sm_count
         penalty = max(0.0, math.log2(sms / blocks))             # fill the GPU
         penalty += 0.5 * abs(math.log2(warps) - 2.5)           # 4..8 warps
         penalty += max(0.0, math.log2(32 / (bm * bn / (bm + bn))))  # 64x64 tiles or larger
@@ -388,15 +384,15 @@ class TensorCoreCUDA(Template):
                 "shared_kib": self.shared_bytes(config) / 1024,
                 "blocks": float(-(-m // bm) * -(-spec.out_channels // bn))}
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, tensorize: bool = True) -> None:
-        """The schedule; ``tensorize=False`` leaves the 16x16x16 blocks as plain loops (the
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+        """The schedule; ``intrinsics=False`` leaves the 16x16x16 blocks as plain loops (the
         CPU emulation checks the index maps, padding and epilogue that way)."""
-        intrin = wmma_intrinsics() if tensorize else {}
+        intrin = wmma_intrinsics() if intrinsics else {}
         wm, wn, fm, fn, ck = (config[k] for k in ("warp_m", "warp_n", "frag_m", "frag_n", "chunk_k"))
         vec = config["vec"]
         warps = wm * wn
         oh, ow = spec.out_height, spec.out_width
-        (r, s), c = spec.kernel, spec.in_channels
+        (_, s), c = spec.kernel, spec.in_channels
         conv = sch.get_sblock("conv")
 
         # -- the convolution as C[m, n] += A[m, k] * B[k, n] ---------------------------------
@@ -467,7 +463,7 @@ class TensorCoreCUDA(Template):
             y0, y1 = sch.split(y, [None, WMMA])
             x0, x1 = sch.split(x, [None, WMMA])
             sch.reorder(y0, x0, y1, x1)
-        if tensorize:
+        if intrinsics:
             sch.tensorize(sch.get_loops(a_frag)[-2], intrin["load_a"])
             sch.tensorize(sch.get_loops(b_frag)[-2], intrin["load_b"])
             sch.tensorize(sch.get_loops(sch.get_child_blocks(init)[0])[-2], intrin["init"])

@@ -22,7 +22,7 @@ from convgen.knobs import Config, Knob, Space
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
-from . import Template, register
+from .base import Template, register
 from .common import has_block, parallel_outer, spatial_loops, vectorize_inner
 
 
@@ -33,6 +33,7 @@ class GenericCPU(Template):
     version = 1
     families = ("x86", "arm")
     priority = -100  # the last resort
+    fallback = True
 
     def _inner_extent(self, spec: ConvSpec) -> int:
         return spec.out_width if spec.layout == "NCHW" else spec.out_channels
@@ -54,7 +55,7 @@ class GenericCPU(Template):
     def default(self, spec: ConvSpec, target: Target) -> Config:
         return {"vectorize": max(self.space(spec, target)["vectorize"].values), "unroll_kw": spec.kernel[1] <= 3}
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         lanes = target.vector_lanes
         if has_block(sch, "data_pad"):
             pad = sch.get_sblock("data_pad")

@@ -31,8 +31,9 @@ from convgen.knobs import Config, Knob, Space, divisors
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
-from . import Template, register
+from .base import Template, register
 from .common import has_block
+from .cpu import register_fit
 
 
 @functools.cache
@@ -94,8 +95,7 @@ class WinogradX86(Template):
             if self._tiles(spec, c["tile_m"]) % c["tile_p"]:
                 return "tile_p must divide the number of tiles"
             vec = c["tile_k"] // lanes
-            live = c["tile_p"] * vec + vec + 1
-            return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
+            return register_fit(target, c["tile_p"] * vec, vec)
 
         return Space(self.name, self.version, (
             Knob("tile_m", (2, 4), "output tile m of F(m x m, 3 x 3)"),
@@ -106,7 +106,7 @@ class WinogradX86(Template):
     def default(self, spec: ConvSpec, target: Target) -> Config:
         lanes, regs = target.vector_lanes, target.registers
         tiles = self._tiles(spec, 2)
-        fit = [p for p in divisors(tiles, upto=regs - 2) if p + 2 <= regs]
+        fit = [p for p in divisors(tiles, upto=regs - 2) if register_fit(target, p, 1, memory_operand=False) is None]
         return {"tile_m": 2, "tile_k": lanes, "tile_p": max(fit)}
 
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
@@ -191,9 +191,9 @@ class WinogradX86(Template):
         return {"main_prepacked": te.create_prim_func(args + [out]), "pack_weights": te.create_prim_func([weight, U])}
 
     # -- the schedule ---------------------------------------------------------------------------
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         lanes = target.vector_lanes
-        kb, tp = config["tile_k"], config["tile_p"]
+        tp = config["tile_p"]
         if has_block(sch, "weight_transform"):
             wt = sch.get_sblock("weight_transform")
             e, nu, ko, c, ki = sch.get_loops(wt)

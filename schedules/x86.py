@@ -42,8 +42,9 @@ from convgen.knobs import Config, Knob, Space, divisors
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
-from . import Template, register
+from .base import Template, register
 from .common import channels_innermost, pack_weights, parallel_outer, spatial_loops, vectorize_inner
+from .cpu import direct_loops, register_fit, tile_knobs, tile_registers
 
 
 def channel_tiles(channels: int, lanes: int) -> tuple[int, ...]:
@@ -53,24 +54,6 @@ def channel_tiles(channels: int, lanes: int) -> tuple[int, ...]:
         return tuple(m * lanes for m in (1, 2, 4) if channels % (m * lanes) == 0)
     whole = -(-channels // lanes) * lanes
     return tuple(m * lanes for m in (1, 2, 4) if m * lanes <= whole)
-
-
-def tile_knobs(tile_oc: tuple, tile_ic: tuple, tile_ow: tuple, tile_oh: tuple) -> tuple[Knob, ...]:
-    """The knobs of a blocked direct convolution (shared with the ARM templates)."""
-    return (
-        Knob("tile_oc", tile_oc, "output channels per register tile (a multiple of the vector lanes)"),
-        Knob("tile_ic", tile_ic, "input-channel block of the packed data and weights"),
-        Knob("tile_ow", tile_ow, "output pixels per row in the register tile"),
-        Knob("tile_oh", tile_oh, "output rows in the register tile"),
-        Knob("reduce_order", ("ic_kh_kw", "kh_kw_ic"), "order of the reduction loops outside the channel block"),
-        Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
-    )
-
-
-def live_registers(config: Config, lanes: int) -> int:
-    """Vector registers the micro-kernel holds: accumulators + weight vectors + 1 broadcast."""
-    vec_oc = config["tile_oc"] // lanes
-    return config["tile_oh"] * config["tile_ow"] * vec_oc + vec_oc + 1
 
 
 class DirectX86(Template):
@@ -103,14 +86,12 @@ class DirectX86(Template):
         tile_oh = tuple(divisors(spec.out_height, upto=4))
 
         def fits(config: Config) -> str | None:
-            live = live_registers(config, lanes)
-            # One register over is tolerated: an FMA reads one weight vector from memory.
-            return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
+            return register_fit(target, *tile_registers(config, lanes))
 
         return Space(self.name, self.version, tile_knobs(tile_oc, tile_ic, tile_ow, tile_oh), fits)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
-        lanes, regs = target.vector_lanes, target.registers
+        lanes = target.vector_lanes
         space = self.space(spec, target)
         # Each reduction step loads v weight vectors and broadcasts p pixels for v*p FMAs.
         # Loads, not FMAs, limit the micro-kernel (on AMD Zen a 256-bit broadcast costs as
@@ -125,17 +106,15 @@ class DirectX86(Template):
             return (v * p / (v + p), -abs(c["tile_oh"] - c["tile_ow"]), c["tile_ow"])
 
         tiles = [c for c in space if c["reduce_order"] == "ic_kh_kw" and c["unroll_kw"] and c["tile_ic"] == space["tile_ic"].values[-1]
-                 and live_registers(c, lanes) <= regs]
+                 and register_fit(target, *tile_registers(c, lanes), memory_operand=False) is None]
         best = max(tiles, key=score)
         # the largest channel block up to 64: the packed data of one pixel stays in 4 cache lines
         return dict(best, unroll_kw=spec.kernel[1] <= 3)
 
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
         lanes = target.vector_lanes
-        f = {
-            "live_registers": live_registers(config, lanes),
-            "accumulators": config["tile_oh"] * config["tile_ow"] * config["tile_oc"] / lanes,
-        }
+        accumulators, vectors = tile_registers(config, lanes)
+        f = {"live_registers": accumulators + vectors + 1, "accumulators": accumulators}
         # bytes of packed weights one output tile streams (the L1/L2 working set)
         f["weight_tile_kib"] = 4 * config["tile_oc"] * spec.in_per_group * spec.kernel[0] * spec.kernel[1] / 1024
         f["tasks"] = spec.batch * -(-spec.out_channels // config["tile_oc"]) * (spec.out_height // config["tile_oh"])
@@ -147,42 +126,15 @@ class DirectX86(Template):
             return lambda o, i, h, w: (o // ob, i // ib, h, w, i % ib, o % ob)
         return lambda h, w, i, o: (o // ob, i // ib, h, w, i % ib, o % ob)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
-        ob, ib = config["tile_oc"], config["tile_ic"]
-        rh, rw = config["tile_oh"], config["tile_ow"]
-        nchw = spec.layout == "NCHW"
-        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
-
-        # -- data: channels innermost in blocks of ib (NHWC has them innermost already) --------
-        channels_innermost(sch, spec, conv, ib, target.vector_lanes)
-
-        # -- weights packed to K/ob C/ib R S ib ob: one contiguous vector per (ic, kh, kw) ---
-        pack_weights(sch, spec, conv, self.weight_pack(spec, target, config), ob, ib)
-
-        # -- the reduction's result tile, ob innermost, so accumulators are whole vectors ----
-        if nchw:
-            sch.transform_layout(conv, ("write", 0), lambda n, k, h, w: (n, k // ob, h, w, k % ob))
-
-        L = spatial_loops(sch, spec, conv)
-        oco, oci = sch.split(L["oc"], [None, ob])
-        oho, ohi = sch.split(L["oh"], [None, rh])
-        owo, owi = sch.split(L["ow"], [None, rw])
-        ico, ici = sch.split(L["ic"], [None, ib])
-        if config["reduce_order"] == "ic_kh_kw":
-            reduction = [ico, L["kh"], L["kw"], ici]
-        else:
-            reduction = [L["kh"], L["kw"], ico, ici]
-        sch.reorder(L["n"], oco, oho, owo, *reduction, ohi, owi, oci)
-        sch.parallel(sch.fuse(L["n"], oco, oho))
-        sch.reverse_compute_at(out, owo)
-        sch.vectorize(oci)
-        sch.unroll(owi)
-        sch.unroll(ohi)
-        if config["unroll_kw"]:
-            sch.unroll(L["kw"])
-        if not nchw:
-            vectorize_inner(sch, out, target.vector_lanes)
-        sch.decompose_reduction(conv, reduction[0])
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+        # the shared CPU loop nest (schedules/cpu.py), output channels in vector lanes
+        loops = direct_loops(sch, spec, config, pack_map=self.weight_pack(spec, target, config),
+                             data_lanes=target.vector_lanes, oc_parts=(config["tile_oc"],),
+                             ic_parts=(config["tile_ic"],))
+        sch.vectorize(loops["oc"][0])
+        if spec.layout == "NHWC":
+            vectorize_inner(sch, sch.get_sblock("out"), target.vector_lanes)
+        sch.decompose_reduction(sch.get_sblock("conv"), loops["reduction"][0])
 
 
 class DepthwiseX86(Template):
@@ -218,8 +170,7 @@ class DepthwiseX86(Template):
 
         def fits(config: Config) -> str | None:
             vec = config["tile_c"] // lanes
-            live = config["tile_ow"] * vec + vec + 1
-            return None if live <= regs + 1 else f"register tile needs {live} > {regs} registers"
+            return register_fit(target, config["tile_ow"] * vec, vec)
 
         return Space(
             self.name,
@@ -238,7 +189,8 @@ class DepthwiseX86(Template):
         tile_c = space["tile_c"].values[0]
         vec = tile_c // lanes
         # leave room for the data vector and one weight vector per tap in flight
-        fit = [w for w in space["tile_ow"].values if w * vec + vec + 1 <= regs // 2]
+        fit = [w for w in space["tile_ow"].values
+               if register_fit(target, w * vec, vec, budget=regs // 2, memory_operand=False) is None]
         return {"tile_c": tile_c, "tile_ow": max(fit) if fit else 1, "unroll_kw": True}
 
     def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
@@ -247,7 +199,7 @@ class DepthwiseX86(Template):
             return lambda o, i, h, w: (o // cb, i, h, w, o % cb)
         return lambda h, w, i, o: (o // cb, i, h, w, o % cb)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         cb, rw = config["tile_c"], config["tile_ow"]
         nchw = spec.layout == "NCHW"
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
@@ -305,7 +257,7 @@ class DepthwiseRowsX86(Template):
         return None
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
-        vec, regs = self._vec(spec, target), target.registers
+        vec = self._vec(spec, target)
         return Space(
             self.name,
             self.version,
@@ -314,7 +266,8 @@ class DepthwiseRowsX86(Template):
                 Knob("tile_w", tuple(divisors(spec.out_width // vec, upto=8)), "row vectors per register tile"),
                 Knob("unroll_kw", (False, True), "unroll the kernel-width loop"),
             ),
-            lambda c: None if c["tile_oh"] * c["tile_w"] + 2 <= regs else "register tile too large",
+            # accumulators + the broadcast weight + the data row
+            lambda c: register_fit(target, c["tile_oh"] * c["tile_w"], 1, memory_operand=False),
         )
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
@@ -324,7 +277,7 @@ class DepthwiseRowsX86(Template):
                    key=lambda c: (c["tile_oh"] * c["tile_w"], c["tile_w"]))
         return best
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         vec = self._vec(spec, target)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
         if spec.padding != (0, 0, 0, 0):

@@ -146,7 +146,7 @@ def _timed(config, *times, **kw):
 
 
 def test_prune_keeps_every_record_of_the_best_candidates_and_drops_failed_ones(tmp_path):
-    from convgen.cli_tune import prune
+    from convgen.records import prune
 
     a, b, c, d, e = configs(5)
     assert len({json.dumps(x, sort_keys=True) for x in (a, b, c, d, e)}) == 5
@@ -173,7 +173,7 @@ def test_prune_keeps_every_record_of_the_best_candidates_and_drops_failed_ones(t
 
 
 def test_prune_keeps_records_of_targets_it_does_not_know(tmp_path):
-    from convgen.cli_tune import prune
+    from convgen.records import prune
 
     a, b = configs(2)
     rows = [dict(r, target="my-board") for r in _timed(a, 1e-3) + _timed(b, 2e-3)]

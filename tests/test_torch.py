@@ -16,7 +16,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import convgen  # noqa: E402
 import convgen.torch as ct  # noqa: E402
 
 from . import torch_models  # noqa: E402

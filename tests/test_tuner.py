@@ -169,7 +169,7 @@ def test_tune_through_an_rpc_tracker_with_two_servers(rpc_fleet, tmp_path):
     out = subprocess.run([sys.executable, "-m", "convgen", "run", so, "--tracker", rpc_fleet, "--key", "cg-test",
                           "--repeat", "2"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "OK" in out.stdout and f"key cg-test" in out.stdout
+    assert "OK" in out.stdout and "key cg-test" in out.stdout
 
 
 def test_tune_api_errors():

@@ -77,7 +77,7 @@ def make_tasks(named: dict[str, ConvSpec], target: Target, template: str | None 
             templates = [select_template(spec, target, template)]
         else:
             found = candidates(spec, target)
-            templates = [t for t in found if t.priority > -100] or found
+            templates = [t for t in found if not t.fallback] or found
         for t in templates:
             label = name if len(templates) == 1 else f"{name}:{t.name}"
             tasks.append(Task(label, spec, t, weight=(weights or {}).get(name, 1.0)))

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import records as rec
+from ..errors import DeviceDown
 from ..knobs import Config, config_key
 from ..spec import ConvSpec
 from ..target import Target
@@ -43,9 +44,6 @@ from .strategies.model_based import relative_throughput
 
 WINDOW = 16
 
-
-class DeviceDown(RuntimeError):
-    """The measuring device stayed unreachable for longer than the campaign waits."""
 
 
 @dataclass

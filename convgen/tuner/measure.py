@@ -36,7 +36,7 @@ from typing import Any
 
 from ..knobs import Config
 from ..records import median
-from ..remote import _last_line
+from ..errors import last_line
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
 
     spec_ = ConvSpec.from_dict(spec)
     if target and target.get("family") == "cuda":
-        from convgen.cuda import device_problem
+        from convgen.cuda.device import device_problem
         from convgen.target import Target
 
         why = device_problem(Target.from_dict(target))
@@ -316,7 +316,7 @@ class LocalRunner:
         except ChildProcessError:
             c.error, c.message = "crash", "the kernel crashed the run worker (segfault, SIGILL or abort)"
         except Exception as e:  # noqa: BLE001 - anything else fails this trial, never the campaign
-            c.error, c.message = "run", _last_line(e)
+            c.error, c.message = "run", last_line(e)
             self._worker.kill()  # a fresh worker for the next trial, whatever state this left
         if c.verified is False:
             c.error = "wrong_result"
@@ -366,7 +366,7 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
     except Exception as e:
         if time.monotonic() - started >= 0.95 * remote.session_seconds(opts.run_timeout):
             raise remote.RemoteTimeout(f"the run took longer than {opts.run_timeout:g} s and the device ended "
-                                       f"the session ({_last_line(e)})") from None
+                                       f"the session ({last_line(e)})") from None
         raise remote.RemoteError(remote.explain_failure(e, tgt)) from None
     return run.times, run.verified, run.mismatch
 
@@ -417,13 +417,13 @@ class RPCRunner:
             # the run is bounded by the session timeout, so this is a device that stopped answering
             c.error, c.message = "device", f"no answer from the device within {self._budget:.0f} s"
         except RemoteTimeout as e:
-            c.error, c.message = "timeout", _last_line(e)
+            c.error, c.message = "timeout", last_line(e)
         except ChildProcessError:
             c.error, c.message = "crash", "the RPC worker died"
         except DeviceUnavailable as e:  # before the kernel ran: a board down, a refused connection
-            c.error, c.message = "device", _last_line(e)
+            c.error, c.message = "device", last_line(e)
         except Exception as e:  # noqa: BLE001 - a dead server, a lost connection: this trial only
-            msg = _last_line(e)
+            msg = last_line(e)
             died = ("connection", "closed", "sigill", "sigsegv", "died", "killed by")
             c.error = "crash" if any(word in msg.lower() for word in died) else "run"
             c.message = msg

@@ -1,140 +1,17 @@
-"""The ``convgen`` command line: build, run, tune and inspect convolution kernels.
-
-Every subcommand has ``--help`` with examples. Errors are one line on stderr and exit
-status 2 (``--debug`` shows the Python traceback too).
-"""
+"""``convgen targets | layers | space | build | run | info``: targets, workloads, single kernels."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from typing import Any
 
-EPILOG_MAIN = """\
-examples:
-  convgen targets                                   # what this machine can run
-  convgen layers                                    # built-in workloads
-  convgen build --layer resnet50.r2_3x3 -o conv.so  # default (or shipped tuned) config
-  convgen build -c 64 -k 128 --size 56 --kernel 3 --padding same --stride 2 -o conv.so
-  convgen run conv.so                               # check vs numpy reference, time it
-  convgen tune --layer resnet50.r2_3x3 --trials 64 -o conv.so
-  convgen tune --preset resnet18 --trials 400       # a campaign over a whole network
-  convgen build --target arm-neon --layer resnet50.r4_3x3 -o arm.so
-  convgen run arm.so --rpc 127.0.0.1:9090           # on a board through TVM RPC
-"""
+from .common import (HelpFormatter, add_spec_args, add_torch_model_args, config_arg, positive_int, spec_from_args,
+                     torch_model_layers)
 
-
-class _Fmt(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' line breaks; shows a default only where there is one worth saying."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
-# ---- spec flags ---------------------------------------------------------------------------------
-def _ints(text: str) -> Any:
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def _padding(text: str) -> Any:
-    return text if text in ("same", "valid") else _ints(text)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    return _bounded_int(text, 1, "a positive integer")
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an int >= 0."""
-    return _bounded_int(text, 0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _bounded_int(text: str, low: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def add_spec_args(p: argparse.ArgumentParser) -> None:
-    """The flags that describe one convolution (or ``--layer`` for a built-in one)."""
-    g = p.add_argument_group("workload", "either --layer NAME or the shape flags (-c, -k, --size, ...)")
-    g.add_argument("--layer", help="a built-in layer, e.g. resnet50.r2_3x3 (list: convgen layers)")
-    g.add_argument("-n", "--batch", type=int, help="batch size [1]")
-    g.add_argument("-c", "--in-channels", type=int, help="input channels C")
-    g.add_argument("-k", "--out-channels", type=int, help="filters K (output channels)")
-    g.add_argument("--size", type=int, help="input height = width")
-    g.add_argument("--height", type=int, help="input height H")
-    g.add_argument("--width", type=int, help="input width W")
-    g.add_argument("--kernel", type=_ints, help="filter size: R or R,S [3]")
-    g.add_argument("--stride", type=_ints, help="stride: s or sh,sw [1]")
-    g.add_argument("--padding", type=_padding, help="p | ph,pw | top,left,bottom,right | same | valid [0]")
-    g.add_argument("--dilation", type=_ints, help="dilation: d or dh,dw [1]")
-    g.add_argument("--groups", type=int, help="groups (= channels for depthwise) [1]")
-    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="data layout; weights OIHW / HWIO [NCHW]")
-    g.add_argument("--dtype", choices=["float32", "float16", "int8"], help="[float32]")
-    g.add_argument("--bias", action="store_true", default=None, help="add a per-channel bias")
-    g.add_argument("--residual", action="store_true", default=None,
-                   help="add a residual input (the output's shape) before the activation, as ResNet's skip")
-    g.add_argument("--activation", choices=["relu", "relu6"], help="fuse an activation")
-    g.add_argument("--relu", action="store_true", default=None, help="fuse a ReLU (= --activation relu)")
-    g.add_argument("--flip", action="store_true", default=None,
-                   help="true convolution (flip the filter); default is the CNN cross-correlation")
-
-
-def spec_from_args(args: argparse.Namespace) -> Any:
-    """A ConvSpec from ``add_spec_args`` flags."""
-    from .spec import ConvSpec
-    from .workloads import layer
-
-    fields: dict[str, Any] = {}
-    if args.layer:
-        fields = layer(args.layer).to_dict()
-    if args.size is not None:
-        fields["height"] = fields["width"] = args.size
-    for name in ("batch", "in_channels", "out_channels", "height", "width", "kernel", "stride", "padding",
-                 "dilation", "groups", "layout", "dtype", "bias", "residual", "activation", "flip"):
-        value = getattr(args, name, None)
-        if value is not None:
-            fields[name] = value
-    if args.relu:
-        fields["activation"] = "relu"
-    missing = [f for f in ("in_channels", "out_channels", "height", "width") if f not in fields]
-    if missing:
-        flags = {"in_channels": "-c", "out_channels": "-k", "height": "--size/--height", "width": "--size/--width"}
-        raise ValueError(f"describe the convolution with --layer NAME or give {', '.join(flags[m] for m in missing)}")
-    return ConvSpec.from_dict(fields)
-
-
-# ---- subcommands --------------------------------------------------------------------------------
 def cmd_targets(args: argparse.Namespace) -> int:
     """``convgen targets``: the targets, and which of them run on this machine."""
-    from .target import all_targets, host_target, TargetError
+    from ..target import all_targets, host_target, TargetError
 
     try:
         host = host_target().name
@@ -154,11 +31,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     """``convgen layers``: the built-in workloads, by network (or a PyTorch model's)."""
-    from .workloads import PRESETS
+    from ..workloads import PRESETS
 
     if args.torch_model:
-        from .cli_tune import torch_model_layers
-
         layers = torch_model_layers(args)
         print(f"{args.torch_model} at {','.join(map(str, args.input_shape))}: {len(layers)} distinct convolutions "
               f"of {sum(layers.counts.values())}")
@@ -177,9 +52,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_space(args: argparse.Namespace) -> int:
     """``convgen space``: each template's knobs and default config for one workload."""
-    from .builder import select_template
-    from .schedules import candidates
-    from .target import get_target
+    from ..builder import select_template
+    from ..schedules import candidates
+    from ..target import get_target
 
     spec = spec_from_args(args)
     target = get_target(args.target)
@@ -196,10 +71,10 @@ def cmd_space(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """``convgen build``: compile one workload to a ``.so`` with its metadata."""
-    from .builder import build
+    from ..builder import build
 
     spec = spec_from_args(args)
-    config = _config_arg(args.config) if args.config is not None else None
+    config = config_arg(args.config) if args.config is not None else None
     t0 = time.perf_counter()
     kernel = build(spec, args.target, config, template=args.template, records=args.records,
                    builtin_records=not args.no_builtin_records, num_threads=args.threads)
@@ -210,20 +85,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_arg(text: str) -> dict:
-    try:
-        config = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"--config: not valid JSON ({e}): {text!r}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"--config: expected a JSON object of knob values like '{{\"tile_oc\": 8}}', got {text!r}")
-    return config
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     """``convgen info``: a kernel's metadata (checked), and the file's SHA-256."""
-    from .runtime import file_sha256, read_metadata
-    from .spec import ConvSpec
+    from ..runtime import file_sha256, read_metadata
+    from ..spec import ConvSpec
 
     meta = read_metadata(args.kernel)  # checked: the trailer, its fields, the library's hash
     if args.json:
@@ -241,18 +106,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``convgen run``: check a kernel against the numpy reference and time it."""
     import numpy as np
 
-    from .reference import conv2d_reference, random_inputs, tolerance
-    from .runtime import load, target_from_metadata
+    from ..reference import conv2d_reference, random_inputs, tolerance
+    from ..runtime import load, target_from_metadata
 
-    from .runtime import file_sha256, read_metadata
+    from ..runtime import file_sha256, read_metadata
 
     meta = read_metadata(args.kernel)
     if args.sha256 and args.sha256.lower() != file_sha256(args.kernel):
-        from .runtime import KernelError
+        from ..runtime import KernelError
 
         raise KernelError(f"{args.kernel}: SHA-256 {file_sha256(args.kernel)} is not the pinned {args.sha256}")
     if args.rpc or args.tracker:
-        from .remote import connect, run_remote
+        from ..remote import connect, run_remote
 
         session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key or target_from_metadata(meta).rpc_key)
         result = run_remote(session, args.kernel, meta, num_threads=args.threads, repeat=args.repeat,
@@ -277,9 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
     import statistics
 
-    from .peak import measured_peak_gflops
-    from .runtime import file_sha256, target_from_metadata
-    from .spec import ConvSpec
+    from ..peak import measured_peak_gflops
+    from ..runtime import file_sha256, target_from_metadata
+    from ..spec import ConvSpec
 
     spec = ConvSpec.from_dict(meta["spec"])
     target = target_from_metadata(meta)
@@ -304,55 +169,29 @@ def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
           f"{len(result['times'])} repeats, {gflops:.1f} GFLOP/s{pct}")
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    """``convgen tune`` (see :func:`convgen.cli_tune.run_tune`)."""
-    from .cli_tune import run_tune
-
-    return run_tune(args)
-
-
-def cmd_records(args: argparse.Namespace) -> int:
-    """``convgen records`` (see :func:`convgen.cli_tune.run_records`)."""
-    from .cli_tune import run_records
-
-    return run_records(args)
-
-
-# ---- parser -------------------------------------------------------------------------------------
-def make_parser() -> argparse.ArgumentParser:
-    """The argparse parser (also used to document the CLI)."""
-    p = argparse.ArgumentParser(
-        prog="convgen",
-        description="Generate, tune and run fast 2D convolution kernels with Apache TVM.",
-        epilog=EPILOG_MAIN,
-        formatter_class=_Fmt,
-    )
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    s = sub.add_parser("targets", help="list the targets and which ones run here", formatter_class=_Fmt)
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the ``convgen`` parser."""
+    s = sub.add_parser("targets", help="list the targets and which ones run here", formatter_class=HelpFormatter)
     s.add_argument("-v", "--verbose", action="store_true", help="also print each TVM target dict")
     s.set_defaults(fn=cmd_targets)
 
     s = sub.add_parser("layers", help="list the built-in workloads, or a PyTorch model's convolutions",
-                       formatter_class=_Fmt,
+                       formatter_class=HelpFormatter,
                        epilog="examples:\n  convgen layers --preset resnet50\n"
                               "  convgen layers --torch-model convgen.torch.models:mobilenet_v2 --input-shape 1,3,224,224")
     s.add_argument("--preset", help="only this network")
-    from .cli_tune import add_torch_model_args
-
     add_torch_model_args(s)
     s.set_defaults(fn=cmd_layers)
 
     s = sub.add_parser("space", help="show the knob space and default config of the templates for a workload",
-                       formatter_class=_Fmt, epilog="example:\n  convgen space --layer resnet50.r4_3x3 --target x86-avx512")
+                       formatter_class=HelpFormatter, epilog="example:\n  convgen space --layer resnet50.r4_3x3 --target x86-avx512")
     add_spec_args(s)
     s.add_argument("--target", default="host", help="target name (convgen targets)")
     s.add_argument("--template", help="only this template")
     s.set_defaults(fn=cmd_space)
 
     s = sub.add_parser(
-        "build", help="compile a kernel to a .so (+ metadata)", formatter_class=_Fmt,
+        "build", help="compile a kernel to a .so (+ metadata)", formatter_class=HelpFormatter,
         description="Compile one convolution for a target and write a shared library that carries its "
                     "metadata (spec, target, template, config, versions). The config comes from --config, "
                     "else the best record in --records, else the records shipped with convgen, else the "
@@ -373,7 +212,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_build)
 
     s = sub.add_parser(
-        "run", help="run a kernel on random data, check it against numpy, time it", formatter_class=_Fmt,
+        "run", help="run a kernel on random data, check it against numpy, time it", formatter_class=HelpFormatter,
         epilog="examples:\n  convgen run conv.so\n  convgen run conv.so --threads 1 --repeat 20\n"
                "  convgen run arm.so --rpc 127.0.0.1:9090\n  convgen run arm.so --tracker 127.0.0.1:9190 --key arm-neon",
     )
@@ -387,49 +226,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="device key at the tracker (default: the target's rpc_key)")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("info", help="print a kernel's metadata", formatter_class=_Fmt)
+    s = sub.add_parser("info", help="print a kernel's metadata", formatter_class=HelpFormatter)
     s.add_argument("kernel")
     s.add_argument("--json", action="store_true", help="all of it, as JSON")
     s.set_defaults(fn=cmd_info)
-
-    try:
-        from .cli_tune import add_tune_parsers
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        add_tune_parsers(sub, _Fmt, add_spec_args, cmd_tune, cmd_records)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``convgen`` command."""
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "fn", None):
-        parser.print_help()
-        return 2
-    try:
-        return args.fn(args)
-    except KeyboardInterrupt:
-        print("convgen: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `convgen info k.so | head`: the reader left, nothing to report
-        sys.stderr.close()
-        return 0
-    except Exception as e:  # noqa: BLE001 - one clear line, not a traceback
-        if args.debug:
-            raise
-        from .knobs import ConfigError
-        from .runtime import KernelError
-        from .target import TargetError
-
-        known = (ValueError, TypeError, ConfigError, KernelError, TargetError, OSError, RuntimeError)
-        if not isinstance(e, known):
-            print(f"convgen: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-            return 2
-        print(f"convgen: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The template protocol (:class:`Template`) and the registry the template modules add to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from convgen.knobs import Config, ConfigError, Space
+from convgen.spec import ConvSpec
+from convgen.target import Target
+
+
+class Template:
+    """Base class of every template: what the builder, the tuner and the CUDA emulation read.
+
+    Subclasses set the class attributes below and implement :meth:`supports`,
+    :meth:`space`, :meth:`default` and :meth:`apply`; the other methods have defaults.
+    """
+
+    #: unique name (records and kernels carry it), and its version: bump it when the
+    #: schedule of an existing config changes, so records made with the old one go stale
+    name: str = ""
+    version: int = 1
+    #: the target families it schedules for ("x86", "arm", "cuda")
+    families: tuple[str, ...] = ()
+    #: order among the templates serving a workload: higher is built by default
+    priority: int = 0
+    #: serves every workload, slowly: tuned only where no specialised template serves
+    fallback: bool = False
+    #: tensorizes onto hardware intrinsics (WMMA) that have no CPU emulation
+    uses_intrinsics: bool = False
+    #: TVM PassContext options its builds need
+    pass_config: Mapping[str, Any] = MappingProxyType({})
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        """``None`` if this template can schedule ``spec`` for ``target``, else the reason."""
+        raise NotImplementedError
+
+    def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """The function to schedule: the one conv definition (with the output channels padded
+        to :meth:`channel_block`), unless the template computes the convolution by another
+        algorithm (Winograd, say), which it then defines here."""
+        from convgen.compute import conv2d_primfunc
+
+        return conv2d_primfunc(spec, channel_block=self.channel_block(spec, target, config))
+
+    def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
+        """Output channels the kernel computes in one vector block: the compute pads ``K`` up
+        to a multiple of it (see :func:`convgen.compute.padded_channels`); 1 for none."""
+        return 1
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        """The knob space for this workload and target."""
+        raise NotImplementedError
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        """A good untuned config (must lie in :meth:`space`)."""
+        raise NotImplementedError
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+        """Schedule ``sch`` (a ``tvm.s_tir.Schedule`` of the conv PrimFunc) with ``config``;
+        ``intrinsics=False`` leaves tensorized loops as plain loops (for the CPU emulation
+        of :attr:`uses_intrinsics` templates; others ignore it)."""
+        raise NotImplementedError
+
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """The layout the kernel keeps its weights in, as an index map over the weight's own
+        axes (``lambda o, i, h, w: (...)``, padded to :meth:`channel_block` filters), or
+        ``None`` when it reads them as given.
+
+        A template that packs weights does it in a block annotated as a layout-rewrite
+        preprocess (see :func:`schedules.common.pack_weights`); the builder then also emits
+        ``main_prepacked`` (weights already packed) and ``pack_weights``
+        (:meth:`pack_function`) so a caller can pack once and call many times.
+        """
+        return None
+
+    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
+        """``(output, input)`` channels of one block of the packed weights: the unit of work of
+        :func:`schedules.common.layout_pack` (``weight_pack`` templates define it)."""
+        raise NotImplementedError
+
+    def pack_function(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """``pack_weights(weight, packed)``: the packing block of ``main`` as a function of its
+        own, scheduled the same way; ``None`` when :meth:`weight_pack` is ``None``."""
+        index_map = self.weight_pack(spec, target, config)
+        if index_map is None:
+            return None
+        import tvm.s_tir as s_tir
+
+        from convgen.compute import weight_primfunc
+
+        from .common import layout_pack
+
+        sch = s_tir.Schedule(weight_primfunc(spec, self.channel_block(spec, target, config)))
+        layout_pack(sch, spec, sch.get_sblock("weight_pad"), index_map, *self.pack_blocks(spec, target, config))
+        return sch.mod["main"]
+
+    def variants(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        """Functions to build beside ``main`` when the weight preprocessing is a computation
+        rather than a layout change (Winograd's filter transform): ``{"main_prepacked": f,
+        "pack_weights": g}`` as unscheduled PrimFuncs, each scheduled by :meth:`apply`."""
+        return {}
+
+    def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
+        """Derived numbers for the tuner's cost model (register use, working set, ...).
+
+        The knobs themselves are added by the tuner; override to add what the hardware
+        cares about and a tree model cannot easily compute from the knobs.
+        """
+        return {}
+
+    def schedule(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+        """Check ``config`` against the space, then :meth:`apply` it."""
+        why = self.supports(spec, target)
+        if why:
+            raise ConfigError(f"template {self.name} cannot serve {spec.describe()}: {why}")
+        config = self.space(spec, target).check(config)
+        if intrinsics:
+            self.apply(sch, spec, target, config)
+        else:  # only then: a template of one's own need not know the keyword
+            self.apply(sch, spec, target, config, intrinsics=False)
+
+    def __repr__(self) -> str:
+        return f"<template {self.name} v{self.version}>"
+
+
+_REGISTRY: dict[str, Template] = {}
+
+
+def register(template: Template) -> Template:
+    """Add a template to the registry (module import time)."""
+    _REGISTRY[template.name] = template
+    return template
