@@ -6,7 +6,6 @@ templates; :mod:`convgen.runtime` needs none of it.
 
 from __future__ import annotations
 
-import datetime
 import shutil
 from typing import Any
 
@@ -14,8 +13,7 @@ from .errors import BuildError, ConfigError, TargetError, last_line
 from .knobs import Config
 from .runtime import Kernel, set_num_threads
 from .spec import ConvSpec
-from .target import Target, get_target, host_cpu_name
-from .version import __version__
+from .target import Target, get_target
 
 
 
@@ -43,9 +41,7 @@ def select_template(spec: ConvSpec, target: Target, name: str | None = None) -> 
 
     if name is not None:
         template = get_template(name)
-        if target.family not in template.families:
-            raise ConfigError(f"template {name} is for {template.families}, not {target.name}")
-        why = template.supports(spec, target)
+        why = template.serves(spec, target)
         if why:
             raise ConfigError(f"template {name} cannot serve {spec.describe()}: {why}")
         return template
@@ -180,34 +176,13 @@ def export_library(executable: Any, target: Target, path: str) -> None:
 
 
 def metadata(spec: ConvSpec, target: Target, template: Any, config: Config, source: str) -> dict[str, Any]:
-    """What a kernel file carries about itself."""
-    import tvm
+    """What a kernel file carries about itself: its provenance (:func:`convgen.records.provenance`,
+    as records carry it), the target's description, where the config came from, and the data
+    alignment its arguments declare (CPU: one element; CUDA: TVM's 64 bytes)."""
+    from .records import provenance
 
-    try:
-        import tvm_ffi
-
-        ffi_version = tvm_ffi.__version__
-    except (ImportError, AttributeError):
-        ffi_version = "unknown"
-    return {
-        "format": 2,
-        "convgen": __version__,
-        "spec": spec.to_dict(),
-        "spec_key": spec.key,
-        "target": target.name,
-        "target_desc": target.to_dict(),
-        "template": template.name,
-        "template_version": template.version,
-        "space_hash": template.space(spec, target).hash,
-        "config": config,
-        "config_source": source,
-        # the data alignment the arguments declare (CPU: one element; CUDA: TVM's 64 bytes)
-        "arg_alignment": ARG_ALIGNMENT if target.is_cpu else 64,
-        "tvm": tvm.__version__,
-        "tvm_ffi": ffi_version,
-        "built_on": host_cpu_name(),
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return {**provenance(spec, target, template, config), "format": 2, "target_desc": target.to_dict(),
+            "config_source": source, "arg_alignment": ARG_ALIGNMENT if target.is_cpu else 64}
 
 
 def build(

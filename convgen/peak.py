@@ -112,3 +112,13 @@ def measured_peak_gflops(target: Target, threads: int, *, refresh: bool = False,
     except OSError:
         pass
     return value
+
+
+def reference_peak(target: Target, threads: int, dtype: str = "float32", *, here: bool = True) -> tuple[float, str]:
+    """``(GFLOP/s, "measured" | "nominal")``: the peak "% of peak" is against, chosen the same
+    way everywhere (``convgen run``, the tuner's progress line and summary). Measured on
+    this machine for float32 kernels that run here (``here``: not on a remote device), else
+    the target's nominal figure: per core x ``threads`` on CPUs, the whole chip on GPUs."""
+    if target.is_cpu and here and dtype == "float32" and target.runs_here():
+        return measured_peak_gflops(target, threads), "measured"
+    return target.nominal_peak_gflops(threads if target.is_cpu else 1, dtype), "nominal"

@@ -111,31 +111,45 @@ class Record:
         return (self.spec_key, self.target, self.template, self.space_hash, config_key(self.config))
 
 
-def make_record(spec: ConvSpec, target: Target, template: Any, config: Config, *, times: list[float] | None = None,
-                error: str | None = None, message: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A record dict for one trial (``times`` in seconds; ``error`` a short kind)."""
+def provenance(spec: ConvSpec, target: Target, template: Any, config: Config) -> dict[str, Any]:
+    """Where a kernel or a measurement comes from: the workload, the target, the template and
+    the version of its space, the config, the software, the machine and the time. Records
+    (:func:`make_record`) and kernel metadata (:func:`convgen.builder.metadata`) both carry it."""
     import tvm
 
     from .target import host_cpu_name
+    from .version import __version__
 
-    result: dict[str, Any] = {"error": error, "message": message[:2000]}
-    if times:
-        cost = median(times)
-        result.update(median_s=cost, times_s=list(times), gflops=spec.flops / cost / 1e9)
-    rec = {
-        "v": FORMAT,
+    try:
+        import tvm_ffi
+
+        ffi_version = tvm_ffi.__version__
+    except (ImportError, AttributeError):
+        ffi_version = "unknown"
+    return {
         "spec": spec.to_dict(),
         "spec_key": spec.key,
         "target": target.name,
         "template": template.name,
         "template_version": template.version,
         "space_hash": template.space(spec, target).hash,
-        "config": config,
-        "result": result,
+        "config": dict(config),
         "tvm": tvm.__version__,
+        "tvm_ffi": ffi_version,
+        "convgen": __version__,
         "host_cpu": host_cpu_name(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def make_record(spec: ConvSpec, target: Target, template: Any, config: Config, *, times: list[float] | None = None,
+                error: str | None = None, message: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A record dict for one trial (``times`` in seconds; ``error`` a short kind)."""
+    result: dict[str, Any] = {"error": error, "message": message[:2000]}
+    if times:
+        cost = median(times)
+        result.update(median_s=cost, times_s=list(times), gflops=spec.flops / cost / 1e9)
+    rec = {"v": FORMAT, **provenance(spec, target, template, config), "result": result}
     if extra:
         rec.update(extra)
     return rec
@@ -453,7 +467,7 @@ class Staleness:
         k = (template, spec.key, target.name)
         if k not in self._spaces:
             tmpl = self._templates.get(template)
-            ok = tmpl is not None and tmpl.supports(spec, target) is None
+            ok = tmpl is not None and tmpl.serves(spec, target) is None
             self._spaces[k] = tmpl.space(spec, target) if ok else None
         return self._spaces[k]
 

@@ -4,9 +4,10 @@
 through a TVM RPC tracker with a device key, so one campaign can use a pool of boards.
 Everything here is TVM's own RPC (``tvm.rpc``): upload, load, ``time_evaluator`` remotely.
 
-:func:`measure_kernel` (inputs, packed weights, timing, check vs the reference) works on
-any device, local or remote: the tuner's local and RPC workers and ``convgen run --rpc``
-all measure through it.
+:func:`convgen.timing.measure_kernel` (inputs, packed weights, timing, check vs the
+reference) works on any device, local or remote: ``convgen run``, :meth:`Kernel.benchmark
+<convgen.runtime.Kernel.benchmark>` and the tuner's local and RPC workers all measure
+through it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from .errors import DeviceUnavailable, RemoteError, RemoteTimeout, last_line  # noqa: F401 (re-exported)
-from .reference import conv2d_reference, random_inputs, tolerance
 from .runtime import KernelError, target_from_metadata
 from .spec import ConvSpec
+from .timing import measure_kernel
 
 
 
@@ -152,87 +151,6 @@ def set_remote_threads(session: Any, num_threads: int | None) -> int:
         else:
             config(-3, n, cpus)
     return int(session.get_function("runtime.NumThreads")())
-
-
-# ---- measuring (any device: local, or remote through RPC) ------------------------------------
-@dataclass
-class KernelRun:
-    """What :func:`measure_kernel` found."""
-
-    entry: str                    # the entry point timed: main_prepacked (weights packed once) or main
-    times: list[float] = field(default_factory=list)   # seconds per call, one per repeat ([]: not timed)
-    errors: dict[str, float] = field(default_factory=dict)  # entry point -> max |error| ({}: not checked)
-    tolerance: float = 0.0
-
-    @property
-    def max_error(self) -> float:
-        return max(self.errors.values(), default=0.0)
-
-    @property
-    def verified(self) -> bool | None:
-        """``None`` when nothing was checked, else whether every entry point was right."""
-        return None if not self.errors else self.max_error <= self.tolerance
-
-    @property
-    def mismatch(self) -> str:
-        """One line naming the wrong entry points ("" when all are right)."""
-        return "; ".join(f"{name}: max |error| {err:.3g} > tolerance {self.tolerance:.3g}"
-                         for name, err in self.errors.items() if not err <= self.tolerance)
-
-
-def _max_abs_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want|; ``inf`` where ``got`` holds NaN or inf (an output left unwritten)."""
-    if not got.size:
-        return 0.0
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    return float(np.max(diff)) if np.isfinite(diff).all() else math.inf
-
-
-def _poison(out: Any, spec: ConvSpec) -> None:
-    """Fill an output tensor with NaN (the most negative integer for int outputs), so an
-    element the kernel does not write shows up in the check instead of an older result."""
-    dtype = np.dtype(spec.out_dtype)
-    fill = np.nan if dtype.kind == "f" else np.iinfo(dtype).min
-    out.copyfrom(np.full(spec.output_shape, fill, dtype=dtype))
-
-
-def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[int] | tuple[int, ...] | None = None,
-                   timed: bool = True, number: int = 3, repeat: int = 5, min_repeat_ms: int = 50,
-                   cache_flush_bytes: int = 0, check_below: float | None = math.inf, seed: int = 0) -> KernelRun:
-    """Set up random inputs on ``dev``, time the kernel as deployed, check it vs the reference.
-
-    ``module`` is a loaded library, local or remote (:func:`upload`). Kernels with their own
-    weight layout (``packed_shape``, from the library's ``packed_weight_shape`` metadata) get
-    their weights packed once by the library's ``pack_weights`` and are timed through
-    ``main_prepacked``; others through ``main``. ``timed=False`` only checks. The check runs
-    when ``check_below`` is not ``None`` and the median time is below it (``inf``: always);
-    it runs every entry point (``main_prepacked`` and ``main``) on an output filled with NaN
-    first, so a kernel that skips part of the output fails. Device errors propagate as they
-    are (callers on RPC turn them into :class:`RemoteError` with :func:`explain_failure`).
-    """
-    import tvm
-
-    arrays = random_inputs(spec, seed)
-    args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
-    entries = [("main", args)]
-    if packed_shape:
-        packed = tvm.runtime.empty(tuple(int(x) for x in packed_shape), spec.dtype, dev)
-        module["pack_weights"](args[1], packed)
-        entries.insert(0, ("main_prepacked", [args[0], packed] + args[2:]))
-    name, timed_args = entries[0]
-    run = KernelRun(entry=name, tolerance=tolerance(spec))
-    if timed:
-        ev = module.time_evaluator(name, dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
-                                   cache_flush_bytes=cache_flush_bytes)
-        run.times = [float(t) for t in ev(*timed_args, out).results]
-    if check_below is not None and (not run.times or statistics.median(run.times) < check_below):
-        want = conv2d_reference(spec, *arrays)
-        for name, entry_args in entries:
-            _poison(out, spec)
-            module[name](*entry_args, out)
-            run.errors[name] = _max_abs_error(out.numpy(), want)
-    return run
 
 
 def remote_time(module: Any, spec: ConvSpec, dev: Any, *, number: int = 3, repeat: int = 5,

@@ -689,28 +689,26 @@ class Kernel:
     # -- measuring, exporting -------------------------------------------------------------
     def benchmark(self, *, number: int = 10, repeat: int = 5, min_repeat_ms: int = 100,
                   cache_flush_bytes: int = 0, seed: int = 0) -> list[float]:
-        """Seconds per call, one entry per repeat, measured by TVM's ``time_evaluator``.
+        """Seconds per call, one entry per repeat, measured by TVM's ``time_evaluator``
+        (:func:`convgen.timing.measure_kernel`, as ``convgen run`` and the tuner measure).
 
         Kernels that keep their own weight layout are timed as deployed: weights packed
-        once (:meth:`pack_weights`), then ``main_prepacked``.
+        once (the library's ``pack_weights``), then ``main_prepacked``.
         """
-        from .reference import random_inputs
+        return self.measure(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                            cache_flush_bytes=cache_flush_bytes, seed=seed, check=False).times
+
+    def measure(self, *, check: bool = True, **timing: Any) -> Any:
+        """Time the kernel here and (``check``) compare every entry point with the numpy
+        reference: a :class:`convgen.timing.KernelRun` (``times``, ``max_error``, ...);
+        ``timing``: the arguments of :func:`convgen.timing.measure_kernel`."""
+        from .timing import measure_kernel
 
         self._require_runnable()
         if self._is_cpu:
             set_num_threads(self.num_threads)
-        dev = self.device
-        tvm = _tvm()
-
-        arrays = random_inputs(self.spec, seed)
-        args = [tvm.runtime.tensor(a, dev) for a in arrays]
-        name = "main"
-        if self._packed_shape:
-            args[1], name = self.pack_weights(arrays[1]).tensor, "main_prepacked"
-        args.append(tvm.runtime.empty(self.spec.output_shape, self.spec.out_dtype, dev))
-        ev = self.module.time_evaluator(name, dev, number=number, repeat=repeat,
-                                        min_repeat_ms=min_repeat_ms, cache_flush_bytes=cache_flush_bytes)
-        return [float(t) for t in ev(*args).results]
+        return measure_kernel(self.module, self.spec, self.device, packed_shape=self._packed_shape,
+                              check_below=math.inf if check else None, **timing)
 
     def export(self, path: str) -> str:
         """Write the shared library with its metadata to ``path``; returns ``path``."""

@@ -58,5 +58,5 @@ def get_template(name: str) -> Template:
 
 def candidates(spec: ConvSpec, target: Target) -> list[Template]:
     """Templates that serve ``spec`` on ``target``, most specialised first, generic last."""
-    out = [t for t in all_templates().values() if target.family in t.families and t.supports(spec, target) is None]
+    out = [t for t in all_templates().values() if t.serves(spec, target) is None]
     return sorted(out, key=lambda t: t.priority, reverse=True)

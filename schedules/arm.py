@@ -81,13 +81,8 @@ def _split(config: Config, base: Space) -> Config:
     return {k: config[k] for k in base.names}
 
 
-class SpatialPackARM(DirectX86):
+class SpatialPackARM(DirectX86, name="arm.spatial_pack", version=2, families=("arm",), priority=10):
     """Direct convolution for NEON: x86.direct's loop nest plus NEON unrolling knobs."""
-
-    name = "arm.spatial_pack"
-    version = 2
-    families = ("arm",)
-    priority = 10
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         base = super().space(spec, target)
@@ -135,7 +130,7 @@ class SpatialPackARM(DirectX86):
             sch.unroll(_find_loop(sch, "conv_update", "ic_1"))
 
 
-class DepthwiseARM(DepthwiseX86):
+class DepthwiseARM(DepthwiseX86, name="arm.depthwise", version=2, families=("arm",), priority=20):
     """Depthwise for NEON: 4-channel vectors, a run of pixels, the window unrolled.
 
     Loads bound it (each FMLA needs its own data vector): ``tile_ow * tile_c/4``
@@ -143,11 +138,6 @@ class DepthwiseARM(DepthwiseX86):
     the registers) is 4 channels x up to 14 pixels: 14 accumulators + 1 weight + 1 input,
     the other 16 registers left to the data vectors in flight.
     """
-
-    name = "arm.depthwise"
-    version = 2
-    families = ("arm",)
-    priority = 20
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         base = super().space(spec, target)
@@ -223,7 +213,7 @@ def _sdot_intrin() -> str:
     return _SDOT_INTRIN
 
 
-class DotprodInt8ARM(Template):
+class DotprodInt8ARM(Template, name="arm.dotprod_int8", version=1, families=("arm",), dtypes=("int8",), priority=30):
     """int8 x int8 -> int32 direct convolution on SDOT (ARMv8.2 dot product).
 
     One ``sdot v.4s, v.16b, v.4b[0]``-style step multiplies 4 input channels of one pixel
@@ -247,19 +237,12 @@ class DotprodInt8ARM(Template):
     4x4 block); those and other channel counts go to ``cpu.generic``.
     """
 
-    name = "arm.dotprod_int8"
-    version = 1
-    families = ("arm",)
-    priority = 30
-
     def __init__(self, sdot: bool = True) -> None:
         # sdot=False leaves the oc4 x ic4 loops scalar: the same loop nest and layouts,
         # compilable and checkable on any CPU (tests run it on the x86 host).
         self.sdot = sdot
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if spec.dtype != "int8":
-            return f"dtype {spec.dtype} (int8 only)"
         if not _has_dotprod(target):
             return f"target {target.name} has no dot product instructions (+dotprod)"
         if spec.groups != 1:

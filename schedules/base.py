@@ -11,11 +11,17 @@ from convgen.spec import ConvSpec
 from convgen.target import Target
 
 
+DECLARED = ("name", "version", "families", "dtypes", "priority", "fallback", "uses_intrinsics", "pass_config")
+
+
 class Template:
     """Base class of every template: what the builder, the tuner and the CUDA emulation read.
 
-    Subclasses set the class attributes below and implement :meth:`supports`,
-    :meth:`space`, :meth:`default` and :meth:`apply`; the other methods have defaults.
+    A template declares itself in its class statement, ``class DirectX86(Template,
+    name="x86.direct", version=1, families=("x86",), dtypes=("float32",), priority=10)``
+    (the attributes below; an unknown one is a ``TypeError``), and implements
+    :meth:`space`, :meth:`default` and :meth:`apply`, and :meth:`supports` for what more it
+    needs of a workload; the other methods have defaults.
     """
 
     #: unique name (records and kernels carry it), and its version: bump it when the
@@ -24,6 +30,8 @@ class Template:
     version: int = 1
     #: the target families it schedules for ("x86", "arm", "cuda")
     families: tuple[str, ...] = ()
+    #: the spec dtypes it schedules (empty: any)
+    dtypes: tuple[str, ...] = ()
     #: order among the templates serving a workload: higher is built by default
     priority: int = 0
     #: serves every workload, slowly: tuned only where no specialised template serves
@@ -33,9 +41,27 @@ class Template:
     #: TVM PassContext options its builds need
     pass_config: Mapping[str, Any] = MappingProxyType({})
 
+    def __init_subclass__(cls, **declared: Any) -> None:
+        super().__init_subclass__()
+        unknown = sorted(set(declared) - set(DECLARED))
+        if unknown:
+            raise TypeError(f"template {cls.__name__}: unknown declaration(s) {unknown}; known: {list(DECLARED)}")
+        for key, value in declared.items():
+            setattr(cls, key, value)
+
+    def serves(self, spec: ConvSpec, target: Target) -> str | None:
+        """``None`` if this template schedules ``spec`` for ``target``, else why not: the
+        target's family (:attr:`families`), the dtype (:attr:`dtypes`), then :meth:`supports`."""
+        if target.family not in self.families:
+            return f"template {self.name} is for {', '.join(self.families)}, not {target.name}"
+        if self.dtypes and spec.dtype not in self.dtypes:
+            return f"dtype {spec.dtype} ({', '.join(self.dtypes)} only)"
+        return self.supports(spec, target)
+
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        """``None`` if this template can schedule ``spec`` for ``target``, else the reason."""
-        raise NotImplementedError
+        """What else the template needs of ``spec`` on ``target`` (family and dtype are
+        :meth:`serves`'s to check): ``None`` if it can schedule it, else the reason."""
+        return None
 
     def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
         """The function to schedule: the one conv definition (with the output channels padded
@@ -113,7 +139,7 @@ class Template:
 
     def schedule(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
         """Check ``config`` against the space, then :meth:`apply` it."""
-        why = self.supports(spec, target)
+        why = self.serves(spec, target)
         if why:
             raise ConfigError(f"template {self.name} cannot serve {spec.describe()}: {why}")
         config = self.space(spec, target).check(config)

@@ -56,20 +56,13 @@ def _split_values(extent: int, vthreads: tuple[int, ...], threads: int, inner: i
     return tuple(out)
 
 
-class DirectCUDA(Template):
+class DirectCUDA(Template, name="cuda.direct", version=1, families=("cuda",), dtypes=("float32",), priority=10):
     """Tiled direct convolution: shared-memory staging, a register tile per thread."""
-
-    name = "cuda.direct"
-    version = 1
-    families = ("cuda",)
-    priority = 10
 
     def __init__(self) -> None:
         self._defaults: dict[Any, Config] = {}  # the default search scores ~10^4 configs
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if spec.dtype != "float32":
-            return f"dtype {spec.dtype} (float32 only; fp16 goes to cuda.tensorcore or cuda.generic)"
         if spec.groups != 1:
             return "grouped convolution (cuda.generic serves it)"
         return None
@@ -276,7 +269,7 @@ def _padded(words: int) -> int:
     return words | 1
 
 
-class GenericCUDA(Template):
+class GenericCUDA(Template, name="cuda.generic", version=1, families=("cuda",), priority=-100, fallback=True):
     """One thread per output element, the reduction in a register: correct for every spec.
 
     fp16 accumulates in an fp32 register and rounds once, after bias and activation.
@@ -285,14 +278,7 @@ class GenericCUDA(Template):
     output stores and (NCHW: data, NHWC: weight) loads coalesce; nothing is staged.
     """
 
-    name = "cuda.generic"
-    version = 1
-    families = ("cuda",)
-    priority = -100  # the last resort
-    fallback = True
-
-    def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        return None
+    # priority: the last resort
 
     def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
         # fp16 accumulates in fp32 (one rounding at the end), like cuDNN and the tensor cores

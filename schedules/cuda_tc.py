@@ -271,22 +271,16 @@ def _index_map(roles: Any, fn: Any) -> Any:
     return IndexMap.from_func(mapping, ndim=len(roles), index_dtype="int32")
 
 
-class TensorCoreCUDA(Template):
+class TensorCoreCUDA(Template, name="cuda.tensorcore", version=1, families=("cuda",), dtypes=("float16",),
+                     priority=20, uses_intrinsics=True, pass_config={"tirx.disable_storage_rewrite": True}):
     """fp16 NHWC convolution as an implicit GEMM on WMMA tensor cores, fp32 accumulation."""
 
-    name = "cuda.tensorcore"
-    version = 1
-    families = ("cuda",)
-    priority = 20
-    uses_intrinsics = True  # convgen.cuda.emulate refuses it: WMMA has no CPU form
+    # uses_intrinsics: convgen.cuda.emulate refuses it (WMMA has no CPU form). pass_config:
     # TVM's StorageRewrite may place the fp32 C tile inside the (larger) fp16 A/B buffer and
     # then fails in LowerIntrin ("tvm_access_ptr element type must match"); without it,
     # MergeSharedMemoryAllocations still overlaps the two by lifetime.
-    pass_config = {"tirx.disable_storage_rewrite": True}
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if spec.dtype != "float16":
-            return f"dtype {spec.dtype} (float16 only)"
         if spec.layout != "NHWC":
             return "layout NCHW (the implicit GEMM reads NHWC rows; NCHW fp16 goes to cuda.generic)"
         if spec.groups != 1:

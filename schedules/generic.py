@@ -26,14 +26,10 @@ from .base import Template, register
 from .common import has_block, parallel_outer, spatial_loops, vectorize_inner
 
 
-class GenericCPU(Template):
+class GenericCPU(Template, name="cpu.generic", version=1, families=("x86", "arm"), priority=-100, fallback=True):
     """Parallel rows, vectorized innermost axis where it divides; serves every spec."""
 
-    name = "cpu.generic"
-    version = 1
-    families = ("x86", "arm")
-    priority = -100  # the last resort
-    fallback = True
+    # priority: the last resort
 
     def _inner_extent(self, spec: ConvSpec) -> int:
         return spec.out_width if spec.layout == "NCHW" else spec.out_channels

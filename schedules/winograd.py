@@ -67,17 +67,12 @@ def _bilinear(left: np.ndarray, right: np.ndarray, i: Any, j: Any, term: Any, dt
     return out
 
 
-class WinogradX86(Template):
+class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), dtypes=("float32",), priority=5):
     """Winograd F(2x2,3x3) / F(4x4,3x3): transforms + a vectorized batched GEMM."""
 
-    name = "x86.winograd"
-    version = 1
-    families = ("x86",)
-    priority = 5  # never the untuned default: the tuner chooses it where it wins
+    # priority: never the untuned default: the tuner chooses it where it wins
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if spec.dtype != "float32":
-            return f"dtype {spec.dtype} (float32 only)"
         if spec.kernel != (3, 3) or spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.groups != 1:
             return "Winograd here is for 3x3, stride 1, no dilation, no groups"
         return None  # output channels off the lanes: the last block's tail lanes are padding

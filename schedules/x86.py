@@ -56,17 +56,10 @@ def channel_tiles(channels: int, lanes: int) -> tuple[int, ...]:
     return tuple(m * lanes for m in (1, 2, 4) if m * lanes <= whole)
 
 
-class DirectX86(Template):
+class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtypes=("float32",), priority=10):
     """Direct convolution, output channels in vector lanes, a register tile of pixels."""
 
-    name = "x86.direct"
-    version = 1
-    families = ("x86",)
-    priority = 10
-
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if spec.dtype != "float32":
-            return f"dtype {spec.dtype} (float32 only)"
         if spec.groups > 1 and spec.out_per_group % target.vector_lanes:
             # padding would have to go inside every group: the generic template serves these
             return f"output channels per group ({spec.out_per_group}) not a multiple of {target.vector_lanes} lanes"
@@ -137,7 +130,7 @@ class DirectX86(Template):
         sch.decompose_reduction(sch.get_sblock("conv"), loops["reduction"][0])
 
 
-class DepthwiseX86(Template):
+class DepthwiseX86(Template, name="x86.depthwise", version=1, families=("x86",), dtypes=("float32",), priority=20):
     """Depthwise (one input channel per group, multiplier 1): channels in vector lanes.
 
     Each FMA needs its own data vector (no broadcast reuse across channels), so the kernel
@@ -145,14 +138,7 @@ class DepthwiseX86(Template):
     the ``R*S`` weight vectors reused across the pixels of the tile.
     """
 
-    name = "x86.depthwise"
-    version = 1
-    families = ("x86",)
-    priority = 20
-
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if spec.dtype != "float32":
-            return f"dtype {spec.dtype} (float32 only)"
         if not (spec.is_depthwise and spec.out_per_group == 1):
             return "not depthwise with channel multiplier 1"
         return None  # a channel count off the lanes is padded (input and output channels)
@@ -224,7 +210,8 @@ class DepthwiseX86(Template):
         sch.decompose_reduction(conv, L["ic"])
 
 
-class DepthwiseRowsX86(Template):
+class DepthwiseRowsX86(Template, name="x86.depthwise_rows", version=1, families=("x86",), dtypes=("float32",),
+                       priority=25):
     """Depthwise on NCHW data as given: output rows in vector lanes, no layout change.
 
     ``out[c, oh, ow:ow+8] += w[c, kh, kw] * data[c, oh+kh, ow+kw : ow+kw+8]``: one broadcast
@@ -234,11 +221,6 @@ class DepthwiseRowsX86(Template):
     accumulators + the weight + the data vector.
     """
 
-    name = "x86.depthwise_rows"
-    version = 1
-    families = ("x86",)
-    priority = 25
-
     def _vec(self, spec: ConvSpec, target: Target) -> int | None:
         lanes = target.vector_lanes
         if spec.out_width % lanes == 0:
@@ -246,8 +228,6 @@ class DepthwiseRowsX86(Template):
         return spec.out_width if spec.out_width <= 2 * lanes else None
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if spec.dtype != "float32":
-            return f"dtype {spec.dtype} (float32 only)"
         if spec.layout != "NCHW" or not spec.is_depthwise:
             return "not NCHW depthwise"
         if spec.stride[1] != 1:

@@ -231,7 +231,7 @@ class _Spy:
 def test_measure_times_prepacked_and_a_check_catches_a_skipped_output(tmp_path):
     import tvm
 
-    from convgen.remote import measure_kernel
+    from convgen.timing import measure_kernel
 
     spec = SMALL
     path = _library(tmp_path, spec, lazy="main")

@@ -96,25 +96,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     spec = ConvSpec.from_dict(meta["spec"])
     print(f"{args.kernel}: {spec.describe()}")
-    for key in ("target", "template", "config", "config_source", "space_hash", "convgen", "tvm", "tvm_ffi", "built_on", "built_at"):
+    for key in ("target", "template", "config", "config_source", "space_hash", "convgen", "tvm", "tvm_ffi", "host_cpu", "time"):
         print(f"  {key:<14} {json.dumps(meta.get(key)) if isinstance(meta.get(key), dict) else meta.get(key)}")
     print(f"  {'sha256':<14} {file_sha256(args.kernel)}  (the whole file: pin it with convgen.load(path, sha256=...))")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``convgen run``: check a kernel against the numpy reference and time it."""
-    import numpy as np
-
-    from ..reference import conv2d_reference, random_inputs, tolerance
-    from ..runtime import load, target_from_metadata
-
-    from ..runtime import file_sha256, read_metadata
+    """``convgen run``: check a kernel against the numpy reference and time it (here, or on a
+    device through RPC), both through :func:`convgen.timing.measure_kernel`."""
+    from ..errors import KernelError
+    from ..runtime import file_sha256, load, read_metadata, target_from_metadata
 
     meta = read_metadata(args.kernel)
     if args.sha256 and args.sha256.lower() != file_sha256(args.kernel):
-        from ..runtime import KernelError
-
         raise KernelError(f"{args.kernel}: SHA-256 {file_sha256(args.kernel)} is not the pinned {args.sha256}")
     if args.rpc or args.tracker:
         from ..remote import connect, run_remote
@@ -125,15 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         where = args.rpc or f"{args.tracker} key {args.key or target_from_metadata(meta).rpc_key}"
     else:
         kernel = load(args.kernel, num_threads=args.threads, sha256=args.sha256)
-        spec = kernel.spec
-        result = {"threads": kernel.num_threads}
+        run = kernel.measure(check=not args.no_check, number=10, repeat=args.repeat, min_repeat_ms=100, seed=1)
+        result = {"threads": kernel.num_threads, "times": run.times}
         if not args.no_check:
-            arrays = random_inputs(spec, seed=1)
-            got = kernel(*arrays)
-            ref = conv2d_reference(spec, *arrays)
-            result["max_error"] = float(np.max(np.abs(got.astype(np.float64) - ref))) if got.size else 0.0
-            result["tolerance"] = tolerance(spec)
-        result["times"] = kernel.benchmark(repeat=args.repeat)
+            result["max_error"], result["tolerance"] = run.max_error, run.tolerance
         where = "this machine"
     _report_run(args.kernel, meta, result, where)
     return 0 if result.get("max_error", 0) <= result.get("tolerance", 0) else 1
@@ -142,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
     import statistics
 
-    from ..peak import measured_peak_gflops
+    from ..peak import reference_peak
     from ..runtime import file_sha256, target_from_metadata
     from ..spec import ConvSpec
 
@@ -157,14 +147,8 @@ def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
         ok = result["max_error"] <= result["tolerance"]
         print(f"  check vs numpy reference: max |error| {result['max_error']:.2e} "
               f"(tolerance {result['tolerance']:.1e}) {'OK' if ok else 'FAILED'}")
-    if target.is_cpu:
-        measured = where == "this machine" and target.runs_here() and spec.dtype == "float32"
-        peak = measured_peak_gflops(target, threads) if measured else target.nominal_peak_gflops(threads, spec.dtype)
-        kind = "measured" if measured else "nominal"
-        pct = f", {100 * gflops / peak:.0f}% of the {kind} peak ({peak:.0f} GFLOP/s)" if peak else ""
-    else:
-        peak = target.nominal_peak_gflops(1, spec.dtype)
-        pct = f", {100 * gflops / peak:.1f}% of the nominal peak" if peak else ""
+    peak, kind = reference_peak(target, threads, spec.dtype, here=where == "this machine")
+    pct = f", {100 * gflops / peak:.{0 if target.is_cpu else 1}f}% of the {kind} peak ({peak:.0f} GFLOP/s)" if peak else ""
     print(f"  on {where}, {threads} thread{'s' if threads != 1 else ''}: median {median * 1e3:.3f} ms over "
           f"{len(result['times'])} repeats, {gflops:.1f} GFLOP/s{pct}")
 

@@ -67,7 +67,7 @@ def merge_duplicates(named: dict) -> tuple[dict, dict]:
 def cmd_tune(args: argparse.Namespace) -> int:
     """The ``convgen tune`` command."""
     from ..builder import build
-    from ..peak import measured_peak_gflops
+    from ..peak import reference_peak
     from ..runtime import default_num_threads
     from ..target import get_target
     from ..tuner import MeasureOptions, tune
@@ -99,8 +99,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     threads = args.threads or default_num_threads()
     dtypes = {s.dtype for s in named.values()}
     dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
-    peak = (measured_peak_gflops(target, threads, dtype=dtype) if runner is None
-            else target.nominal_peak_gflops(threads, dtype))
+    peak, _ = reference_peak(target, threads, dtype, here=runner is None)
     print(summary_table(list(results.values()), peak))
     written = plot is not None and _mtime(plot) not in (None, before)
     print(f"records: {args.records}" + (f"  plot: {plot}" if written else ""))

@@ -11,6 +11,19 @@ from ..target import Target
 from .toolchain import DeviceCode
 
 
+# MetaSchedule's lowering before VerifyGPUCode, in order (after BindTarget): (namespace, pass, args)
+_VERIFY_PASSES = (
+    ("s_tir", "LowerCrossThreadReduction"), ("s_tir", "LowerInitBlock"),
+    ("s_tir", "PlanAndUpdateBufferAllocationLocation"), ("s_tir", "ConvertBlocksToOpaque"),
+    ("s_tir", "LiftThreadBinding"), ("s_tir", "ManifestSharedMemoryLocalStage"), ("s_tir", "CompactBufferAllocation"),
+    ("s_tir", "LowerAutoCopy"), ("s_tir", "UnifyThreadBinding"), ("s_tir", "LowerMatchBuffer"),
+    ("s_tir", "InjectSoftwarePipeline"), ("s_tir", "LowerOpaqueBlock"), ("tirx", "FlattenBuffer"),
+    ("tirx", "NarrowDataType", 32), ("tirx", "StmtSimplify"), ("tirx", "VectorizeLoop", True),
+    ("s_tir", "InjectVirtualThread"), ("s_tir", "InjectDoubleBuffer"), ("tirx", "StorageRewrite"),
+    ("s_tir", "MergeSharedMemoryAllocations"),
+)
+
+
 def lower_for_verify(mod: Any, tvm_target: Any) -> Any:
     """Lower a scheduled module as far as ``VerifyGPUCode`` needs (MetaSchedule's list).
 
@@ -22,29 +35,11 @@ def lower_for_verify(mod: Any, tvm_target: Any) -> Any:
     from tvm import s_tir, tirx
 
     rewrite = not tvm.transform.PassContext.current().config.get("tirx.disable_storage_rewrite", False)
-    passes = [
-        tirx.transform.BindTarget(tvm_target),
-        s_tir.transform.LowerCrossThreadReduction(),
-        s_tir.transform.LowerInitBlock(),
-        s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
-        s_tir.transform.ConvertBlocksToOpaque(),
-        s_tir.transform.LiftThreadBinding(),
-        s_tir.transform.ManifestSharedMemoryLocalStage(),
-        s_tir.transform.CompactBufferAllocation(),
-        s_tir.transform.LowerAutoCopy(),
-        s_tir.transform.UnifyThreadBinding(),
-        s_tir.transform.LowerMatchBuffer(),
-        s_tir.transform.InjectSoftwarePipeline(),
-        s_tir.transform.LowerOpaqueBlock(),
-        tirx.transform.FlattenBuffer(),
-        tirx.transform.NarrowDataType(32),
-        tirx.transform.StmtSimplify(),
-        tirx.transform.VectorizeLoop(True),
-        s_tir.transform.InjectVirtualThread(),
-        s_tir.transform.InjectDoubleBuffer(),
-        *([tirx.transform.StorageRewrite()] if rewrite else []),
-        s_tir.transform.MergeSharedMemoryAllocations(),
-    ]
+    namespaces = {"s_tir": s_tir.transform, "tirx": tirx.transform}
+    passes = [tirx.transform.BindTarget(tvm_target)]
+    for ns, name, *args in _VERIFY_PASSES:
+        if name != "StorageRewrite" or rewrite:
+            passes.append(getattr(namespaces[ns], name)(*args))
     return tvm.ir.transform.Sequential(passes)(mod)
 
 

@@ -18,7 +18,20 @@ def _conv_bn(cin: int, cout: int, k: int, s: int = 1, groups: int = 1) -> list[n
     return [nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """A residual block: ``relu(branch(x) + shortcut(x))``, the shortcut a projection
+    (``downsample``) where the shape changes, else ``x`` itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.branch(x)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class BasicBlock(_Block):
     """ResNet-18/34 block: two 3x3 convolutions and the skip connection."""
 
     expansion = 1
@@ -30,17 +43,11 @@ class BasicBlock(nn.Module):
         self.conv2, self.bn2 = _conv_bn(width, width, 3)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """ResNet-50 block: 1x1 reduce, 3x3 (stride here, as torchvision v1.5), 1x1 expand, skip."""
 
     expansion = 4
@@ -53,15 +60,10 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(nn.Module):

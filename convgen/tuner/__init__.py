@@ -28,7 +28,7 @@ class TuneResult:
 
     name: str
     spec: ConvSpec
-    target: str
+    target: Target
     template: str | None
     config: Config | None
     cost: float | None          # median seconds per call of the best config
@@ -79,8 +79,8 @@ def make_tasks(named: dict[str, ConvSpec], target: Target, template: str | None 
             found = candidates(spec, target)
             templates = [t for t in found if not t.fallback] or found
         for t in templates:
-            label = name if len(templates) == 1 else f"{name}:{t.name}"
-            tasks.append(Task(label, spec, t, weight=(weights or {}).get(name, 1.0)))
+            label = name if len(templates) == 1 else f"{name}:{t.name}"  # display only
+            tasks.append(Task(label, spec, t, weight=(weights or {}).get(name, 1.0), layer=name))
     return tasks
 
 
@@ -118,7 +118,7 @@ def tune(
     :func:`convgen.torch.conv_layers` returns them are weighted by their counts.
     Returns the best result per workload name.
     """
-    from ..peak import measured_peak_gflops
+    from ..peak import reference_peak
     from ..runtime import default_num_threads
     from .campaign import Campaign
     from .progress import Progress, plot_curves
@@ -151,11 +151,9 @@ def tune(
     try:
         runner = _make_runner(given, target, options)
         threads = options.num_threads or default_num_threads()
-        local_cpu = isinstance(runner, LocalRunner) and target.is_cpu
         dtypes = {t.spec.dtype for t in tasks}
         dtype = dtypes.pop() if len(dtypes) == 1 else "float32"  # one peak for the progress line
-        peak = (measured_peak_gflops(target, threads, dtype=dtype) if local_cpu
-                else target.nominal_peak_gflops(threads, dtype))
+        peak, _ = reference_peak(target, threads, dtype, here=isinstance(runner, LocalRunner))
         campaign = Campaign(tasks, target, measure=measure, records=records, strategy=strategy, batch_size=batch_size,
                             early_stopping=early_stopping, seed=seed, progress=Progress(peak) if progress else None,
                             transfer=transfer, device_wait=device_wait)
@@ -175,11 +173,11 @@ def tune(
 def _results(named: dict[str, ConvSpec], tasks: list, target: Target, weights) -> dict[str, TuneResult]:
     out = {}
     for name, spec in named.items():
-        mine = [t for t in tasks if t.spec == spec and (t.name == name or t.name.startswith(name + ":"))]
+        mine = [t for t in tasks if t.layer == name]
         best = min((t for t in mine if t.best_cost), key=lambda t: t.best_cost, default=None)
         defaults = [t.default_cost for t in mine if t.default_cost]
         out[name] = TuneResult(
-            name=name, spec=spec, target=target.name,
+            name=name, spec=spec, target=target,
             template=best.template.name if best else None,
             config=best.best_config if best else None,
             cost=best.best_cost if best else None,

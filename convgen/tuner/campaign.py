@@ -50,10 +50,11 @@ WINDOW = 16
 class Task:
     """Tuning one layer with one template."""
 
-    name: str
+    name: str                # what the progress line and the records say ("layer:template")
     spec: ConvSpec
     template: Any
     weight: float = 1.0
+    layer: str = ""          # the workload's name, which several tasks (templates) may share
     ctx: SearchContext | None = None
     search: Any = None
     best_cost: float | None = None
@@ -70,6 +71,9 @@ class Task:
     costs: dict[str, list[float]] = field(default_factory=dict)    # config key -> every good timing
     config_by_key: dict[str, Config] = field(default_factory=dict)
     pending: list[Config] = field(default_factory=list)  # proposed, not measured yet (next batch)
+
+    def __post_init__(self) -> None:
+        self.layer = self.layer or self.name
 
     @property
     def best_gflops(self) -> float:
@@ -295,7 +299,7 @@ class Campaign:
         t0 = time.perf_counter()
         for i, tasks in enumerate(layers.values()):
             if self.progress:
-                self.progress.refining(i, len(layers), tasks[0].name.split(":")[0], time.perf_counter() - t0)
+                self.progress.refining(i, len(layers), tasks[0].layer or tasks[0].name, time.perf_counter() - t0)
             for _ in range(3):  # re-timings move the medians: a config outside the leaders may win
                 leaders = sorted(((cost, t, cfg) for t in tasks for cfg, cost in t.config_costs().items()),
                                  key=lambda x: x[0])[:top]

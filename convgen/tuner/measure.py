@@ -13,7 +13,7 @@ Mirrors how AutoTVM and MetaSchedule measure, on TVM's own pieces:
   a tracker, with one session per device in parallel: a fleet serves one campaign. A device
   that cannot be reached is recorded as ``device`` (not the config's fault), not ``crash``.
 
-Both measure through :func:`convgen.remote.measure_kernel`, as ``convgen run`` does: kernels
+Both measure through :func:`convgen.timing.measure_kernel`, as ``convgen run`` does: kernels
 with their own weight layout are timed as deployed (weights packed once by the library's
 ``pack_weights``, then ``main_prepacked``) with the :class:`MeasureOptions`.
 
@@ -186,7 +186,7 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
 
 
 def _timing(opts: MeasureOptions) -> dict[str, Any]:
-    """The ``time_evaluator`` arguments of ``opts`` (for :func:`convgen.remote.measure_kernel`)."""
+    """The ``time_evaluator`` arguments of ``opts`` (for :func:`convgen.timing.measure_kernel`)."""
     return {"number": opts.number, "repeat": opts.repeat, "min_repeat_ms": opts.min_repeat_ms,
             "cache_flush_bytes": opts.cache_flush_bytes}
 
@@ -197,12 +197,12 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
 
     Kernels with pre-packed weights are timed as deployed (``main_prepacked``, weights packed
     once); the check runs both entry points, each on an output filled with NaN first
-    (:func:`convgen.remote.measure_kernel`). Returns ``(times, verified, message)``;
+    (:func:`convgen.timing.measure_kernel`). Returns ``(times, verified, message)``;
     ``verified`` is ``None`` when no check ran.
     """
     import tvm
 
-    from convgen.remote import measure_kernel
+    from convgen.timing import measure_kernel
     from convgen.runtime import set_num_threads
     from convgen.spec import ConvSpec
 
@@ -338,7 +338,7 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
                    verify_below: float | None, packed_shape: list[int] | None = None) -> tuple:
     """Time (and maybe check) a library on a remote device; same result as :func:`run_worker`.
 
-    Measures as the local worker does (:func:`convgen.remote.measure_kernel`: weights packed
+    Measures as the local worker does (:func:`convgen.timing.measure_kernel`: weights packed
     once on the device, ``main_prepacked`` timed, both entry points checked). Waiting for a
     device at a tracker is bounded by ``opts.queue_timeout`` and does not count against the
     run: the session's own timeout (``opts.run_timeout``, at least 1 s) starts once a device
@@ -350,6 +350,7 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
     from convgen import remote
     from convgen.spec import ConvSpec
     from convgen.target import Target
+    from convgen.timing import measure_kernel
 
     spec_ = ConvSpec.from_dict(spec)
     tgt = Target.from_dict(target)
@@ -361,7 +362,7 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
     try:
         if tgt.family != "cuda":  # a remote CPU's device type is 1 + 128 * (session index + 1): ask the target
             remote.set_remote_threads(session, opts.num_threads)
-        run = remote.measure_kernel(module, spec_, dev, packed_shape=packed_shape, check_below=verify_below,
+        run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check_below=verify_below,
                                     **_timing(opts))
     except Exception as e:
         if time.monotonic() - started >= 0.95 * remote.session_seconds(opts.run_timeout):
