@@ -158,7 +158,7 @@ def _read_kernel_file(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
     """``(file bytes, library bytes, metadata)`` of a kernel file, the metadata checked (see
     :func:`check_metadata`) and the library checked against its SHA-256."""
     if not os.path.exists(path):
-        raise KernelNotFoundError(errno.ENOENT, "no such kernel file", path)
+        raise KernelNotFoundError(errno.ENOENT, "no such file", path)
     if not os.path.isfile(path):
         raise NotAKernelError(f"{path}: not a file")
     with open(path, "rb") as fh:

@@ -268,10 +268,9 @@ def check_kernel(kernel: Any, spec: Any) -> dict[str, Any]:
 def gpu_target_name(cc: tuple[int, int]) -> str:
     """The convgen CUDA target for a GPU of compute capability ``cc``: the newest arch of the
     same major version it runs natively, else the newest older one (its PTX JITs)."""
-    from convgen import cuda
     from convgen.target import all_targets
 
-    by_cc = sorted(((cuda.limits(t).compute_capability, t.name) for t in all_targets().values()
+    by_cc = sorted(((t.gpu_limits().compute_capability, t.name) for t in all_targets().values()
                     if t.family == "cuda"), reverse=True)
     for want_major in (True, False):
         for have, name in by_cc:
@@ -392,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu_check: torch sees no CUDA GPU", file=sys.stderr)
         return 2
-    from convgen.cuda import runtime_problem
+    from convgen.cuda.device import runtime_problem
 
     why = runtime_problem()
     if why:
@@ -409,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs: list[Job] = []
     if not args.no_build:
-        from convgen.cuda import find_nvcc
+        from convgen.cuda.toolchain import find_nvcc
 
         try:
             find_nvcc(target)

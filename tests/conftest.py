@@ -9,8 +9,33 @@ import convgen
 from convgen.reference import conv2d_reference, random_inputs, tolerance
 
 
+def pytest_addoption(parser):
+    parser.addoption("--host-target", default=None, metavar="NAME",
+                     help="run the suite as if 'host' were this target (x86-avx2 on an AVX-512 machine, say): "
+                          "scripts/test.sh runs it once natively and once with x86-avx2 where that differs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forced_host(request):
+    """``--host-target``: every in-process ``"host"`` resolves to that target; tests that start
+    convgen in a subprocess pass it explicitly (:func:`host` gives its name)."""
+    name = request.config.getoption("--host-target")
+    if not name:
+        yield None
+        return
+    import convgen.target as target_module
+
+    forced = convgen.get_target(name)
+    if not forced.runs_here():
+        pytest.exit(f"--host-target {name}: this machine cannot run {name} kernels", returncode=2)
+    original = target_module.host_target
+    target_module.host_target = lambda: forced
+    yield forced
+    target_module.host_target = original
+
+
 @pytest.fixture(scope="session")
-def host():
+def host(forced_host):
     return convgen.get_target("host")
 
 

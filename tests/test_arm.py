@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
 import random
 import shutil
@@ -380,3 +381,53 @@ def test_tuner_rpc_runner_measures_on_the_board(board, tmp_path):
         runner.close()
     for c in cands:
         assert c.ok and c.verified, (c.error, c.message)
+
+
+def _board_python(tmp_path, cpu, code):
+    """Run ``code`` in the board's aarch64 Python under qemu-user, with convgen installed as
+    a device would have it: the package and its targets, the TVM runtime only."""
+    cache = os.path.join(REPO, ".cache", "arm-board")
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(REPO, "convgen"), site / "convgen",
+                    ignore=shutil.ignore_patterns("__pycache__", "tuned", "torch"))
+    shutil.copytree(os.path.join(REPO, "targets"), site / "convgen" / "targets")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "TVM_USE_RUNTIME_LIB": "1",
+           "QEMU_LD_PREFIX": os.path.join(cache, "sysroot"),
+           "PYTHONPATH": f"{site}:{os.path.join(cache, 'site-packages')}"}
+    return subprocess.run(["qemu-aarch64", "-cpu", cpu, os.path.join(cache, "sysroot", "usr", "bin", "python3.11"),
+                           "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.board
+def test_convgen_load_runs_a_neon_kernel_on_the_board_with_the_runtime_only(tmp_path):
+    # under qemu-user /proc/cpuinfo describes the x86 host: the CPU features must come from
+    # the auxiliary vector (what the kernel tells the process), or load would refuse to run
+    if _board("status", check=False).returncode != 0:
+        pytest.skip("the emulated ARM board is not set up: run 'bash scripts/arm_board.sh setup'")
+    spec = FLOAT_SPECS[0]
+    path = _export(tmp_path, spec, NEON, "neon")
+    x, w = random_inputs(spec, seed=3)[:2]
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    code = f"""
+import json, sys, numpy as np, convgen
+from convgen.cpufeatures import auxv_flags, cpuinfo_flags
+k = convgen.load({path!r})
+y = k(np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'w.npy')!r}))
+np.save({str(tmp_path / 'y.npy')!r}, y)
+compiler = ("tvm.s_tir", "tvm.te", "tvm.topi", "tvm.relax", "convgen.builder", "convgen.compute", "convgen.schedules",
+            "convgen.tuner", "convgen.cuda.compile", "convgen.cuda.toolchain", "convgen.cuda.verify", "convgen.records")
+print(json.dumps({{"bad": [m for m in sys.modules if m.startswith(compiler)], "auxv": sorted(auxv_flags() or []),
+                   "cpuinfo_has_asimd": "asimd" in (cpuinfo_flags() or ())}}))
+"""
+    out = _board_python(tmp_path, "cortex-a72", code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bad"] == []
+    assert "asimd" in result["auxv"] and not result["cpuinfo_has_asimd"]  # cpuinfo is the x86 host's
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), conv2d_reference(spec, x, w), atol=tolerance(spec))
+    # a dotprod kernel on the A72 (no dotprod in its auxiliary vector) is refused, clearly
+    dot = _export(tmp_path, FLOAT_SPECS[0], DOTPROD, "dot")
+    out = _board_python(tmp_path, "cortex-a72", f"import convgen\ntry:\n    convgen.load({dot!r})(None, None)\n"
+                                                f"except convgen.KernelError as e:\n    print('refused:', e)\n")
+    assert "refused:" in out.stdout and "asimddp" in out.stdout, out.stderr[-2000:]

@@ -91,7 +91,7 @@ def test_a_bad_config_names_the_flag(config, capsys):
 def test_metadata_without_a_spec_is_a_clear_error(tmp_path, capsys):
     from convgen.runtime import _MAGIC
 
-    meta = json.dumps({"format": 1, "target": "x86-avx2", "template": "x86.direct", "config": {}}).encode()
+    meta = json.dumps({"format": 2, "target": "x86-avx2", "template": "x86.direct", "config": {}}).encode()
     so = tmp_path / "odd.so"
     so.write_bytes(b"\0" * 64 + meta + len(meta).to_bytes(8, "little") + _MAGIC)
     for argv in (["info", str(so)], ["run", str(so)]):

@@ -31,7 +31,9 @@ import numpy as np
 import pytest
 
 import convgen
-from convgen import ConfigError, ConvSpec, KernelError, cuda
+from convgen import ConfigError, ConvSpec, KernelError
+from convgen.cuda import compile as cuda_compile
+from convgen.cuda import device, emulate, fatbin, toolchain, verify
 from convgen.builder import compile_module, export_library, schedule, tvm_target
 from convgen.reference import conv2d_reference, random_inputs, tolerance
 from convgen.schedules import candidates, get_template
@@ -75,7 +77,7 @@ FP16_SPECS = [
 
 def _nvcc_or_skip():
     try:
-        cuda.find_nvcc(convgen.get_target("cuda-sm90"))
+        toolchain.find_nvcc(convgen.get_target("cuda-sm90"))
     except convgen.TargetError as e:
         pytest.skip(str(e))
 
@@ -92,13 +94,13 @@ def _check(run, spec, seed=0):
 @pytest.mark.parametrize("name,arch,sms", [("cuda-sm80", "sm_80", 108), ("cuda-sm90", "sm_90", 132)])
 def test_cuda_targets_spell_out_their_limits(name, arch, sms):
     t = convgen.get_target(name)
-    lim = cuda.limits(t)
+    lim = t.gpu_limits()
     assert (t.family, lim.arch, lim.sm_count) == ("cuda", arch, sms)
     assert lim.max_threads_per_block == 1024 and lim.max_shared_memory_per_block == 49152
     assert lim.registers_per_block == 65536 and lim.warp_size == 32
     assert "float16" in t.dtypes and t.nominal_peak_gflops(1) > 1e4
     assert not t.is_cpu
-    assert t.runs_here() == (cuda.device_problem(t) is None)  # False here: no GPU
+    assert t.runs_here() == (device.device_problem(t) is None)  # False here: no GPU
 
 
 def test_every_spec_has_a_cuda_template_and_the_fallback_comes_last():
@@ -123,7 +125,7 @@ def test_libraries_embed_an_nvcc_fatbin_for_the_arch_and_no_source(arch, tmp_pat
         kernel = convgen.build(spec, target, builtin_records=False)
         path = str(tmp_path / f"{kernel.template}.so")
         kernel.export(path)
-        [device] = cuda.library_device_code(path)
+        [device] = fatbin.library_device_code(path)
         assert device["format"] == "fatbin"
         assert device["sass"] == [f"sm_{cc}"] and device["ptx"] == [f"compute_{cc}"]
         blob = open(path, "rb").read()
@@ -134,7 +136,7 @@ def test_libraries_embed_an_nvcc_fatbin_for_the_arch_and_no_source(arch, tmp_pat
         # it loads here for inspection (metadata, no GPU) and says why it cannot run
         loaded = convgen.load(path)
         assert loaded.template == kernel.template and loaded.config == kernel.config
-        if cuda.device_problem(target) is None:  # a GPU machine: it runs (gpu_check covers it)
+        if device.device_problem(target) is None:  # a GPU machine: it runs (gpu_check covers it)
             continue
         assert not loaded.runs_here
         with pytest.raises(KernelError, match=f"{arch} cannot run on this .*libcuda"):
@@ -211,14 +213,14 @@ def test_the_fatbin_replaces_the_source_in_the_library_blob():
     tmpl = get_template("cuda.generic")
     executable = compile_module(FP32_SPECS[2], target, tmpl, tmpl.default(FP32_SPECS[2], target))
     blob = bytes(tvm.get_global_func("runtime.ModulePackImportsToTensor")(executable.mod).numpy().tobytes())
-    source = cuda.device_module(executable).inspect_source("cuda")
-    before = dict(cuda.iter_library_bin(blob))
-    assert cuda.split_cuda_payload(before[b"cuda"], source.encode())[0] == b"cuda"  # TVM keeps source
-    patched = cuda.patch_library_bin(blob, executable.convgen_device_code.fatbin, source)
-    fmt, fmap, code = cuda.split_cuda_payload(dict(cuda.iter_library_bin(patched))[b"cuda"])
+    source = cuda_compile.device_module(executable).inspect_source("cuda")
+    before = dict(fatbin.iter_library_bin(blob))
+    assert fatbin.split_cuda_payload(before[b"cuda"], source.encode())[0] == b"cuda"  # TVM keeps source
+    patched = fatbin.patch_library_bin(blob, executable.convgen_device_code.fatbin, source)
+    fmt, fmap, code = fatbin.split_cuda_payload(dict(fatbin.iter_library_bin(patched))[b"cuda"])
     assert fmt == b"fatbin" and code == executable.convgen_device_code.fatbin
-    assert fmap == cuda.split_cuda_payload(before[b"cuda"], source.encode())[1]  # kernel table kept
-    assert cuda.fatbin_contents(code) == {"sass": ["sm_80"], "ptx": ["compute_80"]}
+    assert fmap == fatbin.split_cuda_payload(before[b"cuda"], source.encode())[1]  # kernel table kept
+    assert fatbin.fatbin_contents(code) == {"sass": ["sm_80"], "ptx": ["compute_80"]}
 
 
 # ---- static checks -------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def test_shared_memory_arithmetic_is_what_tvm_allocates(template, spec):
     rng = random.Random(spec.key)
     for config in [tmpl.default(spec, target)] + tmpl.space(spec, target).sample(rng, 4):
         with __import__("tvm").transform.PassContext(config=getattr(tmpl, "pass_config", {})):
-            lowered = cuda.lower_for_verify(schedule(spec, target, tmpl, config), tvm_target(target))
+            lowered = verify.lower_for_verify(schedule(spec, target, tmpl, config), tvm_target(target))
         used = s_tir.analysis.calculate_allocated_bytes(lowered["main"])["main"]
         shared = used.get("shared", 0) + used.get("shared.dyn", 0)
         want = 4 * sum(tmpl._shared_words(spec, config)) if template == "cuda.direct" else tmpl.shared_bytes(config)
@@ -277,9 +279,9 @@ def test_verify_gpu_code_rejects_what_the_target_cannot_launch():
     spec = FP32_SPECS[0]
     config = dict(tmpl.default(spec, big), tile_f=[1, 4, 2], tile_y=[1, 3, 2], tile_x=[1, 14, 1], tile_rc=16)
     mod = schedule(spec, big, tmpl, config)
-    cuda.verify(mod, big, tvm_target(big))  # fits the real GPU
+    verify.verify(mod, big, tvm_target(big))  # fits the real GPU
     with pytest.raises(ConfigError) as info:
-        cuda.verify(mod, small, tvm_target(small))
+        verify.verify(mod, small, tvm_target(small))
     message = str(info.value)
     assert "tiny-gpu" in message and "VerifyGPUCode" in message
     assert re.search(r"threads per block \(168\) is greater than the allowed maximum \(64\)", message)
@@ -291,13 +293,13 @@ def test_ptxas_register_report_is_checked_against_the_register_file():
     log = ("ptxas info    : Compiling entry function 'main_kernel' for 'sm_80'\n"
            "    0 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads\n"
            "ptxas info    : Used 128 registers, 4096 bytes smem, 400 bytes cmem[0]\n")
-    code = cuda.DeviceCode(b"", "sm_80", cuda.parse_ptxas(log))
+    code = toolchain.DeviceCode(b"", "sm_80", toolchain.parse_ptxas(log))
     assert vars(code.kernels["main_kernel"]) == {"registers": 128, "spill_bytes": 16, "stack_bytes": 0,
                                                  "shared_bytes": 4096}
-    cuda.check_registers(code, {"main_kernel": 512}, target)  # 128 x 512 = 65536: fits exactly
+    verify.check_registers(code, {"main_kernel": 512}, target)  # 128 x 512 = 65536: fits exactly
     with pytest.raises(ConfigError, match="128 registers x 1024 threads"):
-        cuda.check_registers(code, {"main_kernel": 1024}, target)
-    assert cuda.launch_threads('extern "C" __global__ void __launch_bounds__(256) main_kernel(float* a)') == {
+        verify.check_registers(code, {"main_kernel": 1024}, target)
+    assert verify.launch_threads('extern "C" __global__ void __launch_bounds__(256) main_kernel(float* a)') == {
         "main_kernel": 256}
 
 
@@ -310,7 +312,7 @@ def test_emulated_fp32_schedules_match_the_reference(spec):
     for tmpl in candidates(spec, target):
         samples = 2 if tmpl.name == "cuda.direct" else 1
         for config in [tmpl.default(spec, target)] + tmpl.space(spec, target).sample(rng, samples):
-            _check(cuda.emulate(spec, target, config, template=tmpl.name), spec)
+            _check(emulate.emulate(spec, target, config, template=tmpl.name), spec)
 
 
 def test_emulation_catches_a_copy_with_wrong_bounds():
@@ -321,14 +323,14 @@ def test_emulation_catches_a_copy_with_wrong_bounds():
     tmpl = get_template("cuda.direct")
     config = dict(tmpl.default(spec, target), tile_f=[1, 4, 2], tile_y=[1, 3, 2], tile_x=[1, 14, 1], tile_rc=16)
     text = schedule(spec, target, tmpl, config).script(show_meta=True)
-    _check(cuda.emulate_module(tvm.script.from_source(text), spec), spec)  # as scheduled: right
+    _check(emulate.emulate_module(tvm.script.from_source(text), spec), spec)  # as scheduled: right
     # the cooperative copy of the data tile stops one row of channels short
     copy = text.index('T.sblock("data_pad_shared")')
     where = re.compile(r"T\.where\((.*) < (\d+)\)")
     m = where.search(text, copy)
     bad = text[: m.start()] + f"T.where({m.group(1)} < {int(m.group(2)) - 128})" + text[m.end():]
     with pytest.raises(AssertionError, match="max .error"):
-        _check(cuda.emulate_module(tvm.script.from_source(bad), spec), spec)
+        _check(emulate.emulate_module(tvm.script.from_source(bad), spec), spec)
 
 
 @pytest.mark.parametrize("spec", FP16_SPECS, ids=lambda s: s.describe())
@@ -337,7 +339,7 @@ def test_tensor_core_loop_nest_without_the_wmma_instructions_matches_the_referen
     tmpl = get_template("cuda.tensorcore")
     rng = random.Random(spec.key)
     for config in [tmpl.default(spec, target)] + tmpl.space(spec, target).sample(rng, 1):
-        _check(cuda.emulate(spec, target, config, template=tmpl.name, intrinsics=False), spec)
+        _check(emulate.emulate(spec, target, config, template=tmpl.name, intrinsics=False), spec)
 
 
 def test_emulated_fallback_serves_fp16_nchw_and_groups_accumulating_in_fp32():
@@ -345,12 +347,12 @@ def test_emulated_fallback_serves_fp16_nchw_and_groups_accumulating_in_fp32():
                     dtype="float16", bias=True, activation="relu")
     target = convgen.get_target("cuda-sm80")
     assert [t.name for t in candidates(spec, target)] == ["cuda.generic"]
-    _check(cuda.emulate(spec, target), spec)
+    _check(emulate.emulate(spec, target), spec)
 
 
 def test_tensor_core_kernels_themselves_cannot_be_emulated():
     with pytest.raises(ConfigError, match="no CPU emulation"):
-        cuda.emulate(FP16_SPECS[0], "cuda-sm90")
+        emulate.emulate(FP16_SPECS[0], "cuda-sm90")
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -362,10 +364,10 @@ def test_tensor_core_configs_compile_for_each_arch(arch, tmp_path):
     rng = random.Random(arch)
     for config in [tmpl.default(spec, target)] + tmpl.space(spec, target).sample(rng, 2):
         executable = compile_module(spec, target, tmpl, config)
-        assert "wmma::mma_sync" in cuda.device_module(executable).inspect_source("cuda")
+        assert "wmma::mma_sync" in cuda_compile.device_module(executable).inspect_source("cuda")
         path = str(tmp_path / "tc.so")
         export_library(executable, target, path)
-        assert cuda.library_device_code(path)[0]["sass"] == [f"sm_{arch[-2:]}"]
+        assert fatbin.library_device_code(path)[0]["sass"] == [f"sm_{arch[-2:]}"]
 
 
 # ---- the GPU check's own reference (torch on the CPU) --------------------------------------------

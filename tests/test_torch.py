@@ -172,7 +172,7 @@ def test_the_custom_op_passes_opcheck(cache):
     assert rel_err(op(x, conv.weight.detach(), conv.bias.detach(), r, *params), want) <= TOL
 
 
-def test_cli_layers_and_tune_a_torch_model(tmp_path):
+def test_cli_layers_and_tune_a_torch_model(tmp_path, host):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "convgen", *args], capture_output=True, text=True, timeout=600,
                               cwd=ROOT)
@@ -184,7 +184,7 @@ def test_cli_layers_and_tune_a_torch_model(tmp_path):
     assert bad.returncode == 2 and "no callable 'nothing'" in bad.stderr and "Traceback" not in bad.stderr
     records = str(tmp_path / "r.jsonl")
     out = run("tune", "--torch-model", "tests.torch_models:tiny_resnet", "--input-shape", "1,3,16,16",
-              "--trials", "6", "--batch-size", "1", "--records", records, "--refine", "0", "-q")
+              "--trials", "6", "--batch-size", "1", "--records", records, "--refine", "0", "-q", "--target", host.name)
     assert out.returncode == 0, out.stderr
     from convgen import records as rec
 

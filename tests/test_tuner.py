@@ -70,8 +70,11 @@ def test_faulty_candidates_are_recorded_and_the_campaign_finishes(tmp_path):
     check_kernel(convgen.build(FAULTY_SPEC, "host", records=path), FAULTY_SPEC)
 
 
-def _tune_cmd(records, trials, *extra):
-    return [sys.executable, "-m", "convgen", "tune", "-c", "8", "-k", "8", "--size", "10", "--kernel", "3",
+def _tune_cmd(records, trials, *extra, target="x86-avx2"):
+    # 16 channels, pinned to x86-avx2 (also on AVX-512 hosts): a space of hundreds of configs
+    # on either, so a 30-trial campaign never runs out of it
+    return [sys.executable, "-m", "convgen", "tune", "-c", "16", "-k", "16", "--size", "10", "--kernel", "3",
+            "--target", target,
             "--padding", "1", "--trials", str(trials), "--records", records, "--strategy", "random",
             "--batch-size", "2", "--repeat", "2", "--number", "1", "--min-repeat-ms", "5", "-q", "--refine", "0", *extra]
 
@@ -95,14 +98,14 @@ def test_resume_after_sigkill_loses_no_finished_trial(tmp_path):
     assert [r.trial_key() for r in after[: len(before)]] == [r.trial_key() for r in before]
 
 
-def test_campaign_over_a_workload_file_with_summary_plot_and_resume(tmp_path):
+def test_campaign_over_a_workload_file_with_summary_plot_and_resume(tmp_path, host):
     wl = tmp_path / "layers.toml"
     wl.write_text('[[layer]]\nname = "a"\nin_channels = 8\nout_channels = 16\nheight = 8\nwidth = 8\nkernel = 3\npadding = 1\n\n'
                   '[[layer]]\nname = "b"\nin_channels = 16\nout_channels = 8\nheight = 6\nwidth = 6\nkernel = 1\n')
     path = str(tmp_path / "c.jsonl")
     cmd = [sys.executable, "-m", "convgen", "tune", "--workload", str(wl), "--trials", "12", "--records", path,
            "--repeat", "2", "--number", "1", "--min-repeat-ms", "5", "--batch-size", "4", "-o", str(tmp_path / "out"),
-           "--refine", "0"]
+           "--refine", "0", "--target", host.name]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "whole network" in first.stdout and "vs default" in first.stdout
