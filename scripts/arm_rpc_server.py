@@ -79,14 +79,21 @@ def make_serving(cpu: str):
     return serving
 
 
-def main() -> int:
-    """Listen on ``--host:--port`` (directly, or registered at ``--tracker`` as ``--key``)."""
+def make_parser() -> argparse.ArgumentParser:
+    """The command line; the server listens on loopback unless ``--host`` says otherwise (it
+    runs any library sent to it: only a private address or a tunnel should reach it)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=9090)
     p.add_argument("--cpu", default="max", help="the qemu CPU model (for error messages)")
     p.add_argument("--tracker", help="HOST:PORT of a TVM RPC tracker to register with")
     p.add_argument("--key", default="", help="device key at the tracker")
+    return p
+
+
+def main() -> int:
+    """Listen on ``--host:--port`` (directly, or registered at ``--tracker`` as ``--key``)."""
+    p = make_parser()
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     tvm_server.logger.setLevel(logging.WARNING)

@@ -147,31 +147,48 @@ def build_all(jobs: list[Job], target: str, out_dir: str, workers: int) -> None:
 
 
 # ---- torch reference and timing ------------------------------------------------------------------
-def torch_conv(spec: Any, x: Any, w: Any, b: Any = None, *, compute_dtype: Any = None) -> Any:
+def _extras(spec: Any, extras: tuple) -> tuple[Any, Any]:
+    """(bias, residual) from the inputs after data and weight, in the kernel's argument order."""
+    names = [n for n, on in (("bias", spec.bias), ("residual", spec.residual)) if on]
+    given = dict(zip(names, extras))
+    return given.get("bias"), given.get("residual")
+
+
+def _activate(spec: Any, y: Any) -> Any:
+    import torch
+
+    if spec.activation in ("relu", "relu6"):
+        y = torch.relu(y)
+    return y.clamp(max=6) if spec.activation == "relu6" else y
+
+
+def torch_conv(spec: Any, x: Any, w: Any, *extras: Any, compute_dtype: Any = None) -> Any:
     """``spec``'s convolution with torch (cuDNN on a GPU), in ``spec.layout``.
 
-    Inputs are in convgen's layouts (NCHW/OIHW or NHWC/HWIO); ``compute_dtype`` casts them
-    first (fp16 inputs are checked against their fp32 convolution).
+    Inputs are in convgen's layouts (NCHW/OIHW or NHWC/HWIO) and argument order (bias, then
+    residual, where the spec has them); ``compute_dtype`` casts them first (fp16 inputs are
+    checked against their fp32 convolution).
     """
-    import torch
     import torch.nn.functional as F
 
+    b, r = _extras(spec, extras)
     if compute_dtype is not None:
         x, w = x.to(compute_dtype), w.to(compute_dtype)
         b = None if b is None else b.to(compute_dtype)
+        r = None if r is None else r.to(compute_dtype)
     if spec.layout == "NHWC":
         x, w = x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1)  # NCHW / OIHW views
+        r = None if r is None else r.permute(0, 3, 1, 2)
     if spec.flip:
         w = w.flip(2, 3)
     pt, pl, pb, pr = spec.padding
     x = F.pad(x, (pl, pr, pt, pb)) if any(spec.padding) else x
     y = F.conv2d(x, w, b, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
-    if spec.activation == "relu":
-        y = torch.relu(y)
+    y = _activate(spec, y if r is None else y + r)
     return y.permute(0, 2, 3, 1).contiguous() if spec.layout == "NHWC" else y
 
 
-def cudnn_call(spec: Any, x: Any, w: Any, b: Any = None) -> Any:
+def cudnn_call(spec: Any, x: Any, w: Any, *extras: Any) -> Any:
     """A no-argument closure running cuDNN on ``spec`` the way it is fastest for the layout.
 
     NCHW tensors as they are; NHWC as channels_last (the NHWC data viewed as NCHW, the
@@ -181,20 +198,20 @@ def cudnn_call(spec: Any, x: Any, w: Any, b: Any = None) -> Any:
     import torch
     import torch.nn.functional as F
 
+    b, r = _extras(spec, extras)
     if spec.layout == "NHWC":
         x = x.permute(0, 3, 1, 2)
         w = w.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+        r = None if r is None else r.permute(0, 3, 1, 2)
     if spec.flip:
         w = w.flip(2, 3).contiguous(memory_format=torch.channels_last if spec.layout == "NHWC" else torch.contiguous_format)
     pt, pl, pb, pr = spec.padding
     pad = (pt, pl) if (pt, pl) == (pb, pr) else 0
     if pad == 0 and any(spec.padding):
         x = F.pad(x, (pl, pr, pt, pb))  # asymmetric: padded once, outside the timed call
-    relu = spec.activation == "relu"
-
     def run() -> Any:
         y = F.conv2d(x, w, b, stride=spec.stride, padding=pad, dilation=spec.dilation, groups=spec.groups)
-        return torch.relu_(y) if relu else y
+        return _activate(spec, y if r is None else y + r)
 
     return run
 

@@ -46,9 +46,6 @@ ARCHES = ("cuda-sm80", "cuda-sm90")
 # depthwise, bias + ReLU, flip, batch 2, 1x1 (the templates that serve each run).
 FP32_SPECS = [
     ConvSpec(in_channels=16, out_channels=32, height=12, width=14, kernel=3, padding=1),
-    ConvSpec(in_channels=16, out_channels=16, height=9, width=9, kernel=3, padding=1, bias=True, residual=True,
-             activation="relu"),
-    ConvSpec(in_channels=8, out_channels=24, height=7, width=7, kernel=1, layout="NHWC", residual=True),
     ConvSpec(in_channels=8, out_channels=16, height=9, width=9, kernel=3, stride=2, padding=(1, 0, 2, 1),
              bias=True, activation="relu"),
     ConvSpec(in_channels=24, out_channels=16, height=8, width=8, kernel=1, layout="NHWC", bias=True),
@@ -60,18 +57,21 @@ FP32_SPECS = [
              layout="NHWC", activation="relu"),
     ConvSpec(batch=2, in_channels=12, out_channels=20, height=9, width=7, kernel=(2, 3), dilation=(1, 2),
              padding=(0, 2, 1, 1), layout="NHWC", bias=True, activation="relu", flip=True),
+    ConvSpec(in_channels=16, out_channels=16, height=9, width=9, kernel=3, padding=1, bias=True, residual=True,
+             activation="relu"),
+    ConvSpec(in_channels=8, out_channels=24, height=7, width=7, kernel=1, layout="NHWC", residual=True),
 ]
 FP16_SPECS = [
     ConvSpec(in_channels=64, out_channels=64, height=14, width=14, kernel=3, padding=1, layout="NHWC",
              dtype="float16", bias=True, activation="relu"),
-    ConvSpec(in_channels=32, out_channels=32, height=8, width=8, kernel=3, padding=1, layout="NHWC",
-             dtype="float16", bias=True, residual=True, activation="relu"),
     ConvSpec(in_channels=8, out_channels=24, height=9, width=9, kernel=3, stride=2, padding=(1, 0, 2, 1),
              layout="NHWC", dtype="float16"),
     ConvSpec(batch=2, in_channels=16, out_channels=48, height=7, width=7, kernel=1, layout="NHWC",
              dtype="float16", bias=True),
     ConvSpec(in_channels=6, out_channels=10, height=8, width=10, kernel=(3, 2), dilation=(2, 1), padding="same",
              layout="NHWC", dtype="float16", flip=True),
+    ConvSpec(in_channels=32, out_channels=32, height=8, width=8, kernel=3, padding=1, layout="NHWC",
+             dtype="float16", bias=True, residual=True, activation="relu"),
 ]
 
 
@@ -125,9 +125,9 @@ def test_libraries_embed_an_nvcc_fatbin_for_the_arch_and_no_source(arch, tmp_pat
         kernel = convgen.build(spec, target, builtin_records=False)
         path = str(tmp_path / f"{kernel.template}.so")
         kernel.export(path)
-        [device] = fatbin.library_device_code(path)
-        assert device["format"] == "fatbin"
-        assert device["sass"] == [f"sm_{cc}"] and device["ptx"] == [f"compute_{cc}"]
+        [embedded] = fatbin.library_device_code(path)
+        assert embedded["format"] == "fatbin"
+        assert embedded["sass"] == [f"sm_{cc}"] and embedded["ptx"] == [f"compute_{cc}"]
         blob = open(path, "rb").read()
         for text in (b"__global__", b'extern "C"', b"#include", b"(int)threadIdx"):
             assert text not in blob, f"CUDA source text {text!r} in the library"

@@ -395,7 +395,7 @@ def test_rewrites_never_follow_a_planted_file_and_survive_short_writes(tmp_path,
 # ---- specs and servers ---------------------------------------------------------------------------
 def test_sizes_past_int32_indexing_are_refused_at_construction():
     for fields in (dict(in_channels=10**9, out_channels=8, height=64, width=64),
-                   dict(in_channels=8, out_channels=8, height=2**31, width=1),
+                   dict(in_channels=8, out_channels=8, height=2**31, width=1, kernel=1),
                    dict(in_channels=1, out_channels=1, height=1, width=1, kernel=10**6, padding=10**6)):
         with pytest.raises(convgen.SpecError, match=r"2\*\*31"):
             ConvSpec(**fields)

@@ -49,8 +49,8 @@ def emulate(spec: Any, target: Target | str, config: Any = None, *, template: st
     """
     from tvm import s_tir
 
-    from .builder import resolve_config
-    from .target import get_target
+    from ..builder import resolve_config
+    from ..target import get_target
 
     target = get_target(target)
     tmpl, config, _ = resolve_config(spec, target, config, template, None, builtin_records=False)
