@@ -145,25 +145,39 @@ class Target:
         return _from_toml(data)
 
 
+_TABLES = ("tvm", "isa", "peak", "compiler")
+_STRINGS = ("name", "family", "description", "rpc_key")
+
+
 def _from_toml(data: dict[str, Any]) -> Target:
     if not isinstance(data, dict):
         raise TargetError(f"a target description must be a table, got {type(data).__name__}")
-    try:
-        return Target(
-            name=data["name"],
-            description=data.get("description", ""),
-            family=data["family"],
-            tvm=dict(data["tvm"]),
-            dtypes=tuple(data.get("dtypes", ["float32"])),
-            cpu_flags=tuple(data.get("cpu_flags", ())),
-            rpc_key=data.get("rpc_key", data["name"]),
-            isa=dict(data.get("isa", {})),
-            peak=dict(data.get("peak", {})),
-            compiler=dict(data.get("compiler", {})),
-            raw=data,
-        )
-    except KeyError as e:
-        raise TargetError(f"target description lacks the field {e}") from None
+    for key in ("name", "family", "tvm"):
+        if key not in data:
+            raise TargetError(f"target description lacks the field {key!r}")
+    for key in _TABLES:
+        if not isinstance(data.get(key, {}), dict):
+            raise TargetError(f"target description: {key!r} must be a table")
+    for key in _STRINGS:
+        if not isinstance(data.get(key, ""), str):
+            raise TargetError(f"target description: {key!r} must be a string")
+    for key in ("dtypes", "cpu_flags"):
+        value = data.get(key, [])
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TargetError(f"target description: {key!r} must be a list of strings")
+    return Target(
+        name=data["name"],
+        description=data.get("description", ""),
+        family=data["family"],
+        tvm=dict(data["tvm"]),
+        dtypes=tuple(data.get("dtypes", ["float32"])),
+        cpu_flags=tuple(data.get("cpu_flags", ())),
+        rpc_key=data.get("rpc_key", data["name"]),
+        isa=dict(data.get("isa", {})),
+        peak=dict(data.get("peak", {})),
+        compiler=dict(data.get("compiler", {})),
+        raw=data,
+    )
 
 
 @functools.cache

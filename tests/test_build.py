@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import convgen
 from convgen import ConvSpec
 from convgen.builder import compile_module
+from convgen.reference import conv2d_reference, random_inputs, tolerance
 from convgen.schedules import all_templates, candidates
 
 from .conftest import check_kernel
@@ -39,8 +40,8 @@ def specs(draw, max_channels=12):
     fields = dict(
         batch=draw(st.integers(1, 2)), in_channels=cg * groups, out_channels=kg * groups, height=height,
         width=width, kernel=kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
-        layout=draw(st.sampled_from(["NCHW", "NHWC"])), bias=draw(st.booleans()),
-        activation=draw(st.sampled_from([None, "relu"])), flip=draw(st.booleans()),
+        layout=draw(st.sampled_from(["NCHW", "NHWC"])), bias=draw(st.booleans()), residual=draw(st.booleans()),
+        activation=draw(st.sampled_from([None, "relu", "relu6"])), flip=draw(st.booleans()),
     )
     try:
         return ConvSpec(**fields)
@@ -137,3 +138,33 @@ def test_output_of_degenerate_padding_rows_is_bias_only(host):
     k = convgen.build(spec, host)
     y = check_kernel(k, spec)
     assert np.all(y[:, :, 0, :] == y[:, :, 0, :1])
+
+
+@pytest.mark.parametrize("target_name", ["x86-avx2", "x86-avx512"])
+def test_no_preset_layer_falls_to_the_generic_template(target_name):
+    from convgen import workloads
+
+    target = convgen.get_target(target_name)
+    for name, spec in workloads.all_layers().items():
+        for layout in ("NCHW", "NHWC"):
+            served = candidates(spec.replace(layout=layout), target)
+            assert served[0].name != "cpu.generic", f"{name} {layout} on {target_name}: only the generic template"
+
+
+def test_padded_channel_lanes_never_reach_the_output(host):
+    # 20 filters on 16 (AVX-512) or 8 (AVX2) lanes: the last block's tail lanes are padding.
+    # The output is poisoned first: an unwritten channel stays NaN, a padded lane written
+    # past the end would land in the next pixel's channels and change them.
+    spec = ConvSpec(in_channels=8, out_channels=20, height=6, width=5, kernel=3, padding=1, layout="NHWC",
+                    bias=True, residual=True, activation="relu")
+    x, w, b, r = random_inputs(spec)
+    want = conv2d_reference(spec, x, w, b, r)
+    for tmpl in candidates(spec, host):
+        k = convgen.build(spec, host, template=tmpl.name, builtin_records=False)
+        out = np.full(spec.output_shape, np.nan, np.float32)
+        k(x, w, b, r, out=out)
+        np.testing.assert_allclose(out, want, atol=tolerance(spec))
+        if k.meta.get("packed_weight_shape"):
+            out[...] = np.nan
+            k(x, k.pack_weights(w), b, r, out=out)
+            np.testing.assert_allclose(out, want, atol=tolerance(spec))

@@ -204,7 +204,10 @@ k = convgen.load({path!r}, num_threads=1)
 x = np.load({str(tmp_path / 'x.npy')!r})
 w = np.ones({SPEC.weight_shape}, np.float32); b = np.zeros(16, np.float32)
 y = k(x, w, b)
-bad = [m for m in sys.modules if m.startswith(("tvm.s_tir", "tvm.topi", "tvm.relax", "convgen.schedules", "convgen.tuner", "convgen.builder", "convgen.compute"))]
+bad = [m for m in sys.modules if m.startswith(("tvm.s_tir", "tvm.topi", "tvm.relax", "convgen.schedules", "convgen.tuner",
+                                              "convgen.builder", "convgen.compute", "convgen.records", "convgen.cache",
+                                              "convgen.cuda.compile", "convgen.cuda.toolchain", "convgen.cuda.verify",
+                                              "convgen.cuda.emulate"))]
 import tvm
 print(json.dumps({{"bad": bad, "sum": float(y.sum()), "threads": tvm.runtime.num_threads(), "runtime_only": tvm.base._RUNTIME_ONLY}}))
 """.replace("import sys,", "import json, sys,")

@@ -86,6 +86,24 @@ def test_key_is_stable_text():
     assert s.key == "conv2d_nchw_float32_n1_c64_h56_w56_k64_r3x3_s1x1_p1_1_1_1_d1x1_g1"
 
 
+def test_the_epilogue_is_part_of_the_key_and_old_keys_stay():
+    s = ConvSpec(in_channels=64, out_channels=64, height=56, width=56, kernel=3, padding=1)
+    r = s.replace(bias=True, residual=True, activation="relu6")
+    assert r.key == s.key + "_bias_residual_relu6" and "+res" in r.describe() and "+relu6" in r.describe()
+    assert r.residual_shape == r.output_shape
+    assert ConvSpec.from_dict({k: v for k, v in s.to_dict().items() if k != "residual"}) == s  # older records
+    assert r.stand_ins() == [s]  # batch 1 already: only the bare convolution
+    with pytest.raises(SpecError, match="residual"):
+        ConvSpec(**BASE, residual="yes")
+
+
+def test_stand_ins_drop_the_epilogue_then_the_batch():
+    s = ConvSpec(batch=4, in_channels=8, out_channels=8, height=8, width=8, bias=True, activation="relu")
+    assert s.stand_ins() == [s.replace(bias=False, activation=None), s.replace(batch=1),
+                             s.replace(batch=1, bias=False, activation=None)]
+    assert ConvSpec(in_channels=8, out_channels=8, height=8, width=8).stand_ins() == []
+
+
 def test_dict_round_trip_and_unknown_fields():
     s = ConvSpec(**BASE, kernel=3, groups=4, bias=True, activation="relu", flip=True, layout="NHWC")
     assert ConvSpec.from_dict(s.to_dict()) == s
