@@ -415,7 +415,7 @@ from convgen.cpufeatures import auxv_flags, cpuinfo_flags
 k = convgen.load({path!r})
 y = k(np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'w.npy')!r}))
 np.save({str(tmp_path / 'y.npy')!r}, y)
-compiler = ("tvm.s_tir", "tvm.te", "tvm.topi", "tvm.relax", "convgen.builder", "convgen.compute", "convgen.schedules",
+compiler = ("tvm.s_tir", "tvm.topi", "tvm.relax", "convgen.builder", "convgen.compute", "convgen.schedules",
             "convgen.tuner", "convgen.cuda.compile", "convgen.cuda.toolchain", "convgen.cuda.verify", "convgen.records")
 print(json.dumps({{"bad": [m for m in sys.modules if m.startswith(compiler)], "auxv": sorted(auxv_flags() or []),
                    "cpuinfo_has_asimd": "asimd" in (cpuinfo_flags() or ())}}))

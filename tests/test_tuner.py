@@ -39,8 +39,11 @@ def test_tune_a_layer_and_build_from_its_records(tmp_path):
     refined = [x for x in got if x.get("refine")]
     got = [x for x in got if not x.get("refine")]
     assert len(got) == 12 and r.trials == 12 and r.config is not None
-    # the 3 leaders were timed twice more, and checked against the reference again
-    assert len(refined) == 6 and all(x["verified"] for x in refined[:3])
+    # the 3 leaders were timed twice more, and checked against the reference again (more
+    # when the re-timings move another config into the lead: how often depends on the noise)
+    assert len(refined) >= 6 and all(x["verified"] for x in refined[:3])
+    timings = sum(1 for x in got + refined if x["config"] == r.config)
+    assert timings >= 3  # the winner stands on 1 + 2 timings
     # the default config (of the first task's template, not necessarily the winner's) is
     # measured first, and the first best is checked vs the reference
     assert got[0]["config"] == convgen.schedules.get_template(got[0]["template"]).default(SMALL, convgen.get_target("host"))
