@@ -625,8 +625,10 @@ class Kernel:
         """A fresh output: (tvm tensor to write, function returning what the caller gets)."""
         tvm = _tvm()
         if kind == "numpy" and self._is_cpu:
-            arr = aligned_empty(shape, dtype)
-            return tvm.runtime.from_dlpack(arr), lambda: arr
+            # np.empty where the kernel takes any element-aligned array: 0.5 us, where an
+            # aligned_empty costs 7 (it allocates a byte buffer and slices it)
+            arr = np.empty(shape, dtype) if self._arg_align <= _ITEMSIZE[dtype] else aligned_empty(shape, dtype)
+            return self._import(arr), lambda: arr
         if self._is_cuda and kind == "torch":
             # on the input's GPU (cuda:1 stays on cuda:1), from torch's caching allocator
             torch = sys.modules["torch"]

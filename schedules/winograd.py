@@ -147,13 +147,17 @@ class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), d
         if prepacked:
             U = te.placeholder((alpha, alpha, KB, C, kb), dt, name="weight_packed")
         else:
-            def g(k, c, a, b):
-                a, b = (2 - a, 2 - b) if spec.flip else (a, b)
-                k = tirx.min(k, K - 1)  # padded lanes repeat the last filter; never stored
+            def g(ko, ki, c, a, b):
+                k = tirx.min(ko * kb + ki, K - 1)  # padded lanes repeat the last filter; never stored
                 return weight[k, c, a, b] if nchw else weight[a, b, c, k]
 
+            # the filters with kb of them innermost (a transpose for OIHW), so that the
+            # transform below reads whole vectors: 9 loads and 36 stores of kb lanes per
+            # (block, channel) instead of 36 gathers across filters
+            wb = te.compute((KB, C, 3, 3, kb), lambda ko, c, a, b, ki: g(ko, ki, c, a, b), name="weight_blocked")
+            flip = (lambda a, b: (2 - a, 2 - b)) if spec.flip else (lambda a, b: (a, b))
             U = te.compute((alpha, alpha, KB, C, kb),
-                           lambda e, nu, ko, c, ki: _bilinear(G.T, G.T, e, nu, lambda a, b: g(ko * kb + ki, c, a, b), dt),
+                           lambda e, nu, ko, c, ki: _bilinear(G.T, G.T, e, nu, lambda a, b: wb[(ko, c, *flip(a, b), ki)], dt),
                            name="weight_transform")
 
         rc = te.reduce_axis((0, C), name="rc")
@@ -194,6 +198,17 @@ class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), d
             e, nu, ko, c, ki = sch.get_loops(wt)
             sch.reorder(ko, c, e, nu, ki)
             sch.parallel(ko)
+            # the blocked filters of one (block, channel) made where they are used: 9 x kb
+            # floats, in L1; from OIHW each filter's 9 taps are one contiguous read
+            wb = sch.get_sblock("weight_blocked")
+            sch.compute_at(wb, c)
+            a, b, k = sch.get_loops(wb)[-3:]
+            if spec.layout == "NCHW":
+                sch.reorder(k, a, b)
+                sch.unroll(a)
+                sch.unroll(b)
+            else:
+                sch.vectorize(k)
             sch.unroll(e)
             sch.unroll(nu)
             sch.vectorize(ki)
