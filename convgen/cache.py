@@ -96,7 +96,7 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
     folder = folder or default_folder()
     os.makedirs(folder, exist_ok=True)
     out: list[Kernel | Exception | None] = [None] * len(specs)
-    todo: dict[str, tuple[int, list[int], tuple]] = {}
+    todo: dict[str, tuple[list[int], tuple]] = {}  # library path -> (spec indices, build_into's arguments)
     for i, spec in enumerate(specs):
         try:
             tmpl, config, source = resolve_config(spec, target, None, None, records, builtin_records)
@@ -105,10 +105,10 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
             continue
         path = os.path.join(folder, kernel_key(spec, target, tmpl, config) + ".so")
         if path in todo:
-            todo[path][1].append(i)
+            todo[path][0].append(i)
             continue
-        todo[path] = (i, [i], (spec.to_dict(), target.to_dict(), tmpl.name, config, path, source))
-    missing = [(path, job) for path, job in todo.items() if not os.path.exists(path)]
+        todo[path] = ([i], (spec.to_dict(), target.to_dict(), tmpl.name, config, path, source))
+    missing = [(path, job) for path, (_, job) in todo.items() if not os.path.exists(path)]
     n_workers = min(parallel or default_num_threads(), len(missing))
     errors: dict[str, Exception] = {}
     if n_workers > 1:
@@ -117,7 +117,7 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
         pool = PopenPoolExecutor(max_workers=n_workers, timeout=timeout, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         try:
-            futures = [(path, pool.submit(build_into, *job[2])) for path, job in missing]
+            futures = [(path, pool.submit(build_into, *job)) for path, job in missing]
             for path, fut in futures:
                 try:
                     fut.result()
@@ -128,16 +128,16 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
     else:
         for path, job in missing:
             try:
-                build_into(*job[2])
+                build_into(*job)
             except Exception as e:  # noqa: BLE001
                 errors[path] = e
-    for path, (_, indices, _job) in todo.items():
+    for path, (indices, job) in todo.items():
         try:
             result: Kernel | Exception = errors[path] if path in errors else load(path, num_threads=num_threads)
         except Exception:  # noqa: BLE001 - a damaged cache file: rebuild it here, once
             try:
                 os.unlink(path)
-                result = load(build_into(*_job), num_threads=num_threads)
+                result = load(build_into(*job), num_threads=num_threads)
             except Exception as e2:  # noqa: BLE001
                 result = e2
         for i in indices:

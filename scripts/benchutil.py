@@ -7,7 +7,7 @@ import os
 import time
 from typing import Callable
 
-# where compare_metaschedule.py keeps MetaSchedule's databases (<MS_DB>/<layer>/) for bench_cpu.py
+# where compare_metaschedule.py leaves MetaSchedule's databases (<MS_DB>/<layer>/) for inspection after a run
 MS_DB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "metaschedule")
 
 

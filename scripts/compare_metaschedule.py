@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the results as JSON here")
-    ap.add_argument("--ms-db", default=MS_DB, help="keep MetaSchedule's database here (<dir>/<layer>/), for bench_cpu.py")
+    ap.add_argument("--ms-db", default=MS_DB, help="keep MetaSchedule's database here (<dir>/<layer>/, cleared when a run starts) for inspection afterwards")
     args = ap.parse_args(argv)
 
     import torch
