@@ -388,9 +388,10 @@ def _board_python(tmp_path, cpu, code):
     a device would have it: the package and its targets, the TVM runtime only."""
     cache = os.path.join(REPO, ".cache", "arm-board")
     site = tmp_path / "site"
-    shutil.copytree(os.path.join(REPO, "convgen"), site / "convgen",
-                    ignore=shutil.ignore_patterns("__pycache__", "tuned", "torch"))
-    shutil.copytree(os.path.join(REPO, "targets"), site / "convgen" / "targets")
+    if not site.exists():  # one install serves every run of the test
+        shutil.copytree(os.path.join(REPO, "convgen"), site / "convgen",
+                        ignore=shutil.ignore_patterns("__pycache__", "tuned", "torch"))
+        shutil.copytree(os.path.join(REPO, "targets"), site / "convgen" / "targets")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", "TVM_USE_RUNTIME_LIB": "1",
            "QEMU_LD_PREFIX": os.path.join(cache, "sysroot"),
            "PYTHONPATH": f"{site}:{os.path.join(cache, 'site-packages')}"}
