@@ -130,7 +130,7 @@ class SpatialPackARM(DirectX86, name="arm.spatial_pack", version=2, families=("a
             sch.unroll(_find_loop(sch, "conv_update", "ic_1"))
 
 
-class DepthwiseARM(DepthwiseX86, name="arm.depthwise", version=2, families=("arm",), priority=20):
+class DepthwiseARM(DepthwiseX86, name="arm.depthwise", version=3, families=("arm",), priority=20):
     """Depthwise for NEON: 4-channel vectors, a run of pixels, the window unrolled.
 
     Loads bound it (each FMLA needs its own data vector): ``tile_ow * tile_c/4``
@@ -144,6 +144,9 @@ class DepthwiseARM(DepthwiseX86, name="arm.depthwise", version=2, families=("arm
         extra = (Knob("unroll_kh", (False, True), "unroll the kernel-height loop"),)
         # (the base constraint holds the tile to the 32 registers: FMLA has no memory operand)
         return _extend(base, self.name, self.version, extra, lambda config: None)
+
+    def default_pad(self, spec: ConvSpec, space: Space) -> str:
+        return "copy"  # the x86 measurements do not carry over unmeasured: one pass, as before
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         config = dict(super().default(spec, target), unroll_kh=spec.kernel[0] <= 3)

@@ -121,18 +121,26 @@ def _largest_divisor(n: int, upto: int) -> int:
     return max(d for d in range(1, min(n, upto) + 1) if n % d == 0)
 
 
-def channels_innermost(sch: Any, spec: ConvSpec, conv: Any, block: int, lanes: int) -> None:
+def channels_innermost(sch: Any, spec: ConvSpec, conv: Any, block: int, lanes: int, *,
+                       loops: bool = True) -> Any:
     """Lay out the data stage with channels innermost, in blocks of ``block`` for NCHW data
     (``N C/block H W block``: a vector of channels per pixel); NHWC has them innermost
-    already, so only its padding copy (if any) is scheduled."""
+    already, so only its padding copy (if any) is scheduled. Returns the data stage (None for
+    unpadded NHWC data, read in place); ``loops=False`` leaves its loops unscheduled, for a
+    template that computes it inside its own loop nest."""
     if spec.layout == "NCHW":
         data = data_stage(sch, spec, conv)
         sch.transform_layout(data, ("write", 0), lambda n, c, h, w: (n, c // block, h, w, c % block))
-        n, c, h, w = sch.get_loops(data)
-        co, ci = sch.split(c, [None, block])
-        sch.reorder(n, co, h, w, ci)
-        sch.parallel(sch.fuse(n, co, h))
-    elif has_block(sch, "data_pad"):
-        data = sch.get_sblock("data_pad")
+        if loops:
+            n, c, h, w = sch.get_loops(data)
+            co, ci = sch.split(c, [None, block])
+            sch.reorder(n, co, h, w, ci)
+            sch.parallel(sch.fuse(n, co, h))
+        return data
+    if not has_block(sch, "data_pad"):
+        return None
+    data = sch.get_sblock("data_pad")
+    if loops:
         parallel_outer(sch, data, 2)
         vectorize_inner(sch, data, lanes)
+    return data

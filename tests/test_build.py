@@ -97,6 +97,38 @@ def test_sampled_configs_of_every_template_match_reference(spec, host):
             check_kernel(convgen.build(spec, host, config, template=tmpl.name), spec)
 
 
+# depthwise layers for every place of the padded input: both layouts, stride 2, channels off
+# the lanes (20), batch 2, no padding (NCHW still makes a blocked copy), an epilogue
+DEPTHWISE_SPECS = [
+    ConvSpec(in_channels=32, out_channels=32, height=9, width=11, kernel=3, padding=1, groups=32, layout="NHWC"),
+    ConvSpec(in_channels=32, out_channels=32, height=9, width=11, kernel=3, padding=1, groups=32),
+    ConvSpec(batch=2, in_channels=20, out_channels=20, height=10, width=10, kernel=3, stride=2, padding=1, groups=20,
+             layout="NHWC", bias=True, activation="relu6"),
+    ConvSpec(in_channels=20, out_channels=20, height=10, width=10, kernel=3, stride=2, padding=(0, 1, 1, 0), groups=20,
+             residual=True),
+    ConvSpec(in_channels=16, out_channels=16, height=8, width=8, kernel=3, padding=0, groups=16),
+]
+
+
+@pytest.mark.parametrize("spec", DEPTHWISE_SPECS, ids=lambda s: s.describe())
+def test_every_place_of_the_depthwise_padded_input_matches_reference(spec, host):
+    tmpl = all_templates()["x86.depthwise"]
+    default = tmpl.default(spec, host)
+    places = tmpl.space(spec, host)["pad"].values
+    assert places == ("copy", "row", "tile")
+    for place in places:
+        config = dict(default, pad=place)
+        check_kernel(convgen.build(spec, host, config, template=tmpl.name), spec)
+
+
+def test_unpadded_nhwc_depthwise_has_no_copy_to_place(host):
+    spec = ConvSpec(in_channels=16, out_channels=16, height=8, width=8, kernel=3, groups=16, layout="NHWC")
+    tmpl = all_templates()["x86.depthwise"]
+    assert tmpl.space(spec, host)["pad"].values == ("copy",)
+    with pytest.raises(convgen.ConfigError, match="pad"):
+        convgen.build(spec, host, dict(tmpl.default(spec, host), pad="row"), template=tmpl.name)
+
+
 def test_avx512_kernels_compile_here(host):
     # This machine may lack AVX-512: compile (no run) the default of each template.
     t = convgen.get_target("x86-avx512")
