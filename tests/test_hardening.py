@@ -210,6 +210,7 @@ def test_cpu_features_come_from_cpuid_where_cpuinfo_is_unreadable(monkeypatch):
 
 
 # ---- tuning under faults -------------------------------------------------------------------------
+@pytest.mark.host_neutral  # what it checks (plumbing, faults) is the same on every host ISA
 def test_a_worker_that_hangs_holding_the_gil_is_killed_by_the_parent():
     from tvm.support.popen_pool import PopenWorker
 
@@ -226,6 +227,7 @@ def test_a_worker_that_hangs_holding_the_gil_is_killed_by_the_parent():
     assert measure.call_with_deadline(worker, fault_workers.answer, (), 30) == 42  # a fresh worker
 
 
+@pytest.mark.host_neutral  # what it checks (plumbing, faults) is the same on every host ISA
 def test_the_local_runner_records_a_gil_hang_as_a_timeout(monkeypatch):
     from convgen.tuner import measure
 
@@ -241,6 +243,7 @@ def test_the_local_runner_records_a_gil_hang_as_a_timeout(monkeypatch):
         runner.close()
 
 
+@pytest.mark.host_neutral  # what it checks (plumbing, faults) is the same on every host ISA
 def test_killing_the_tuner_kills_its_workers_and_its_build_folder_is_cleaned_later(tmp_path):
     psutil = pytest.importorskip("psutil")
     from convgen.tuner.measure import Builder, stale_build_folders
@@ -320,6 +323,7 @@ def _fake_measure(down_calls):
     return measure, calls
 
 
+@pytest.mark.host_neutral  # what it checks (plumbing, faults) is the same on every host ISA
 def test_an_unreachable_device_burns_no_trials_and_is_retried_with_backoff(tmp_path, host):
     measure, calls = _fake_measure(down_calls=3)
     c, slept = _campaign(tmp_path, measure, device_wait=300, host=host)
@@ -329,6 +333,7 @@ def test_an_unreachable_device_burns_no_trials_and_is_retried_with_backoff(tmp_p
     assert all(r.error is None for r in rec.read(str(tmp_path / "r.jsonl")))  # no device records
 
 
+@pytest.mark.host_neutral  # what it checks (plumbing, faults) is the same on every host ISA
 def test_a_device_that_stays_down_stops_the_campaign_clearly(tmp_path, host):
     measure, calls = _fake_measure(down_calls=10**6)
     c, slept = _campaign(tmp_path, measure, device_wait=60, host=host)
@@ -344,6 +349,7 @@ def _record_lines(host):
     return good, json.dumps(good, sort_keys=True)
 
 
+@pytest.mark.host_neutral  # what it checks (plumbing, faults) is the same on every host ISA
 def test_malformed_lines_are_skipped_with_their_line_numbers(tmp_path, host):
     good, line = _record_lines(host)
     nested = "[" * 100000 + "]" * 100000

@@ -8,6 +8,9 @@ from convgen import ConvSpec, get_target
 from convgen.knobs import ConfigError, Knob, Space, divisors
 from convgen.schedules import all_templates, candidates
 
+# no host target involved: the --host-target pass of scripts/test.sh skips this module
+pytestmark = pytest.mark.host_neutral
+
 
 def small_space():
     return Space("t", 1, (Knob("a", (1, 2, 4)), Knob("b", (True, False))), lambda c: "too big" if c["a"] == 4 and c["b"] else None)
