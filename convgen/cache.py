@@ -29,6 +29,7 @@ from .peak import cache_dir
 from .runtime import Kernel, load
 from .spec import ConvSpec
 from .target import Target, get_target
+from .workers import die_with_parent
 
 
 @functools.cache
@@ -115,7 +116,7 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
         from tvm.support.popen_pool import PopenPoolExecutor
 
         pool = PopenPoolExecutor(max_workers=n_workers, timeout=timeout, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+                                 stderr=subprocess.DEVNULL, initializer=die_with_parent, initargs=(os.getpid(),))
         try:
             futures = [(path, pool.submit(build_into, *job)) for path, job in missing]
             for path, fut in futures:

@@ -37,6 +37,7 @@ from typing import Any
 from ..knobs import Config
 from ..records import median
 from ..errors import last_line
+from ..workers import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -87,22 +88,6 @@ class Candidate:
 # is a thread of the worker, so a candidate that hangs holding the GIL (a kernel stuck in C,
 # a compile loop) stops it; the parent's deadline does not depend on the worker at all.
 GRACE = 5.0
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """In a worker process: be killed (SIGKILL) when the process that started it dies, so a
-    tuner killed with ``kill -9`` leaves no worker behind running a hung kernel. Runs as the
-    popen workers' initializer; exits at once if the parent is already gone."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the worker outlives a killed tuner
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def call_with_deadline(worker: Any, fn: Any, args: tuple, timeout: float) -> Any:
