@@ -516,8 +516,13 @@ def prune_file(path: str, *, keep: int = 1, keep_stale: bool = False, output: st
 
 
 def merge(output: str, paths: Sequence[str]) -> int:
-    """Write every record of ``paths`` (exact duplicates once, corrupt lines dropped) to
-    ``output``, which may be one of them; returns how many were written."""
+    """Merge ``paths`` into ``output``: every record of both (exact duplicates once, corrupt
+    lines dropped) ends in ``output``; returns how many it holds. An existing ``output``
+    keeps its own records whether or not it is listed among ``paths``: merging into a
+    shipped log must never replace it."""
+    listed = [os.path.abspath(p) for p in paths]
+    if os.path.exists(output) and os.path.abspath(output) not in listed:
+        paths = [output, *paths]
     read(paths)  # every input must exist (checked before the output is touched)
 
     def merged() -> list[dict[str, Any]]:

@@ -103,6 +103,11 @@ def test_records_cli_show_merge_prune(tmp_path, capsys):
     assert main(["records", "prune", merged, "--keep", "2"]) == 0
     kept = [json.loads(x) for x in open(merged).read().splitlines()]
     assert sorted(k["result"]["median_s"] for k in kept) == [5e-4, 1e-3]
+    # merging into an existing log adds to it, it never replaces it
+    assert main(["records", "merge", merged, p2]) == 0
+    assert sorted(json.loads(x)["result"]["median_s"] for x in open(merged).read().splitlines()) == [5e-4, 1e-3]
+    assert main(["records", "merge", merged, p1]) == 0
+    assert len(open(merged).read().splitlines()) == 4
 
 
 def test_a_record_lacking_a_field_or_of_the_wrong_type_is_skipped_with_a_warning(tmp_path):

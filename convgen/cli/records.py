@@ -10,7 +10,7 @@ from .common import HelpFormatter, positive_int
 RECORDS_EPILOG = """\
 examples:
   convgen records show convgen-records.jsonl         # best per workload and target
-  convgen records merge all.jsonl a.jsonl b.jsonl    # one file, duplicates dropped
+  convgen records merge all.jsonl a.jsonl b.jsonl    # into all.jsonl (its own records kept), duplicates dropped
   convgen records prune convgen-records.jsonl --keep 5 -o small.jsonl
 
 merge and prune may rewrite a file a tuner is appending to: they hold the appenders' lock
@@ -58,9 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     x = rsub.add_parser("show", help="best record per workload and target", formatter_class=HelpFormatter)
     x.add_argument("files", nargs="+")
     x.set_defaults(fn=cmd_records)
-    x = rsub.add_parser("merge", help="merge logs into one, dropping duplicates and corrupt lines", formatter_class=HelpFormatter)
-    x.add_argument("output")
-    x.add_argument("files", nargs="+")
+    x = rsub.add_parser("merge", help="merge logs into one, dropping duplicates and corrupt lines", formatter_class=HelpFormatter,
+                        description="Merge FILES into OUTPUT. An existing OUTPUT keeps its records (they are merged "
+                                    "with the others, never replaced); exact duplicates and corrupt lines are dropped.")
+    x.add_argument("output", help="the merged log (created, or merged into if it exists)")
+    x.add_argument("files", nargs="+", help="logs to add")
     x.set_defaults(fn=cmd_records)
     x = rsub.add_parser("prune", help="keep the records of the best N candidates per workload/template",
                         formatter_class=HelpFormatter, description=PRUNE_DESCRIPTION)
