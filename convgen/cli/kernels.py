@@ -211,6 +211,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("info", help="print a kernel's metadata", formatter_class=HelpFormatter)
-    s.add_argument("kernel")
+    s.add_argument("kernel", help="a .so written by convgen build / tune (its metadata is read and checked; the library is never loaded)")
     s.add_argument("--json", action="store_true", help="all of it, as JSON")
     s.set_defaults(fn=cmd_info)

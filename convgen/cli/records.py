@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("records", help="show, merge and prune tuning logs", formatter_class=HelpFormatter, epilog=RECORDS_EPILOG)
     rsub = r.add_subparsers(dest="action", metavar="ACTION", required=True)
     x = rsub.add_parser("show", help="best record per workload and target", formatter_class=HelpFormatter)
-    x.add_argument("files", nargs="+")
+    x.add_argument("files", nargs="+", help="tuning logs (.jsonl), read together")
     x.set_defaults(fn=cmd_records)
     x = rsub.add_parser("merge", help="merge logs into one, dropping duplicates and corrupt lines", formatter_class=HelpFormatter,
                         description="Merge FILES into OUTPUT. An existing OUTPUT keeps its records (they are merged "
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.set_defaults(fn=cmd_records)
     x = rsub.add_parser("prune", help="keep the records of the best N candidates per workload/template",
                         formatter_class=HelpFormatter, description=PRUNE_DESCRIPTION)
-    x.add_argument("file")
+    x.add_argument("file", help="the tuning log (.jsonl) to prune")
     x.add_argument("--keep", type=positive_int, default=1, help="candidates kept per (workload, target, template)")
     x.add_argument("--keep-stale", action="store_true", help="keep records of older template versions")
     x.add_argument("-o", "--output", help="write here (default: rewrite the file in place, atomically)")
