@@ -83,11 +83,11 @@ def _measure(target: Target, threads: int) -> float:
     return best
 
 
-def measured_peak_gflops(target: Target, threads: int, *, refresh: bool = False, dtype: str = "float32") -> float:
+def measured_peak_gflops(target: Target, threads: int, *, refresh: bool = False) -> float:
     """fp32 peak in GFLOP/s of ``threads`` threads, measured here (the nominal peak when the
-    target cannot run here, and for other dtypes: the microbenchmark times fp32 FMAs)."""
-    if not target.runs_here() or dtype != "float32":
-        return target.nominal_peak_gflops(threads, dtype)
+    target cannot run here; :func:`reference_peak` chooses it for other dtypes)."""
+    if not target.runs_here():
+        return target.nominal_peak_gflops(threads, "float32")
     key = f"{host_cpu_name()}|{target.name}|{threads}"
     path = os.path.join(cache_dir(), "peak.json")
     cache: dict[str, float] = {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 from typing import Any
 
 
@@ -78,8 +77,6 @@ def connect(rpc: str | None = None, tracker: str | None = None, key: str | None 
     as long as it takes). Raises :class:`DeviceUnavailable` when the device (or tracker)
     cannot be reached, or no device is granted in time.
     """
-    import socket
-
     from tvm import rpc as tvm_rpc
 
     try:
@@ -97,10 +94,10 @@ def connect(rpc: str | None = None, tracker: str | None = None, key: str | None 
                 client._sock.settimeout(queue_timeout)
             try:
                 return client.request(key, session_timeout=session_seconds(timeout), max_retry=1)
-            except (socket.timeout, TimeoutError, RuntimeError) as e:
-                if "timed out" in str(e) or isinstance(e, (socket.timeout, TimeoutError)):
-                    raise DeviceUnavailable(f"no {key} device was free at tracker {tracker} within "
-                                            f"{queue_timeout:g} s") from None
+            except (TimeoutError, RuntimeError) as e:  # TVM reports a socket timeout as a RuntimeError
+                if "timed out" in str(e) or isinstance(e, TimeoutError):
+                    within = "in time" if queue_timeout is None else f"within {queue_timeout:g} s"
+                    raise DeviceUnavailable(f"no {key} device was free at tracker {tracker} {within}") from None
                 raise
     except ValueError:
         raise
@@ -153,23 +150,6 @@ def set_remote_threads(session: Any, num_threads: int | None) -> int:
     return int(session.get_function("runtime.NumThreads")())
 
 
-def remote_time(module: Any, spec: ConvSpec, dev: Any, *, number: int = 3, repeat: int = 5,
-                min_repeat_ms: int = 50, cache_flush_bytes: int = 0, seed: int = 0, target: Any = None,
-                packed_shape: list[int] | None = None) -> list[float]:
-    """Seconds per call (one per repeat) of ``module`` on the device, as deployed
-    (``main_prepacked`` on weights packed once when ``packed_shape`` is given, else ``main``).
-
-    ``target`` (the kernel's :class:`~convgen.target.Target`) only makes a crash's error say
-    which ISA the kernel needs.
-    """
-    try:
-        return measure_kernel(module, spec, dev, packed_shape=packed_shape, number=number, repeat=repeat,
-                              min_repeat_ms=min_repeat_ms, cache_flush_bytes=cache_flush_bytes,
-                              check_below=None, seed=seed).times
-    except Exception as e:
-        raise RemoteError(explain_failure(e, target)) from None
-
-
 def remote_check(module: Any, spec: ConvSpec, dev: Any, *, seed: int = 1, target: Any = None,
                  packed_shape: list[int] | None = None) -> tuple[float, float]:
     """(max |error| vs the reference, tolerance) of one remote run on random data: of every
@@ -202,5 +182,4 @@ def run_remote(session: Any, path: str, meta: dict[str, Any], *, num_threads: in
     if check:
         result["max_error"], result["tolerance"] = run.max_error, run.tolerance
     result["times"] = run.times
-    result["median"] = statistics.median(run.times)
     return result

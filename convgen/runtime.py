@@ -135,9 +135,7 @@ def current_num_threads() -> int:
 def write_metadata(path: str, meta: dict[str, Any]) -> dict[str, Any]:
     """Append convgen's metadata trailer to the library at ``path``, with the library's
     SHA-256 added; returns the metadata as written."""
-    with open(path, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
-    meta = dict(meta, format=FORMAT, sha256=digest)
+    meta = dict(meta, format=FORMAT, sha256=file_sha256(path))
     blob = json.dumps(meta, sort_keys=True).encode()
     with open(path, "ab") as fh:
         fh.write(blob + len(blob).to_bytes(8, "little") + _MAGIC)
@@ -147,11 +145,8 @@ def write_metadata(path: str, meta: dict[str, Any]) -> dict[str, Any]:
 def file_sha256(path: str) -> str:
     """SHA-256 of the whole file (what ``sha256sum`` prints): the value to pin in
     ``load(path, sha256=...)``; ``convgen info`` and ``convgen run`` print it."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _read_kernel_file(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
@@ -180,6 +175,16 @@ def _read_kernel_file(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
     if hashlib.sha256(library).hexdigest() != meta["sha256"]:
         raise NotAKernelError(f"{path}: the library does not match the SHA-256 in its metadata: it was truncated, "
                               "corrupted or modified after it was built; rebuild it")
+    return data, library, meta
+
+
+def _read_pinned(path: str, pin: str | None) -> tuple[bytes, bytes, dict[str, Any]]:
+    """:func:`_read_kernel_file`, and the whole file checked against ``pin`` when given."""
+    data, library, meta = _read_kernel_file(path)
+    if pin is not None:
+        whole = hashlib.sha256(data).hexdigest()
+        if not hmac.compare_digest(whole, pin.lower()):
+            raise KernelError(f"{path}: SHA-256 {whole} is not the pinned {pin}: refusing to load it")
     return data, library, meta
 
 
@@ -338,6 +343,9 @@ class Kernel:
         # the data alignment the kernel's arguments declare: kernels built by this convgen
         # read any element-aligned array in place; older ones (64) need a staging copy
         self._arg_align = int(meta.get("arg_alignment", _ALIGN))
+        # np.empty where the kernel takes any element-aligned output: 0.5 us, where an
+        # aligned_empty costs 7 (it allocates a byte buffer and slices it)
+        self._out_in_place = self._arg_align <= _ITEMSIZE.get(s.out_dtype, _ALIGN)
         # staging buffers for data that cannot go zero-copy, one set per calling thread
         self._local = threading.local()
 
@@ -366,14 +374,12 @@ class Kernel:
             self._module = self._load_verified()
         return self._module
 
-    def _load_verified(self) -> Any:
+    def _load_verified(self, verified: tuple[bytes, dict[str, Any]] | None = None) -> Any:
         """dlopen the file's library once its bytes are verified: from a private copy of
-        exactly the verified bytes, so the file cannot change between check and load."""
-        data, library, meta = _read_kernel_file(self.path)
-        if self._pin is not None:
-            whole = hashlib.sha256(data).hexdigest()
-            if not hmac.compare_digest(whole, self._pin.lower()):
-                raise KernelError(f"{self.path}: SHA-256 {whole} is not the pinned {self._pin}: refusing to load it")
+        exactly the verified bytes, so the file cannot change between check and load.
+        ``verified``: ``(library, metadata)`` as :func:`_read_pinned` just returned them (by
+        :func:`load`), so the file is not read and hashed twice."""
+        library, meta = verified or _read_pinned(self.path, self._pin)[1:]
         check_versions(meta, self.path)
         folder = tempfile.mkdtemp(prefix="convgen-load-")  # mode 0700: nobody else can swap the copy
         copy = os.path.join(folder, os.path.basename(self.path) or "kernel.so")
@@ -625,9 +631,7 @@ class Kernel:
         """A fresh output: (tvm tensor to write, function returning what the caller gets)."""
         tvm = _tvm()
         if kind == "numpy" and self._is_cpu:
-            # np.empty where the kernel takes any element-aligned array: 0.5 us, where an
-            # aligned_empty costs 7 (it allocates a byte buffer and slices it)
-            arr = np.empty(shape, dtype) if self._arg_align <= _ITEMSIZE[dtype] else aligned_empty(shape, dtype)
+            arr = np.empty(shape, dtype) if self._out_in_place else aligned_empty(shape, dtype)
             return self._import(arr), lambda: arr
         if self._is_cuda and kind == "torch":
             # on the input's GPU (cuda:1 stays on cuda:1), from torch's caching allocator
@@ -761,12 +765,13 @@ def load(path: str, *, num_threads: int | None = None, sha256: str | None = None
     raises :class:`KernelNotFoundError` (a ``FileNotFoundError``), a file that is not an
     intact kernel :class:`NotAKernelError` (a ``ValueError``), both :class:`KernelError`.
     """
-    meta = read_metadata(path)
     if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64):
         raise ValueError(f"sha256: expected a 64-digit hex SHA-256, got {sha256!r}")
+    _, library, meta = _read_pinned(path, sha256)  # a wrong pin is refused even for a foreign kernel
     kernel = Kernel(meta, path=path, num_threads=num_threads, sha256=sha256)
     if kernel.runs_here:
         if kernel.target.is_cpu:
             set_num_threads(kernel.num_threads)
-        kernel.module  # load now so a broken file fails here, not at the first call
+        # load now, from the bytes just checked, so a broken file fails here, not at the first call
+        kernel._module = kernel._load_verified((library, meta))
     return kernel

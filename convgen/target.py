@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from .cpufeatures import host_cpu_flags as _host_cpu_flags
+from .cpufeatures import host_cpu_flags  # noqa: F401 - re-exported: the auxiliary vector, cpuinfo or CPUID
 from .cuda.device import device_problem
 from .errors import TargetError
 
@@ -189,12 +189,6 @@ def all_targets() -> dict[str, Target]:
             target = _from_toml(tomllib.loads(entry.read_text()))
             out[target.name] = target
     return out
-
-
-def host_cpu_flags() -> frozenset[str]:
-    """CPU feature flags of this process (:func:`convgen.cpufeatures.host_cpu_flags`: the
-    auxiliary vector on aarch64, ``/proc/cpuinfo`` or CPUID on x86)."""
-    return _host_cpu_flags()
 
 
 def host_cpu_name() -> str:

@@ -1,6 +1,6 @@
 """ARM templates (AArch64 NEON, dotprod): spatial-pack direct convolution and depthwise.
 
-The loop nest is the blocked-channel direct convolution of :mod:`convgen.schedules.x86`
+The loop nest is the blocked-channel direct convolution of :mod:`convgen.schedules.cpu`
 (an ISA-neutral TIR schedule that reads only the target's vector lanes and registers), the
 same "spatial pack" TVM's ``arm_cpu`` strategy used: data packed ``N C/ib H W ib``, weights
 packed ``K/ob C/ib R S ib ob``, a register tile of ``tile_oh x tile_ow`` pixels by ``tile_oc``
@@ -118,9 +118,9 @@ class SpatialPackARM(DirectX86, name="arm.spatial_pack", version=2, families=("a
                   "unroll_kw": spec.kernel[1] <= 3, "unroll_kh": False, "unroll_ic": False}
         return space.check(config)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         base = super().space(spec, target)
-        super().apply(sch, spec, target, _split(config, base), intrinsics=intrinsics)
+        super().apply(sch, spec, target, _split(config, base))
         # The base schedule splits ic into ic_0 (blocks) and ic_1 (the block) and keeps kh
         # whole; decompose_reduction renamed the update block to conv_update. Unroll is a
         # plain loop annotation, legal after the decomposition.
@@ -152,9 +152,9 @@ class DepthwiseARM(DepthwiseX86, name="arm.depthwise", version=3, families=("arm
         config = dict(super().default(spec, target), unroll_kh=spec.kernel[0] <= 3)
         return self.space(spec, target).check(config)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         base = super().space(spec, target)
-        super().apply(sch, spec, target, _split(config, base), intrinsics=intrinsics)
+        super().apply(sch, spec, target, _split(config, base))
         if config["unroll_kh"]:
             sch.unroll(_find_loop(sch, "conv_update", "kh"))
 
@@ -307,7 +307,7 @@ class DotprodInt8ARM(Template, name="arm.dotprod_int8", version=1, families=("ar
             return blocked
         return lambda h, w, i, o: blocked(o, i, h, w)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         # the shared CPU loop nest (schedules/cpu.py), with SDOT's 4x4 blocks innermost:
         # 4 output channels per int32 accumulator, 4 input channels per dot product
         loops = direct_loops(sch, spec, config, pack_map=self.weight_pack(spec, target, config),
@@ -318,7 +318,7 @@ class DotprodInt8ARM(Template, name="arm.dotprod_int8", version=1, families=("ar
         vectorize_inner(sch, sch.get_sblock("out"), 4)
         init = sch.decompose_reduction(sch.get_sblock("conv"), loops["reduction"][0])
         sch.vectorize(sch.get_loops(init)[-1])
-        if self.sdot and intrinsics:
+        if self.sdot:
             sch.tensorize(oc4, _sdot_intrin())
 
 

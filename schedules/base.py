@@ -11,8 +11,6 @@ from convgen.spec import ConvSpec
 from convgen.target import Target
 
 
-DECLARED = ("name", "version", "families", "dtypes", "priority", "fallback", "uses_intrinsics", "pass_config")
-
 
 class Template:
     """Base class of every template: what the builder, the tuner and the CUDA emulation read.
@@ -84,10 +82,10 @@ class Template:
         """A good untuned config (must lie in :meth:`space`)."""
         raise NotImplementedError
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
-        """Schedule ``sch`` (a ``tvm.s_tir.Schedule`` of the conv PrimFunc) with ``config``;
-        ``intrinsics=False`` leaves tensorized loops as plain loops (for the CPU emulation
-        of :attr:`uses_intrinsics` templates; others ignore it)."""
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        """Schedule ``sch`` (a ``tvm.s_tir.Schedule`` of the conv PrimFunc) with ``config``.
+        A template that declares :attr:`uses_intrinsics` also takes ``intrinsics=False``:
+        leave the tensorized loops as plain loops (for the CPU emulation)."""
         raise NotImplementedError
 
     def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
@@ -143,13 +141,17 @@ class Template:
         if why:
             raise ConfigError(f"template {self.name} cannot serve {spec.describe()}: {why}")
         config = self.space(spec, target).check(config)
-        if intrinsics:
+        if intrinsics or not self.uses_intrinsics:  # only those templates know the keyword
             self.apply(sch, spec, target, config)
-        else:  # only then: a template of one's own need not know the keyword
+        else:
             self.apply(sch, spec, target, config, intrinsics=False)
 
     def __repr__(self) -> str:
         return f"<template {self.name} v{self.version}>"
+
+
+#: what a class statement may declare: the annotated attributes of :class:`Template`
+DECLARED = tuple(Template.__annotations__)
 
 
 _REGISTRY: dict[str, Template] = {}

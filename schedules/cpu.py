@@ -81,9 +81,9 @@ def direct_loops(sch: Any, spec: ConvSpec, config: Config, *, pack_map: Any, dat
     ``data_lanes``: vector lanes of the data stage's copy; ``oc_parts`` / ``ic_parts``: how
     ``tile_oc`` / ``tile_ic`` split below their block loop (``(tile_oc,)`` for float lanes,
     ``(tile_oc // 4, 4)`` for SDOT's 4x4 blocks); the last ``ic`` part, when there are two,
-    goes innermost (SDOT's 4 channels). Returns the loops: ``n, oco, oho, owo, ohi, owi``,
-    ``oc`` (the parts below ``oco``), ``ic_inner`` (below the reduction), ``kw`` and
-    ``reduction`` (outermost first); the reduction is not decomposed yet.
+    goes innermost (SDOT's 4 channels). Returns the loops the templates go on with: ``oc``
+    (the parts below the output-channel block loop) and ``reduction`` (outermost first; not
+    decomposed yet).
     """
     ob, ib = config["tile_oc"], config["tile_ic"]
     conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
@@ -111,4 +111,4 @@ def direct_loops(sch: Any, spec: ConvSpec, config: Config, *, pack_map: Any, dat
     sch.unroll(ohi)
     if config["unroll_kw"]:
         sch.unroll(L["kw"])
-    return {"oco": oco, "oc": oc, "ic_inner": ic_inner, "reduction": reduction, "kw": L["kw"]}
+    return {"oc": oc, "reduction": reduction}

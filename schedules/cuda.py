@@ -211,7 +211,7 @@ class DirectCUDA(Template, name="cuda.direct", version=1, families=("cuda",), dt
         return out
 
     # -- the schedule --------------------------------------------------------------------
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         nchw = spec.layout == "NCHW"
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
         L = spatial_loops(sch, spec, conv)
@@ -301,7 +301,7 @@ class GenericCUDA(Template, name="cuda.generic", version=1, families=("cuda",), 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         return {"threads": 256, "auto_unroll_max_step": 64 if spec.kernel[0] * spec.kernel[1] <= 16 else 16}
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         if has_block(sch, "data_pad"):
             sch.compute_inline(sch.get_sblock("data_pad"))
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")

@@ -51,7 +51,7 @@ class GenericCPU(Template, name="cpu.generic", version=1, families=("x86", "arm"
     def default(self, spec: ConvSpec, target: Target) -> Config:
         return {"vectorize": max(self.space(spec, target)["vectorize"].values), "unroll_kw": spec.kernel[1] <= 3}
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         lanes = target.vector_lanes
         if has_block(sch, "data_pad"):
             pad = sch.get_sblock("data_pad")

@@ -190,7 +190,7 @@ class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), d
         return {"main_prepacked": te.create_prim_func(args + [out]), "pack_weights": te.create_prim_func([weight, U])}
 
     # -- the schedule ---------------------------------------------------------------------------
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         lanes = target.vector_lanes
         tp = config["tile_p"]
         if has_block(sch, "weight_transform"):

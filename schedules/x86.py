@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from convgen.knobs import Config, ConfigError, Knob, Space, divisors
+from convgen.knobs import Config, Knob, Space, divisors
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
@@ -127,7 +127,7 @@ class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtype
             return lambda o, i, h, w: (o // ob, i // ib, h, w, i % ib, o % ob)
         return lambda h, w, i, o: (o // ob, i // ib, h, w, i % ib, o % ob)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         # the shared CPU loop nest (schedules/cpu.py), output channels in vector lanes
         loops = direct_loops(sch, spec, config, pack_map=self.weight_pack(spec, target, config),
                              data_lanes=target.vector_lanes, oc_parts=(config["tile_oc"],),
@@ -222,14 +222,12 @@ class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",),
             return lambda o, i, h, w: (o // cb, i, h, w, o % cb)
         return lambda h, w, i, o: (o // cb, i, h, w, o % cb)
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         cb, rw = config["tile_c"], config["tile_ow"]
         nchw = spec.layout == "NCHW"
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
         place = config["pad"]
         data = channels_innermost(sch, spec, conv, cb, target.vector_lanes, loops=place == "copy")
-        if place != "copy" and data is None:
-            raise ConfigError(f"pad={place}: this layer has no padded input to place (it is read in place)")
         if nchw:
             sch.transform_layout(conv, ("write", 0), lambda n, k, h, w: (n, k // cb, h, w, k % cb))
 
@@ -304,7 +302,7 @@ class DepthwiseRowsX86(Template, name="x86.depthwise_rows", version=1, families=
                    key=lambda c: (c["tile_oh"] * c["tile_w"], c["tile_w"]))
         return best
 
-    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config, *, intrinsics: bool = True) -> None:
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         vec = self._vec(spec, target)
         conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
         if spec.padding != (0, 0, 0, 0):

@@ -30,16 +30,20 @@ def test_kernels_are_built_once_then_loaded_and_a_damaged_file_is_rebuilt(tmp_pa
     assert all(isinstance(k, convgen.Kernel) for k in rebuilt) and os.path.getsize(damaged) > 4096
 
 
-def test_the_key_follows_config_target_and_source(host):
+def test_the_key_follows_config_target_and_source(monkeypatch):
     from convgen.schedules import get_template
 
     tmpl = get_template("cpu.generic")
     spec = SPECS[0]
-    a = cache.kernel_key(spec, host, tmpl, {"vectorize": False, "unroll_kw": True})
-    assert a == cache.kernel_key(spec, host, tmpl, {"unroll_kw": True, "vectorize": False})
-    assert a != cache.kernel_key(spec, host, tmpl, {"vectorize": False, "unroll_kw": False})
-    assert a != cache.kernel_key(spec.replace(bias=True), host, tmpl, {"vectorize": False, "unroll_kw": True})
+    avx2, config = convgen.get_target("x86-avx2"), {"vectorize": False, "unroll_kw": True}
+    a = cache.kernel_key(spec, avx2, tmpl, config)
+    assert a == cache.kernel_key(spec, avx2, tmpl, {"unroll_kw": True, "vectorize": False})
+    assert a != cache.kernel_key(spec, avx2, tmpl, {"vectorize": False, "unroll_kw": False})
+    assert a != cache.kernel_key(spec.replace(bias=True), avx2, tmpl, config)
+    assert a != cache.kernel_key(spec, convgen.get_target("x86-avx512"), tmpl, config)
     assert len(cache.source_digest()) == 16
+    monkeypatch.setattr(cache, "source_digest", lambda: "0" * 16)  # convgen's code changed
+    assert a != cache.kernel_key(spec, avx2, tmpl, config)
 
 
 def test_a_spec_that_cannot_build_gives_its_error_in_its_place(tmp_path, host):

@@ -259,7 +259,7 @@ def test_shared_memory_arithmetic_is_what_tvm_allocates(template, spec):
     tmpl = get_template(template)
     rng = random.Random(spec.key)
     for config in [tmpl.default(spec, target)] + tmpl.space(spec, target).sample(rng, 4):
-        with __import__("tvm").transform.PassContext(config=getattr(tmpl, "pass_config", {})):
+        with __import__("tvm").transform.PassContext(config=dict(tmpl.pass_config)):
             lowered = verify.lower_for_verify(schedule(spec, target, tmpl, config), tvm_target(target))
         used = s_tir.analysis.calculate_allocated_bytes(lowered["main"])["main"]
         shared = used.get("shared", 0) + used.get("shared.dyn", 0)

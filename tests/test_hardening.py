@@ -96,8 +96,8 @@ def test_a_pinned_hash_is_checked_and_printed(kernel_file, tmp_path):
 
 
 def _retrailer(kernel_file, tmp_path, name, change):
-    """The kernel's library with metadata ``change(meta)``, its hash recomputed (so only the
-    metadata is wrong)."""
+    """The kernel's library with metadata ``change(meta)`` (bytes: written as they are); the
+    library is unchanged, so its hash still matches: only the metadata is wrong."""
     library, meta = _split(kernel_file)
     path = tmp_path / name
     path.write_bytes(library)
@@ -162,6 +162,10 @@ def test_missing_files_and_non_kernels_follow_python_conventions(tmp_path):
 def test_an_output_aliasing_an_input_is_refused(host):
     spec = ConvSpec(in_channels=8, out_channels=8, height=6, width=6, kernel=3, padding=1)
     x, w = random_inputs(spec)
+    try:
+        import torch
+    except ImportError:  # the numpy half still runs
+        torch = None
     for template in ("cpu.generic", None):
         k = convgen.build(spec, host, template=template, builtin_records=False)
         xa = convgen.aligned_empty(x.shape, x.dtype)
@@ -169,7 +173,8 @@ def test_an_output_aliasing_an_input_is_refused(host):
         with pytest.raises(ValueError, match="overlaps the data"):
             k(xa, w, out=xa)
         np.testing.assert_array_equal(xa, x)  # nothing ran
-        torch = pytest.importorskip("torch")
+        if torch is None:
+            continue
         t = torch.from_numpy(xa)
         with pytest.raises(ValueError, match="overlaps"):
             k(t, torch.from_numpy(w), out=t)
@@ -219,10 +224,8 @@ def test_a_worker_that_hangs_holding_the_gil_is_killed_by_the_parent():
     from . import fault_workers
 
     worker = PopenWorker()
-    t0 = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError):  # back at all: the spin runs for hours unless killed
         measure.call_with_deadline(worker, fault_workers.spin_holding_the_gil, (), 1.0)
-    assert time.monotonic() - t0 < 1.0 + measure.GRACE + 30  # bounded (on a loaded machine too)
     assert not worker.is_alive()
     assert measure.call_with_deadline(worker, fault_workers.answer, (), 30) == 42  # a fresh worker
 
@@ -436,10 +439,9 @@ def test_the_peak_microbenchmark_has_timeouts(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: str(fake_cc) if name in ("cc", "gcc") else None)
     monkeypatch.setattr(peak, "RUN_TIMEOUT", 1.0)
     avx2 = convgen.get_target("x86-avx2")
-    t0 = time.monotonic()
-    with pytest.raises(subprocess.TimeoutExpired):
+    with pytest.raises(subprocess.TimeoutExpired) as info:  # back at all: the copies sleep 600 s
         peak._measure(avx2, 2)
-    assert time.monotonic() - t0 < 60
+    assert info.value.timeout == peak.RUN_TIMEOUT
     started = [int(p) for p in pids.read_text().split()]
     assert started  # the copies ran, and none outlives the measurement
     for pid in started:

@@ -167,8 +167,9 @@ def test_the_custom_op_passes_opcheck(cache):
     torch.library.opcheck(op, (x, conv.weight.detach(), conv.bias.detach(), r, *params))
     torch.library.opcheck(op, (x.contiguous(memory_format=torch.channels_last), conv.weight.detach().requires_grad_(),
                                conv.bias.detach(), r.requires_grad_(), *params))
-    # and the result is the convolution torch computes
-    want = ct.torch_conv2d(x, conv.weight, conv.bias, r, *params[:5])
+    # and the result is the convolution torch computes (its own operators, not convgen's fallback)
+    assert conv.activation == "relu" and list(conv.padding) == [1, 1, 1, 1] and list(conv.dilation) == [1, 1]
+    want = torch.relu(torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, 1, 1, conv.groups) + r)
     assert rel_err(op(x, conv.weight.detach(), conv.bias.detach(), r, *params), want) <= TOL
 
 

@@ -62,9 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one clear line, not a traceback
         if args.debug:
             raise
-        from ..errors import ConfigError, KernelError, TargetError
-
-        known = (ValueError, TypeError, ConfigError, KernelError, TargetError, OSError, RuntimeError)
+        # convgen's own errors are ValueErrors (ConfigError, TargetError, ...) or RuntimeErrors (KernelError)
+        known = (ValueError, TypeError, OSError, RuntimeError)
         if not isinstance(e, known):
             print(f"convgen: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
             return 2

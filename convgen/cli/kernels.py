@@ -109,8 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..runtime import file_sha256, load, read_metadata, target_from_metadata
 
     meta = read_metadata(args.kernel)
-    if args.sha256 and args.sha256.lower() != file_sha256(args.kernel):
-        raise KernelError(f"{args.kernel}: SHA-256 {file_sha256(args.kernel)} is not the pinned {args.sha256}")
+    digest = file_sha256(args.kernel)
+    if args.sha256 and args.sha256.lower() != digest:
+        raise KernelError(f"{args.kernel}: SHA-256 {digest} is not the pinned {args.sha256}")
     if args.rpc or args.tracker:
         from ..remote import connect, run_remote
 
@@ -125,15 +126,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.no_check:
             result["max_error"], result["tolerance"] = run.max_error, run.tolerance
         where = "this machine"
-    _report_run(args.kernel, meta, result, where)
+    _report_run(args.kernel, meta, result, where, digest)
     return 0 if result.get("max_error", 0) <= result.get("tolerance", 0) else 1
 
 
-def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
+def _report_run(path: str, meta: dict, result: dict, where: str, digest: str) -> None:
     import statistics
 
     from ..peak import reference_peak
-    from ..runtime import file_sha256, target_from_metadata
+    from ..runtime import target_from_metadata
     from ..spec import ConvSpec
 
     spec = ConvSpec.from_dict(meta["spec"])
@@ -142,7 +143,7 @@ def _report_run(path: str, meta: dict, result: dict, where: str) -> None:
     gflops = spec.flops / median / 1e9
     threads = result["threads"]
     print(f"{path}: {spec.describe()} | {target.name} | {meta['template']} {json.dumps(meta['config'])}")
-    print(f"  sha256 {file_sha256(path)}")
+    print(f"  sha256 {digest}")
     if "max_error" in result:
         ok = result["max_error"] <= result["tolerance"]
         print(f"  check vs numpy reference: max |error| {result['max_error']:.2e} "

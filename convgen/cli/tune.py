@@ -32,9 +32,7 @@ def _workloads(args: argparse.Namespace) -> tuple[dict, dict]:
         raise ValueError("give exactly one of --preset NAME, --workload FILE, --torch-model PKG.MODULE:FACTORY, "
                          "or one layer (--layer / -c -k --size ...)")
     if args.torch_model:
-        layers = torch_model_layers(args)
-        weights = {name: float(n) for name, n in layers.counts.items()}
-        return dict(layers), weights
+        return torch_model_layers(args), {}  # tune() weights them by their .counts
     if args.preset:
         named = {f"{args.preset}.{k}": v for k, v in preset(args.preset).items()}
     elif args.workload:
@@ -66,7 +64,6 @@ def merge_duplicates(named: dict) -> tuple[dict, dict]:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """The ``convgen tune`` command."""
-    from ..builder import build
     from ..peak import reference_peak
     from ..runtime import default_num_threads
     from ..target import get_target
@@ -109,13 +106,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         valid = {n: r for n, r in results.items() if r.config is not None}
         if len(named) == 1 and valid:
             r = next(iter(valid.values()))
-            build(r.spec, target, r.config, template=r.template, num_threads=args.threads).export(args.output)
+            r.build(num_threads=args.threads).export(args.output)
             print(f"wrote {args.output} ({r.template} {r.config})")
         elif valid:
             os.makedirs(args.output, exist_ok=True)
             for name, r in valid.items():
                 path = os.path.join(args.output, f"{name.replace('/', '_').replace(' ', '_')}.so")
-                build(r.spec, target, r.config, template=r.template, num_threads=args.threads).export(path)
+                r.build(num_threads=args.threads).export(path)
             print(f"wrote {len(valid)} kernels to {args.output}/")
     if not any(r.config for r in results.values()):
         print("convgen: no valid kernel was found (see the errors in the records)", file=sys.stderr)

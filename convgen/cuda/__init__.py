@@ -8,19 +8,19 @@ is proven before anything runs:
    virtual threads, vector width); after nvcc, the registers ptxas assigned are checked
    against the register file. Templates reject most impossible configs in their knob
    constraint already; this catches what that arithmetic missed. Failures raise
-   :class:`~convgen.knobs.ConfigError` naming the limit.
+   :class:`~convgen.errors.ConfigError` naming the limit.
 2. **Device code ahead of time.** Without a CUDA runtime in the process, ``tvm.compile``
    keeps the kernel as CUDA *source* (TVM's "fallback" CUDA module), which a GPU machine
    would have to compile when loading. convgen compiles that source with nvcc into a
    fatbin (SASS for the target's ``sm_XX`` plus ``compute_XX`` PTX for later GPUs) and,
    when exporting, writes the fatbin in place of the source into the library's embedded
-   module blob (:func:`patch_library_bin`). The ``.so`` then loads on a GPU machine with
+   module blob (:func:`.fatbin.patch_library_bin`). The ``.so`` then loads on a GPU machine with
    nothing but TVM's runtime: no nvcc, no NVRTC there. Where a CUDA runtime *is* loaded
    (a GPU build machine), TVM compiles during ``tvm.compile`` through its
    ``tvm_callback_cuda_compile`` hook; convgen points that hook at the same nvcc call for
-   the duration of the compile (:func:`_nvcc_hook`) and restores TVM's own afterwards.
+   the duration of the compile (:func:`.compile._nvcc_hook`) and restores TVM's own afterwards.
    No stand-in driver library is ever loaded and no environment variable is set.
-3. **Numerics without a GPU.** :func:`emulate` takes the same scheduled loop nest, turns
+3. **Numerics without a GPU.** :func:`.emulate.emulate` takes the same scheduled loop nest, turns
    every thread binding (blockIdx, vthread, threadIdx) into a serial loop and shared
    memory into local buffers, builds it for the CPU and returns a callable; tests compare
    it with the numpy reference. Serially, each "thread" performs the whole cooperative

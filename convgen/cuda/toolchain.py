@@ -43,7 +43,6 @@ class DeviceCode:
     fatbin: bytes
     arch: str
     kernels: dict[str, KernelResources] = field(default_factory=dict)
-    log: str = ""
 
     def report(self) -> dict[str, Any]:
         """JSON-able summary for kernel metadata."""
@@ -70,7 +69,7 @@ _NVCC_FLAGS = [
 def nvcc_fatbin(source: str, target: Target, *, timeout: float = 300.0) -> DeviceCode:
     """Compile CUDA ``source`` into a fatbin for ``target``'s arch (SASS + PTX).
 
-    Raises :class:`convgen.builder.BuildError` with nvcc's messages when it fails.
+    Raises :class:`convgen.errors.BuildError` with nvcc's messages when it fails.
     """
     lim = target.gpu_limits()
     cc = "".join(map(str, lim.compute_capability))
@@ -92,7 +91,7 @@ def nvcc_fatbin(source: str, target: Target, *, timeout: float = 300.0) -> Devic
             raise BuildError(f"nvcc failed for sm_{cc}: " + " | ".join(e.strip() for e in errors[:5]))
         with open(out, "rb") as fh:
             fatbin = fh.read()
-    return DeviceCode(fatbin=fatbin, arch=f"sm_{cc}", kernels=parse_ptxas(log), log=log)
+    return DeviceCode(fatbin=fatbin, arch=f"sm_{cc}", kernels=parse_ptxas(log))
 
 
 def parse_ptxas(log: str) -> dict[str, KernelResources]:

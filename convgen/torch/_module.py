@@ -147,6 +147,9 @@ class Conv2d(nn.Module):
 
     def _init_state(self) -> None:
         self.kernels: dict[tuple, Any] = {}
+        # shape key -> its ConvSpec: made once per shape (ConvSpec.replace re-validates the
+        # whole spec, ~20 us, which is too much for every call of every layer)
+        self._specs: dict[tuple, ConvSpec] = {}
         self._packed: dict[tuple, tuple] = {}  # shape key -> (weight version, PackedWeights)
         self._lock = threading.Lock()
         self._handle = f"{type(self).__name__}-{next(_COUNTER)}"
@@ -156,7 +159,7 @@ class Conv2d(nn.Module):
     # found in the cache on first use
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("kernels", "_packed", "_lock", "_handle"):
+        for name in ("kernels", "_specs", "_packed", "_lock", "_handle"):
             state.pop(name, None)
         return state
 
@@ -180,9 +183,18 @@ class Conv2d(nn.Module):
     def spec_for(self, x: torch.Tensor) -> ConvSpec:
         """The workload of input ``x`` (its batch and size; NHWC for a channels_last input or
         ``layout="NHWC"``)."""
+        return self._spec(self._key(x))
+
+    def _key(self, x: torch.Tensor) -> tuple:
         n, _, h, w = x.shape
-        return self.spec.replace(batch=int(n), height=int(h), width=int(w),
-                                 layout="NHWC" if _nhwc(x, self.layout) else "NCHW")
+        return int(n), int(h), int(w), "NHWC" if _nhwc(x, self.layout) else "NCHW"
+
+    def _spec(self, key: tuple) -> ConvSpec:
+        spec = self._specs.get(key)
+        if spec is None:
+            n, h, w, layout = key
+            spec = self._specs[key] = self.spec.replace(batch=n, height=h, width=w, layout=layout)
+        return spec
 
     def why_not(self, x: torch.Tensor) -> str | None:
         """Why ``x`` goes to torch instead of a convgen kernel, or ``None``."""
@@ -224,12 +236,13 @@ class Conv2d(nn.Module):
         """The op's implementation: the result, or ``None`` to let torch compute it."""
         if self.why_not(x) is not None or weight.dtype != x.dtype:
             return None
-        spec = self.spec_for(x)
+        key = self._key(x)
+        spec = self._spec(key)
         kernel = self.kernel_for(spec)
         if isinstance(kernel, Exception):
             return None
         nhwc = spec.layout == "NHWC"
-        packed = self._pack((spec.batch, spec.height, spec.width, spec.layout), kernel, weight)
+        packed = self._pack(key, kernel, weight)
         x = x.detach()
         if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
             x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)

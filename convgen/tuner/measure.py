@@ -253,6 +253,8 @@ class Builder:
                     c.error, c.message = "build", f"{type(e).__name__}: {e}"[-2000:]
             if stuck is None:
                 return
+            for fut in futures[stuck + 1:]:  # shutdown kills the workers, not the queue: the
+                fut.cancel()                 # old pool would build these a second time
             self._pool.shutdown(wait=False)  # kills every worker, the stuck one included
             self._pool = self._make_pool()
             todo = todo[stuck + 1:]  # built again by fresh workers: they were not to blame
