@@ -93,6 +93,11 @@ def test_a_pinned_hash_is_checked_and_printed(kernel_file, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "convgen", "run", kernel_file, "--sha256", "1" * 64],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "pinned" in bad.stderr and "Traceback" not in bad.stderr
+    # a kernel for another machine is checked against its pin as well, though it never loads here
+    foreign = _retrailer(kernel_file, tmp_path, "foreign.so", lambda m: dict(m, target="arm-neon", target_desc=convgen.get_target("arm-neon").to_dict()))
+    assert not convgen.load(foreign, sha256=file_sha256(foreign)).runs_here
+    with pytest.raises(KernelError, match="not the pinned"):
+        convgen.load(foreign, sha256="0" * 64)
 
 
 def _retrailer(kernel_file, tmp_path, name, change):
