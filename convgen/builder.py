@@ -11,7 +11,8 @@ from typing import Any
 
 from .errors import BuildError, ConfigError, TargetError, last_line
 from .knobs import Config
-from .runtime import Kernel, set_num_threads
+from .arrays import ALIGN
+from .runtime import FORMAT, Kernel, set_num_threads
 from .spec import ConvSpec
 from .target import Target, get_target
 
@@ -181,8 +182,8 @@ def metadata(spec: ConvSpec, target: Target, template: Any, config: Config, sour
     alignment its arguments declare (CPU: one element; CUDA: TVM's 64 bytes)."""
     from .records import provenance
 
-    return {**provenance(spec, target, template, config), "format": 2, "target_desc": target.to_dict(),
-            "config_source": source, "arg_alignment": ARG_ALIGNMENT if target.is_cpu else 64}
+    return {**provenance(spec, target, template, config), "format": FORMAT, "target_desc": target.to_dict(),
+            "config_source": source, "arg_alignment": ARG_ALIGNMENT if target.is_cpu else ALIGN}
 
 
 def build(

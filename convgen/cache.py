@@ -10,7 +10,11 @@ A cached library is named by a digest of everything that decides its machine cod
 spec, the target's description, the template, its version and config, the TVM version and
 convgen's own source (compute, templates, builder), so a changed template never serves an
 old binary. Files are written to a temporary name and renamed into place: a killed build
-leaves no half library behind, and two processes building the same kernel both succeed.
+leaves no half library behind, and two processes building the same kernel both succeed. A
+file is trusted for what its metadata says, not for its name: one whose spec, template,
+version, config, target or TVM differ from what was asked (a swapped or copied file) is
+rebuilt, as is one that does not load. A cache folder that cannot be written degrades to a
+temporary folder of the process, with one warning.
 """
 
 from __future__ import annotations
@@ -19,17 +23,18 @@ import functools
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import KernelError
 from .knobs import Config
 from .peak import cache_dir
 from .runtime import Kernel, load
 from .spec import ConvSpec
 from .target import Target, get_target
-from .workers import die_with_parent
+from .workers import popen_pool
 
 
 @functools.cache
@@ -79,6 +84,61 @@ def build_into(spec: dict, target: dict, template: str, config: Config, path: st
     return path
 
 
+def usable_folder(folder: str) -> str:
+    """``folder`` if kernels can be cached there, else a temporary folder of this process.
+
+    A cache that cannot be written (read-only, a file in its place, no permission) must not
+    take a model down with it: the kernels are built into a folder of this process instead
+    (deleted at exit), and one warning names the path and why.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)  # writable, not just present
+        os.close(fd)
+        os.unlink(probe)
+        return folder
+    except OSError as e:
+        why = e.strerror or str(e)
+    if folder not in _WARNED:
+        _WARNED.add(folder)
+        warnings.warn(f"convgen: the kernel cache {folder} cannot be used ({why}); building kernels into a "
+                      "temporary folder for this process instead (they are built again next time)",
+                      CacheWarning, stacklevel=3)
+    return _temporary_folder()
+
+
+class CacheWarning(UserWarning):
+    """The kernel cache cannot be used; kernels are built without it."""
+
+
+_WARNED: set[str] = set()
+_TEMPORARY: list[str] = []
+
+
+def _temporary_folder() -> str:
+    if not _TEMPORARY:
+        import atexit
+        import shutil
+
+        _TEMPORARY.append(tempfile.mkdtemp(prefix="convgen-kernels-"))
+        atexit.register(shutil.rmtree, _TEMPORARY[0], True)  # loaded libraries live on as private copies
+    return _TEMPORARY[0]
+
+
+def mismatch(kernel: Kernel, spec: ConvSpec, target: Target, template: Any, config: Config) -> str | None:
+    """What a cached kernel's own metadata says differently from what was asked (``None``:
+    nothing). A file is named by a digest of what it should hold; this checks what it does
+    hold, so a file copied, swapped or written by a buggy build under another's name never
+    serves the wrong convolution."""
+    import tvm
+
+    meta = kernel.meta
+    asked = {"spec_key": spec.key, "template": template.name, "template_version": template.version,
+             "config": dict(config), "target_desc": target.to_dict(), "tvm": tvm.__version__}
+    wrong = [key for key, value in asked.items() if meta.get(key) != value]
+    return ", ".join(f"{key} {meta.get(key)!r} (asked {asked[key]!r})" for key in wrong) or None
+
+
 def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records: Any = None,
             builtin_records: bool = True, num_threads: int | None = None, folder: str | None = None,
             parallel: int | None = None, timeout: float = 600.0) -> list[Kernel | Exception]:
@@ -88,16 +148,18 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
     records, then the template's default, with stand-ins: :meth:`ConvSpec.stand_ins`).
     Missing libraries are built ``parallel`` at a time (default: one per CPU; 1 builds in
     this process). A spec that fails to build gives its exception in its place, so one bad
-    layer does not stop a network.
+    layer does not stop a network. A cached file whose metadata disagrees with what was
+    asked (:func:`mismatch`), or that does not load, is rebuilt; a cache folder that cannot
+    be written is replaced by a temporary one, with a :class:`CacheWarning`.
     """
     from .builder import resolve_config
     from .runtime import default_num_threads
 
     target = get_target(target)
-    folder = folder or default_folder()
-    os.makedirs(folder, exist_ok=True)
+    folder = usable_folder(folder or default_folder())
     out: list[Kernel | Exception | None] = [None] * len(specs)
-    todo: dict[str, tuple[list[int], tuple]] = {}  # library path -> (spec indices, build_into's arguments)
+    # library path -> (spec indices, build_into's arguments, (template, config))
+    todo: dict[str, tuple[list[int], tuple, tuple]] = {}
     for i, spec in enumerate(specs):
         try:
             tmpl, config, source = resolve_config(spec, target, None, None, records, builtin_records)
@@ -108,15 +170,12 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
         if path in todo:
             todo[path][0].append(i)
             continue
-        todo[path] = ([i], (spec.to_dict(), target.to_dict(), tmpl.name, config, path, source))
-    missing = [(path, job) for path, (_, job) in todo.items() if not os.path.exists(path)]
+        todo[path] = ([i], (spec.to_dict(), target.to_dict(), tmpl.name, config, path, source), (tmpl, config))
+    missing = [(path, job) for path, (_, job, _) in todo.items() if not os.path.exists(path)]
     n_workers = min(parallel or default_num_threads(), len(missing))
     errors: dict[str, Exception] = {}
     if n_workers > 1:
-        from tvm.support.popen_pool import PopenPoolExecutor
-
-        pool = PopenPoolExecutor(max_workers=n_workers, timeout=timeout, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, initializer=die_with_parent, initargs=(os.getpid(),))
+        pool = popen_pool(n_workers, timeout)
         try:
             futures = [(path, pool.submit(build_into, *job)) for path, job in missing]
             for path, fut in futures:
@@ -132,15 +191,31 @@ def kernels(specs: Sequence[ConvSpec], target: str | Target = "host", *, records
                 build_into(*job)
             except Exception as e:  # noqa: BLE001
                 errors[path] = e
-    for path, (indices, job) in todo.items():
+    for path, (indices, job, (tmpl, config)) in todo.items():
+        spec = specs[indices[0]]
         try:
-            result: Kernel | Exception = errors[path] if path in errors else load(path, num_threads=num_threads)
-        except Exception:  # noqa: BLE001 - a damaged cache file: rebuild it here, once
-            try:
-                os.unlink(path)
-                result = load(build_into(*job), num_threads=num_threads)
-            except Exception as e2:  # noqa: BLE001
-                result = e2
+            if path in errors:
+                raise errors[path]
+            result: Kernel | Exception = _load_checked(path, spec, target, tmpl, config, num_threads)
+        except Exception as e:  # noqa: BLE001 - a failed build, or a damaged or foreign cache file
+            result = e
+            if path not in errors:  # rebuild it here, once
+                try:
+                    os.unlink(path)
+                    result = _load_checked(build_into(*job), spec, target, tmpl, config, num_threads)
+                except Exception as e2:  # noqa: BLE001
+                    result = e2
+        if isinstance(result, Kernel):
+            result.meta["config_source"] = job[-1]  # where the config came from this time
         for i in indices:
             out[i] = result
     return out  # type: ignore[return-value]
+
+
+def _load_checked(path: str, spec: ConvSpec, target: Target, template: Any, config: Config,
+                  num_threads: int | None) -> Kernel:
+    kernel = load(path, num_threads=num_threads)
+    why = mismatch(kernel, spec, target, template, config)
+    if why:
+        raise KernelError(f"{path}: the cached kernel is not the one asked for ({why})")
+    return kernel

@@ -8,6 +8,8 @@ a file that is not an intact kernel a ``ValueError``; failures at build or run t
 
 from __future__ import annotations
 
+import enum
+
 
 class SpecError(ValueError):
     """A ConvSpec field breaks a rule; the message names the field and the rule."""
@@ -53,6 +55,29 @@ class RemoteTimeout(RemoteError):
 
 class DeviceDown(RuntimeError):
     """The measuring device stayed unreachable for longer than the campaign waits."""
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a tuning trial has no timing: the ``result.error`` of a record, ``Candidate.error``.
+
+    A ``StrEnum``: each kind *is* its string (``ErrorKind.CRASH == "crash"``), so records
+    written before this type existed read back unchanged and JSON holds plain strings.
+    """
+
+    CONFIG = "config"                # the template refused the config (a ConfigError)
+    BUILD = "build"                  # TVM failed to schedule or compile it
+    BUILD_TIMEOUT = "build_timeout"  # the build ran past its timeout
+    RUN = "run"                      # the kernel raised an error when run
+    TIMEOUT = "timeout"              # the run ran past its timeout
+    CRASH = "crash"                  # the kernel killed its worker (segfault, SIGILL, abort)
+    WRONG_RESULT = "wrong_result"    # it ran, and its output disagrees with the reference
+    DEVICE = "device"                # the device could not be reached: nothing ran, no verdict on the config
+
+    @property
+    def says_nothing(self) -> bool:
+        """True for kinds that are no verdict on the config (:attr:`DEVICE`): such a record
+        is neither a timing nor a failure of its candidate."""
+        return self is ErrorKind.DEVICE
 
 
 def last_line(e: BaseException) -> str:

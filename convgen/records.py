@@ -19,6 +19,7 @@ with a warning.
 from __future__ import annotations
 
 import datetime
+import enum
 import fcntl
 import json
 import math
@@ -31,15 +32,32 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from .errors import ErrorKind
 from .knobs import Config, config_key
 from .spec import ConvSpec
 from .target import Target, TargetError
+from .version import minor_version
 
 FORMAT = 1
 
-DEVICE_ERRORS = frozenset({"device"})
-"""Error kinds that say nothing about the config (the device could not be reached, nothing
-ran): such a record is neither a timing nor a failure of its candidate."""
+class Outcome(enum.Enum):
+    """What one measurement says about its candidate (:func:`outcome`)."""
+
+    TIMED = "timed"            # a good timing
+    FAILED = "failed"          # any error, no timing, or a wrong result: the candidate is out for good
+    NO_VERDICT = "no_verdict"  # nothing ran (the device was unreachable): counts neither way
+
+
+def outcome(error: str | None, cost: float | None, verified: bool | None) -> Outcome:
+    """The one rule by which records, the campaign and ``records prune`` judge a measurement:
+    an error of a kind that says nothing about the config (:attr:`ErrorKind.says_nothing`) is
+    no verdict; any other error, a missing timing or a failed check fails the candidate, and a
+    candidate that *ever* failed stays out, however fast its other timings."""
+    if error == ErrorKind.DEVICE:
+        return Outcome.NO_VERDICT
+    if error is not None or cost is None or verified is False:
+        return Outcome.FAILED
+    return Outcome.TIMED
 
 
 def median(times: Sequence[float]) -> float:
@@ -97,6 +115,11 @@ class Record:
         return self.data.get("result", {}).get("median_s")
 
     @property
+    def outcome(self) -> Outcome:
+        """What this trial says about its candidate (:func:`outcome`)."""
+        return outcome(self.error, self.median, self.data.get("verified"))
+
+    @property
     def spec(self) -> ConvSpec:
         """The workload, parsed."""
         return ConvSpec.from_dict(self.data["spec"])
@@ -104,7 +127,7 @@ class Record:
     @property
     def tvm_minor(self) -> tuple[int, ...] | None:
         """``(major, minor)`` of the TVM the trial was built with (``None`` if unrecorded)."""
-        return tvm_minor(self.data.get("tvm"))
+        return minor_version(self.data.get("tvm"))
 
     def trial_key(self) -> tuple[str, str, str, str, str]:
         """What makes two records measurements of the same candidate."""
@@ -157,6 +180,7 @@ def make_record(spec: ConvSpec, target: Target, template: Any, config: Config, *
 
 def append(path: str, records: Iterable[dict[str, Any]]) -> None:
     """Append records atomically (one locked write per record, then fsync)."""
+    check_path(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     flags = os.O_RDWR | os.O_APPEND
     fd = os.open(path, flags | os.O_CREAT, 0o644)
@@ -275,6 +299,22 @@ def _require(paths: Iterable[str]) -> None:
     for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"records file not found: {path}")
+        check_path(path)
+
+
+def check_path(path: str) -> None:
+    """Raise ``ValueError`` when ``path`` exists and is not a regular file: a folder, a FIFO
+    (reading one waits forever for a writer), a device. A missing path is fine (an append
+    creates it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "not a regular file")
+        raise ValueError(f"records path {path} is {kind}, not a records file")
 
 
 def _read(paths: list[str], warn: bool) -> Iterator[Record]:
@@ -323,10 +363,6 @@ def _check(data: Any) -> None:
         raise ValueError(f"'spec' ({spec.key}) and 'spec_key' ({data['spec_key']}) disagree")
 
 
-def tvm_minor(version: Any) -> tuple[int, ...] | None:
-    """``(0, 27)`` for ``"0.27.0.post1"``; ``None`` for anything unparsable."""
-    parts = str(version or "").split(".")[:2]
-    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else None
 
 
 _WARNED_VERSIONS: set[tuple[str, tuple]] = set()
@@ -338,7 +374,7 @@ def same_tvm(records: Iterable[Record]) -> Iterator[Record]:
     and version about the others. Records that name no version are kept."""
     import tvm
 
-    here = tvm_minor(tvm.__version__)
+    here = minor_version(tvm.__version__)
     for r in records:
         theirs = r.tvm_minor
         if theirs is None or theirs == here:
@@ -360,7 +396,7 @@ def _aggregate(records: Iterable[Record]) -> dict[tuple, tuple[float, Record]]:
 
     A candidate timed several times (the tuner re-times each layer's leaders) is judged by
     the median over all its timings; one that ever failed or gave a wrong result is out
-    (a record of a :data:`DEVICE_ERRORS` kind counts neither way).
+    (the rule of :func:`outcome`).
     """
     times: dict[tuple, list[float]] = {}
     first: dict[tuple, Record] = {}
@@ -368,11 +404,10 @@ def _aggregate(records: Iterable[Record]) -> dict[tuple, tuple[float, Record]]:
     for r in records:
         k = r.trial_key()
         first.setdefault(k, r)
-        if r.error in DEVICE_ERRORS:
-            continue
-        if not r.ok or r.data.get("verified") is False:
+        verdict = r.outcome
+        if verdict is Outcome.FAILED:
             bad.add(k)
-        else:
+        elif verdict is Outcome.TIMED:
             times.setdefault(k, []).append(r.median)
     return {k: (median(v), first[k]) for k, v in times.items() if k not in bad}
 
@@ -456,7 +491,7 @@ class Staleness:
         self._spaces: dict[tuple, Any] = {}
         import tvm
 
-        self._tvm = tvm_minor(tvm.__version__)
+        self._tvm = minor_version(tvm.__version__)
 
     def template(self, name: str) -> Any:
         """The registered template called ``name`` (``None`` if there is none)."""

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import DeviceUnavailable, RemoteError, RemoteTimeout, last_line  # noqa: F401 (re-exported)
 from .runtime import KernelError, target_from_metadata
 from .spec import ConvSpec
-from .timing import measure_kernel
+from .timing import ALWAYS, NEVER, measure_kernel
 
 
 
@@ -176,7 +176,7 @@ def run_remote(session: Any, path: str, meta: dict[str, Any], *, num_threads: in
         if target.family != "cuda":
             result["threads"] = set_remote_threads(session, num_threads)
         run = measure_kernel(module, spec, dev, packed_shape=meta.get("packed_weight_shape"), repeat=repeat,
-                             check_below=math.inf if check else None, seed=1)
+                             check=ALWAYS if check else NEVER, seed=1)
     except Exception as e:
         raise RemoteError(explain_failure(e, target)) from None
     if check:

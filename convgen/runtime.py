@@ -27,23 +27,24 @@ import errno
 import hashlib
 import hmac
 import json
-import math
 import os
 import shutil
-import sys
 import tempfile
 import threading
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 
+from .arrays import ALIGN, ArgumentIO, describe, kind_of, refuse_overlap
+from .arrays import aligned_empty  # noqa: F401 - re-exported as convgen.aligned_empty
 from .errors import KernelError, KernelNotFoundError, NotAKernelError
+from .lazy import tvm as _tvm
+from .lazy import tvm_ffi as _tvm_ffi
 from .spec import ConvSpec
 from .target import Target, TargetError, all_targets, available_cpus
+from .version import minor_version
 
 _MAGIC = b"\0CONVGEN-META-v1"
 FORMAT = 2  # 2: the metadata carries the library's SHA-256 (1, before: no hash; refused)
-_ALIGN = 64  # TVM refuses DLPack tensors whose data is not 64-byte aligned
 
 # The CPUs this process may use, read before TVM's thread pool first starts: its default
 # start pins the calling thread to one core on x86, after which the mask would read {0}.
@@ -54,30 +55,43 @@ except AttributeError:  # not Linux
 # TVM keeps one CPU thread pool per calling thread (ThreadPool::ThreadLocal), so the thread
 # count configured is tracked per Python thread too.
 _thread_state = threading.local()
-_tvm_module: Any = None
-_tvm_ffi_module: Any = None
+# Libraries loaded so far, by the SHA-256 of their bytes (verified before the load). TVM never
+# unloads a library, and each load maps a private copy: a service that loaded one kernel file
+# again and again mapped it again and again (~37 KB each, never given back). One load per
+# distinct content, shared by every Kernel of it: the functions hold no state.
+_LIBRARIES: dict[str, Any] = {}
+_LIBRARIES_LOCK = threading.Lock()
 
 
-def _tvm() -> Any:
-    """The ``tvm`` package, imported on first use and bound once (``import convgen`` stays
-    light; with ``TVM_USE_RUNTIME_LIB=1`` this is the runtime alone)."""
-    global _tvm_module
-    if _tvm_module is None:
-        import tvm
+# ---- fork -----------------------------------------------------------------------------------
+# TVM's thread pool does not survive fork: the child inherits the pool's bookkeeping but not
+# its worker threads, so the first parallel kernel the forking thread runs waits forever for
+# workers that do not exist (multiprocessing's default start method on Linux is fork). The
+# pool cannot be reset either (ThreadPool::Reset joins the vanished threads and hangs, and
+# re-configuring it sets the affinity of the parent's thread ids). So in the child the thread
+# that forked runs its kernels on itself: TVM launches serially when its concurrency is 1
+# (TVMBackendParallelLaunch), which SetMaxConcurrency sets for the calling thread alone. Other
+# threads the child starts get pools of their own, at full width.
+_SET_MAX_CONCURRENCY = "_ZN3tvm7runtime9threading17SetMaxConcurrencyEi"  # tvm::runtime::threading::SetMaxConcurrency(int)
 
-        _tvm_module = tvm
-    return _tvm_module
+
+def _after_fork_in_child() -> None:
+    if getattr(_thread_state, "num_threads", None) is None:
+        return  # this thread never started a pool: nothing stale to avoid
+    _thread_state.forked = True
+    _thread_state.num_threads = 1
+    try:
+        import ctypes
+
+        setter = getattr(_tvm().base._LOADED_LIBS["tvm_runtime"], _SET_MAX_CONCURRENCY)
+        setter.argtypes = [ctypes.c_int]
+        setter(1)
+    except Exception:  # noqa: BLE001 - another TVM build without the symbol: refuse instead
+        _thread_state.unusable = True
 
 
-def _tvm_ffi() -> Any:
-    """The ``tvm_ffi`` package, imported on first use and bound once."""
-    global _tvm_ffi_module
-    if _tvm_ffi_module is None:
-        import tvm_ffi
-
-        _tvm_ffi_module = tvm_ffi
-    return _tvm_ffi_module
-
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ---- threads --------------------------------------------------------------------------------
@@ -110,11 +124,20 @@ def set_num_threads(n: int | None = None) -> int:
     (torch's OpenMP pool, say) still see every core.
 
     TVM keeps one pool per calling thread: this configures the caller's. A kernel called
-    from another Python thread configures that thread's pool on its first call.
+    from another Python thread configures that thread's pool on its first call. In a child
+    forked after this thread ran kernels, the thread that forked runs them on one thread
+    (TVM's pool does not survive fork); threads the child starts, and children started
+    with ``spawn`` or ``forkserver``, get the full count.
     """
     n = default_num_threads() if n is None else int(n)
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
+    if getattr(_thread_state, "forked", False):
+        if getattr(_thread_state, "unusable", False):
+            raise KernelError("this process was forked after its parent ran convgen kernels on this thread, and "
+                              "this TVM cannot run them here; start child processes with the 'spawn' or "
+                              "'forkserver' method (multiprocessing.get_context('spawn'))")
+        return 1  # the inherited pool is stale (see _after_fork_in_child): this thread runs kernels alone
     n = _clamp_threads(n)
     if getattr(_thread_state, "num_threads", None) == n:
         return n
@@ -188,10 +211,11 @@ def _read_pinned(path: str, pin: str | None) -> tuple[bytes, bytes, dict[str, An
     return data, library, meta
 
 
-def read_metadata(path: str) -> dict[str, Any]:
+def read_metadata(path: str, *, sha256: str | None = None) -> dict[str, Any]:
     """The metadata of a convgen ``.so`` (no TVM needed), checked as :func:`load` checks it:
-    ``KernelNotFoundError`` for a missing file, ``NotAKernelError`` for anything else wrong."""
-    return _read_kernel_file(path)[2]
+    ``KernelNotFoundError`` for a missing file, ``NotAKernelError`` for anything else wrong,
+    ``KernelError`` when the whole file does not hash to ``sha256`` (a pin)."""
+    return _read_pinned(path, sha256)[2]
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -235,7 +259,7 @@ def check_metadata(meta: Any, path: str = "kernel") -> None:
     if packed is not None and not (isinstance(packed, list) and packed
                                    and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in packed)):
         raise bad("'packed_weight_shape' is not a list of positive ints")
-    align = meta.get("arg_alignment", _ALIGN)
+    align = meta.get("arg_alignment", ALIGN)
     if not isinstance(align, int) or isinstance(align, bool) or align < 1:
         raise bad("'arg_alignment' is not a positive int")
 
@@ -245,13 +269,9 @@ def check_versions(meta: dict[str, Any], path: str = "kernel") -> None:
     versions of this runtime (their library ABI and packed-function calling convention)."""
     here = {"tvm": _tvm().__version__, "tvm_ffi": getattr(_tvm_ffi(), "__version__", "unknown")}
     for key, name in (("tvm", "TVM"), ("tvm_ffi", "tvm-ffi")):
-        if _minor(meta[key]) != _minor(here[key]):
+        if minor_version(meta[key]) != minor_version(here[key]):
             raise KernelError(f"{path}: built with {name} {meta[key]}, but this runtime is {name} {here[key]}: "
                               f"rebuild the kernel with {name} {'.'.join(here[key].split('.')[:2])}")
-
-
-def _minor(version: str) -> list[str]:
-    return str(version).split(".")[:2]
 
 
 def target_from_metadata(meta: dict[str, Any]) -> Target:
@@ -265,33 +285,19 @@ def target_from_metadata(meta: dict[str, Any]) -> Target:
     raise TargetError(f"kernel metadata names an unknown target {name!r}")
 
 
-# ---- arrays ---------------------------------------------------------------------------------
-def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
-    """An uninitialised C-contiguous numpy array whose data is 64-byte aligned (zero-copy in)."""
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # (np.prod: 10x slower, per call)
-    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-    offset = (-raw.__array_interface__["data"][0]) % _ALIGN
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
-
-
-_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "int32": 4}
-
-
-def _refuse_overlap(out: Any, inputs: list[Any], specs: Sequence[tuple[str, tuple, str]]) -> None:
-    """Raise ``ValueError`` when the memory the kernel writes overlaps memory it reads (it
-    would read its own half-written output: a wrong result, no error)."""
-    start = out.data_ptr()
-    end = start + out.numel() * _ITEMSIZE[specs[-1][2]]
-    for t, (name, _, dtype) in zip(inputs, specs):
-        lo = t.data_ptr()
-        if lo < end and start < lo + t.numel() * _ITEMSIZE.get(dtype, 4) and t.device == out.device:
-            raise ValueError(f"out: overlaps the {name} argument; the kernel reads {name} while it writes out, "
-                             "so pass a separate output array")
-
-
-def _describe(x: Any) -> str:
-    return f"{type(x).__module__}.{type(x).__name__}"
+def _dlopen_copy(library: bytes, path: str | None) -> Any:
+    """Load verified library bytes through a private copy (mode 0700 folder: nobody else can
+    swap it between the write and the load); the mapping outlives the deleted file."""
+    folder = tempfile.mkdtemp(prefix="convgen-load-")
+    copy = os.path.join(folder, os.path.basename(path or "") or "kernel.so")
+    try:
+        with open(copy, "wb") as fh:
+            fh.write(library)
+        return _tvm().runtime.load_module(copy)
+    except Exception as e:  # a library the loader or TVM refuses: say so, no TVM trace
+        raise KernelError(f"{path}: TVM could not load the library: {str(e).splitlines()[-1]}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class Kernel:
@@ -330,7 +336,6 @@ class Kernel:
         s = self.spec
         self._is_cuda = self.target.family == "cuda"
         self._is_cpu = self.target.is_cpu
-        self._dl_device_type = 2 if self._is_cuda else 1  # kDLCUDA / kDLCPU
         packed = meta.get("packed_weight_shape")
         self._packed_shape: tuple[int, ...] | None = tuple(int(d) for d in packed) if packed else None
         specs = [("data", tuple(s.input_shape), s.dtype), ("weight", tuple(s.weight_shape), s.dtype)]
@@ -342,12 +347,8 @@ class Kernel:
             specs + [("out", tuple(s.output_shape), s.out_dtype)])
         # the data alignment the kernel's arguments declare: kernels built by this convgen
         # read any element-aligned array in place; older ones (64) need a staging copy
-        self._arg_align = int(meta.get("arg_alignment", _ALIGN))
-        # np.empty where the kernel takes any element-aligned output: 0.5 us, where an
-        # aligned_empty costs 7 (it allocates a byte buffer and slices it)
-        self._out_in_place = self._arg_align <= _ITEMSIZE.get(s.out_dtype, _ALIGN)
-        # staging buffers for data that cannot go zero-copy, one set per calling thread
-        self._local = threading.local()
+        self._io = ArgumentIO(s, self.target.name, cuda=self._is_cuda,
+                              arg_align=int(meta.get("arg_alignment", ALIGN)), device=lambda: self.device)
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -381,16 +382,10 @@ class Kernel:
         :func:`load`), so the file is not read and hashed twice."""
         library, meta = verified or _read_pinned(self.path, self._pin)[1:]
         check_versions(meta, self.path)
-        folder = tempfile.mkdtemp(prefix="convgen-load-")  # mode 0700: nobody else can swap the copy
-        copy = os.path.join(folder, os.path.basename(self.path) or "kernel.so")
-        try:
-            with open(copy, "wb") as fh:
-                fh.write(library)
-            module = _tvm().runtime.load_module(copy)
-        except Exception as e:  # a library the loader or TVM refuses: say so, no TVM trace
-            raise KernelError(f"{self.path}: TVM could not load the library: {str(e).splitlines()[-1]}") from None
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)  # the mapping outlives the file
+        with _LIBRARIES_LOCK:  # the same content is loaded once per process (see _LIBRARIES)
+            module = _LIBRARIES.get(meta["sha256"])
+            if module is None:
+                module = _LIBRARIES[meta["sha256"]] = _dlopen_copy(library, self.path)
         needed = ["main"] + (["main_prepacked", "pack_weights"] if self._packed_shape else [])
         missing = [n for n in needed if not module.implements_function(n, True)]
         if missing:
@@ -467,28 +462,29 @@ class Kernel:
         func = self._functions.get("main")
         if func is None:
             func = self.function("main")
-        kind = self._kind(data)
+        io = self._io
+        kind = kind_of(data)
         if isinstance(weight, PackedWeights):
             # made by pack_weights of a kernel with this very layout (checked): shape, dtype
             # and device are right by construction, no per-call checks
             func = self._prepacked_func(weight)
             w_t = weight.tensor
         else:
-            w_t = self._to_tvm(weight, *specs[1])
-        tensors = [self._to_tvm(data, *specs[0], kind=kind), w_t]
+            w_t = io.to_tvm(weight, *specs[1])
+        tensors = [io.to_tvm(data, *specs[0], kind=kind), w_t]
         i = 2
         for extra in (bias, residual):
             if extra is not None:
-                tensors.append(self._to_tvm(extra, *specs[i]))
+                tensors.append(io.to_tvm(extra, *specs[i]))
                 i += 1
         name, shape, dtype = specs[-1]
         if out is None:
-            out_t, finish = self._allocate(kind, shape, dtype, data)
+            out_t, finish = io.allocate(kind, shape, dtype, data)
         else:
-            if self._kind(out) != kind:
-                raise TypeError(f"out: expected the same kind of array as data ({_describe(data)}), got {_describe(out)}")
-            out_t, finish = self._to_tvm_out(out, name, shape, dtype, kind)
-            _refuse_overlap(out_t, tensors, specs)
+            if kind_of(out) != kind:
+                raise TypeError(f"out: expected the same kind of array as data ({describe(data)}), got {describe(out)}")
+            out_t, finish = io.to_tvm_out(out, name, shape, dtype, kind)
+            refuse_overlap(out_t, tensors, specs)
         try:
             if kind == "torch" and self._is_cuda:
                 # launch on torch's current stream, ordered with the torch work around it
@@ -510,7 +506,7 @@ class Kernel:
         """
         self._require_runnable()
         tvm = _tvm()
-        w = self._to_tvm(weight, "weight", self.spec.weight_shape, self.spec.dtype)
+        w = self._io.to_tvm(weight, "weight", self.spec.weight_shape, self.spec.dtype)
         if not self._packed_shape:
             held = tvm.runtime.empty(self.spec.weight_shape, self.spec.dtype, self.device)
             held.copyfrom(w)
@@ -524,173 +520,6 @@ class Kernel:
             raise ValueError("weight: these packed weights belong to another kernel (another spec, template "
                              "or config); pack them with this kernel's pack_weights()")
         return self.function("main_prepacked") if self._packed_shape else self.func
-
-    def _kind(self, x: Any) -> str:
-        if isinstance(x, np.ndarray):
-            return "numpy"
-        if isinstance(x, _tvm().runtime.Tensor):
-            return "tvm"
-        if type(x).__module__.split(".")[0] == "torch":
-            return "torch"
-        if hasattr(x, "__dlpack__"):
-            return "dlpack"
-        raise TypeError(f"expected a numpy array, a DLPack tensor (torch, ...) or a tvm Tensor, got {_describe(x)}")
-
-    def _check(self, name: str, shape: tuple, dtype: str, got_shape: tuple, got_dtype: Any, contiguous: bool) -> None:
-        # got_dtype: a numpy dtype (compared with the name in C: str() of a numpy dtype
-        # costs microseconds on every call) or a dtype name
-        if got_dtype != dtype:
-            raise TypeError(f"{name}: expected dtype {dtype}, got {got_dtype}")
-        if tuple(got_shape) != tuple(shape):
-            layout = {"data": self.spec.layout, "weight": "OIHW" if self.spec.layout == "NCHW" else "HWIO",
-                      "out": self.spec.layout, "bias": "K"}[name]
-            raise ValueError(f"{name}: expected shape {tuple(shape)} ({layout}), got {tuple(got_shape)}")
-        if not contiguous:
-            raise ValueError(f"{name}: must be C-contiguous (use np.ascontiguousarray / tensor.contiguous())")
-
-    def _check_device(self, name: str, device_type: int) -> None:
-        want = self._dl_device_type
-        # A CUDA kernel dereferences its pointers on the GPU: host tensors (torch CPU, a
-        # CPU tvm Tensor) are refused; numpy arrays are copied to the GPU instead.
-        if device_type != want:
-            where = {1: "cpu", 2: "cuda"}.get(device_type, f"device type {device_type}")
-            raise ValueError(f"{name}: the tensor lives on {where}; this {self.target.name} kernel needs "
-                             f"{'a CPU' if want == 1 else 'a CUDA'} tensor")
-
-    def _to_tvm(self, x: Any, name: str, shape: tuple, dtype: str, kind: str | None = None) -> Any:
-        """``x`` checked and wrapped as a tvm Tensor the kernel reads (a staged copy when
-        it cannot go zero-copy); ``kind`` is ``self._kind(x)`` when the caller has it."""
-        if kind is None:
-            kind = self._kind(x)
-        if kind == "numpy":
-            self._check(name, shape, dtype, x.shape, x.dtype, x.flags.c_contiguous)
-            return self._from_numpy(x, name)
-        if kind == "tvm":
-            self._check(name, shape, dtype, tuple(x.shape), str(x.dtype), True)
-            self._check_device(name, x.device.dlpack_device_type())
-            return x
-        t, host = self._from_dlpack(x, name, shape, dtype)
-        return t if host is None else self._from_numpy(host, name)
-
-    def _import(self, x: Any) -> Any:
-        """``x`` (numpy or another DLPack producer) as a tvm Tensor viewing its memory; raises
-        when its data breaks the kernel's declared alignment or the export is refused."""
-        return _tvm_ffi().from_dlpack(x, require_alignment=self._arg_align, require_contiguous=True)
-
-    def _from_dlpack(self, x: Any, name: str, shape: tuple, dtype: str) -> tuple[Any, np.ndarray | None]:
-        """A DLPack tensor, checked: ``(tvm Tensor, None)`` zero-copy, or ``(None, numpy view)``
-        when its CPU data breaks the kernel's alignment and has to go through a staging buffer."""
-        try:
-            dev_type, _ = x.__dlpack_device__()
-        except Exception as e:
-            raise TypeError(f"{name}: cannot read the DLPack device of {_describe(x)}: {e}") from None
-        self._check_device(name, int(dev_type))
-        if getattr(x, "requires_grad", False):
-            raise TypeError(f"{name}: the tensor requires grad, and convgen kernels record no gradients; "
-                            "pass tensor.detach()")
-        try:
-            t = self._import(x)
-        except Exception as e:
-            msg = str(e)
-            if int(dev_type) == 1 and ("align" in msg or "contiguous" in msg):
-                arr = np.from_dlpack(x)  # a CPU view of the caller's memory
-                self._check(name, shape, dtype, arr.shape, arr.dtype, arr.flags.c_contiguous)
-                return None, arr
-            raise TypeError(f"{name}: {_describe(x)} cannot be passed through DLPack: {msg.splitlines()[-1]}") from None
-        self._check(name, shape, dtype, tuple(t.shape), str(t.dtype), True)
-        return t, None
-
-    def _from_numpy(self, x: np.ndarray, name: str) -> Any:
-        """A checked numpy array as a tvm Tensor: zero-copy when its data is writable and
-        aligned as the kernel declares (numpy refuses to export read-only arrays through
-        DLPack), else a copy in a staging buffer (on the GPU for a CUDA kernel)."""
-        if self._is_cuda:
-            return _tvm().runtime.tensor(x, self.device)
-        if x.flags.writeable:
-            try:
-                return self._import(x)
-            except Exception:  # noqa: BLE001 (misaligned for an older kernel; TVM's error type is not public)
-                pass
-        buf, t = self._staging(name, x.shape, x.dtype)
-        np.copyto(buf, x)
-        return t
-
-    def _staging(self, name: str, shape: tuple, dtype: Any) -> tuple[np.ndarray, Any]:
-        """This thread's 64-byte aligned host buffer for argument ``name``, and a tvm Tensor
-        viewing it (kept between calls: a kernel is called again and again with one shape)."""
-        staging = getattr(self._local, "staging", None)
-        if staging is None:
-            staging = self._local.staging = {}
-        entry = staging.get(name)
-        if entry is None or entry[0].shape != tuple(shape) or entry[0].dtype != dtype:
-            buf = aligned_empty(shape, dtype)
-            entry = staging[name] = (buf, _tvm().runtime.from_dlpack(buf))
-        return entry
-
-    def _allocate(self, kind: str, shape: tuple, dtype: str, like: Any) -> tuple[Any, Any]:
-        """A fresh output: (tvm tensor to write, function returning what the caller gets)."""
-        tvm = _tvm()
-        if kind == "numpy" and self._is_cpu:
-            arr = np.empty(shape, dtype) if self._out_in_place else aligned_empty(shape, dtype)
-            return self._import(arr), lambda: arr
-        if self._is_cuda and kind == "torch":
-            # on the input's GPU (cuda:1 stays on cuda:1), from torch's caching allocator
-            torch = sys.modules["torch"]
-            arr = torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
-            return tvm.runtime.from_dlpack(arr), lambda: arr
-        if self._is_cuda and kind == "dlpack":
-            t = tvm.runtime.empty(shape, dtype, tvm.cuda(int(like.__dlpack_device__()[1])))
-            return t, lambda: t  # a tvm Tensor: itself a DLPack GPU tensor
-        if self._is_cuda and kind == "tvm":
-            t = tvm.runtime.empty(shape, dtype, like.device)
-            return t, lambda: t
-        t = tvm.runtime.empty(shape, dtype, self.device)
-        if kind == "numpy":  # GPU kernel, host arrays: copy the result back
-            return t, t.numpy
-        if kind == "torch":
-            return t, lambda: sys.modules["torch"].from_dlpack(t)
-        if kind == "dlpack":
-            return t, lambda: np.from_dlpack(t)
-        return t, lambda: t
-
-    def _to_tvm_out(self, out: Any, name: str, shape: tuple, dtype: str, kind: str) -> tuple[Any, Any]:
-        """Wrap a caller's ``out=``: (tvm tensor to write, function returning ``out``).
-
-        Where the kernel cannot write ``out`` in place (unaligned CPU data, numpy or
-        DLPack/torch; host numpy for a GPU kernel) it writes a staging tensor, and the
-        function copies the result into ``out``.
-        """
-        tvm = _tvm()
-        if kind == "numpy":
-            self._check(name, shape, dtype, out.shape, out.dtype, out.flags.c_contiguous)
-            if not out.flags.writeable:
-                raise ValueError("out: the array is read-only")
-            if not self._is_cpu:
-                staging = tvm.runtime.empty(shape, dtype, self.device)
-
-                def finish_device():
-                    np.copyto(out, staging.numpy())
-                    return out
-
-                return staging, finish_device
-            try:
-                return self._import(out), lambda: out
-            except Exception:  # noqa: BLE001 (misaligned for an older kernel)
-                host = out
-        elif kind == "tvm":
-            return self._to_tvm(out, name, shape, dtype, kind), lambda: out
-        else:
-            t, host = self._from_dlpack(out, name, shape, dtype)
-            if host is None:
-                return t, lambda: out
-        # the kernel writes every output element: nothing to copy in, only the result out
-        buf, t = self._staging(name, shape, dtype)
-
-        def finish():
-            np.copyto(host, buf)
-            return out
-
-        return t, finish
 
     # -- measuring, exporting -------------------------------------------------------------
     def benchmark(self, *, number: int = 10, repeat: int = 5, min_repeat_ms: int = 100,
@@ -708,13 +537,13 @@ class Kernel:
         """Time the kernel here and (``check``) compare every entry point with the numpy
         reference: a :class:`convgen.timing.KernelRun` (``times``, ``max_error``, ...);
         ``timing``: the arguments of :func:`convgen.timing.measure_kernel`."""
-        from .timing import measure_kernel
+        from .timing import ALWAYS, NEVER, measure_kernel
 
         self._require_runnable()
         if self._is_cpu:
             set_num_threads(self.num_threads)
         return measure_kernel(self.module, self.spec, self.device, packed_shape=self._packed_shape,
-                              check_below=math.inf if check else None, **timing)
+                              check=ALWAYS if check else NEVER, **timing)
 
     def export(self, path: str) -> str:
         """Write the shared library with its metadata to ``path``; returns ``path``."""

@@ -30,6 +30,9 @@ from .errors import SpecError
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float16", "int8")
 ACTIVATIONS = (None, "relu", "relu6")
+#: bytes per element of every dtype a kernel reads or writes (the one table: the runtime's
+#: overlap and alignment checks and the spec's traffic estimates use it)
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int8": 1, "uint8": 1}
 # TVM indexes buffers with int32: a tensor of more elements would overflow its index arithmetic.
 MAX_ELEMENTS = 2**31 - 1
 
@@ -304,7 +307,6 @@ class ConvSpec:
 
     def arithmetic_intensity(self) -> float:
         """FLOPs per byte of compulsory traffic (input + weights + output once)."""
-        item = {"float32": 4, "float16": 2, "int8": 1}[self.dtype]
-        n_bytes = item * (math.prod(self.input_shape) + math.prod(self.weight_shape))
-        n_bytes += 4 * math.prod(self.output_shape) * (2 if self.residual else 1)
+        n_bytes = DTYPE_BYTES[self.dtype] * (math.prod(self.input_shape) + math.prod(self.weight_shape))
+        n_bytes += DTYPE_BYTES[self.out_dtype] * math.prod(self.output_shape) * (2 if self.residual else 1)
         return self.flops / n_bytes

@@ -21,6 +21,32 @@ from .reference import conv2d_reference, random_inputs, tolerance
 from .spec import ConvSpec
 
 
+@dataclass(frozen=True)
+class Check:
+    """When a timed kernel is compared with the numpy reference: when its median time is below
+    ``below`` seconds. The tuner checks only what would become its new best (a slower kernel
+    is never chosen, so checking it costs time for nothing): :data:`ALWAYS`, :data:`NEVER`,
+    or ``Check(best)`` below the best so far."""
+
+    below: float
+
+    def wanted(self, times: list[float]) -> bool:
+        """Should a run with these timings (``[]``: not timed) be checked?"""
+        if self.below == -math.inf:
+            return False
+        return not times or statistics.median(times) < self.below
+
+    def beaten_by(self, cost: float) -> "Check":
+        """The check for the next candidate once a checked one ran in ``cost`` seconds."""
+        return self if self.below <= cost else Check(cost)
+
+
+ALWAYS = Check(math.inf)
+"""Check every run against the reference."""
+NEVER = Check(-math.inf)
+"""Time only; check nothing."""
+
+
 @dataclass
 class KernelRun:
     """What :func:`measure_kernel` found."""
@@ -64,14 +90,14 @@ def _poison(out: Any, spec: ConvSpec) -> None:
 
 def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[int] | tuple[int, ...] | None = None,
                    timed: bool = True, number: int = 3, repeat: int = 5, min_repeat_ms: int = 50,
-                   cache_flush_bytes: int = 0, check_below: float | None = math.inf, seed: int = 0) -> KernelRun:
+                   cache_flush_bytes: int = 0, check: Check = ALWAYS, seed: int = 0) -> KernelRun:
     """Set up random inputs on ``dev``, time the kernel as deployed, check it vs the reference.
 
     ``module`` is a loaded library, local or remote (:func:`upload`). Kernels with their own
     weight layout (``packed_shape``, from the library's ``packed_weight_shape`` metadata) get
     their weights packed once by the library's ``pack_weights`` and are timed through
     ``main_prepacked``; others through ``main``. ``timed=False`` only checks. The check runs
-    when ``check_below`` is not ``None`` and the median time is below it (``inf``: always);
+    when ``check`` wants it (:class:`Check`: :data:`ALWAYS`, :data:`NEVER`, or below a time);
     it runs every entry point (``main_prepacked`` and ``main``) on an output filled with NaN
     first, so a kernel that skips part of the output fails. Device errors propagate as they
     are (callers on RPC turn them into :class:`RemoteError` with :func:`explain_failure`).
@@ -92,7 +118,7 @@ def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[
         ev = module.time_evaluator(name, dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                    cache_flush_bytes=cache_flush_bytes)
         run.times = [float(t) for t in ev(*timed_args, out).results]
-    if check_below is not None and (not run.times or statistics.median(run.times) < check_below):
+    if check.wanted(run.times):
         want = conv2d_reference(spec, *arrays)
         for name, entry_args in entries:
             _poison(out, spec)

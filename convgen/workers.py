@@ -1,12 +1,15 @@
 """What every worker process convgen starts (build, run and cache pools) does first.
 
-A leaf module: the tuner's pools and the kernel cache's build pool both use it, and a popen
-worker imports only this to run its initializer.
+A leaf module: the tuner's pools and the kernel cache's build pool are all made here
+(:func:`popen_pool`, :func:`popen_worker`), and a popen worker imports only this to run its
+initializer.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -25,3 +28,23 @@ def die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(1)
+
+
+def popen_pool(max_workers: int, timeout: float | None) -> Any:
+    """A TVM ``PopenPoolExecutor`` of ``max_workers`` processes, each call bounded by
+    ``timeout`` seconds, the way every convgen pool is set up: the workers die with this
+    process (:func:`die_with_parent`) and their output goes nowhere (TVM prints its own
+    stack dumps; each failure comes back as an exception, turned into an error kind)."""
+    from tvm.support.popen_pool import PopenPoolExecutor
+
+    return PopenPoolExecutor(max_workers=max_workers, timeout=timeout, initializer=die_with_parent,
+                             initargs=(os.getpid(),), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def popen_worker() -> Any:
+    """One TVM ``PopenWorker`` set up as :func:`popen_pool`'s workers are (a crashing kernel's
+    stack dump goes nowhere: the caller records ``crash`` instead)."""
+    from tvm.support.popen_pool import PopenWorker
+
+    return PopenWorker(initializer=die_with_parent, initargs=(os.getpid(),),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,17 +1,62 @@
-"""Built-in workloads (the conv layers of common CNNs at batch 1, 224x224) and workload files.
+"""Workloads: the layers a campaign tunes, wherever they come from.
 
-A layer is named ``preset.layer``, e.g. ``resnet50.r2_3x3``; ``convgen layers`` lists them.
-A workload file is JSON or TOML: a list of spec dicts (``[{"in_channels": 64, ...}, ...]``,
-or in TOML ``[[layer]]`` tables), each optionally with a ``name``.
+- :class:`ConvLayers`: ``{name: ConvSpec}``, one entry per distinct workload, each counted;
+  what every source of layers gives :func:`convgen.tune` (a model importer such as
+  :func:`convgen.torch.conv_layers`, the CLI's presets and workload files), so a workload
+  listed twice is tuned once and weighted twice, by one rule.
+- Built-in presets: the conv layers of common CNNs at batch 1, 224x224. A layer is named
+  ``preset.layer``, e.g. ``resnet50.r2_3x3``; ``convgen layers`` lists them.
+- Workload files: JSON or TOML, a list of spec dicts (``[{"in_channels": 64, ...}, ...]``, or
+  in TOML ``[[layer]]`` tables), each optionally with a ``name``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tomllib
-from typing import Any
+from typing import Any, Iterable
 
 from .spec import ConvSpec, SpecError
+
+
+class ConvLayers(dict):
+    """``{name: ConvSpec}``, one entry per distinct workload (under the first name it was
+    added with), with ``counts[name]`` (how often it was added: the convolutions of a model
+    that compute it) and ``paths[name]`` (every name it was added under).
+    :func:`convgen.tune` tunes each once and weights it by its count.
+
+    A model importer is a function that returns one: ``layers = ConvLayers();
+    layers.add(path, spec)`` per convolution, in the model's order.
+    """
+
+    def __init__(self, named: Iterable[tuple[str, ConvSpec]] = ()) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self.paths: dict[str, list[str]] = {}
+        self._first: dict[str, str] = {}  # spec key -> the name it is listed under
+        for name, spec in named:
+            self.add(name, spec)
+
+    def add(self, name: str, spec: ConvSpec) -> str:
+        """Count ``spec`` under ``name``; returns the name it is listed under (an earlier one
+        when the same workload was added before)."""
+        if not isinstance(spec, ConvSpec):
+            raise TypeError(f"{name}: expected a ConvSpec, got {type(spec).__name__}")
+        first = self._first.setdefault(spec.key, name)
+        if first == name and name not in self:
+            self[name] = spec
+            self.counts[name], self.paths[name] = 0, []
+        elif first == name:
+            raise ValueError(f"{name!r} names two different workloads")
+        self.counts[first] += 1
+        self.paths[first].append(name)
+        return first
+
+    def merged(self) -> dict[str, list[str]]:
+        """``{listed name: [the other names merged into it]}`` for the workloads added more than once."""
+        return {name: paths[1:] for name, paths in self.paths.items() if len(paths) > 1}
 
 
 def _c(cin: int, cout: int, size: int, k: int = 1, s: int = 1, groups: int = 1) -> ConvSpec:
@@ -134,6 +179,8 @@ def all_layers() -> dict[str, ConvSpec]:
 
 def load_workload_file(path: str) -> dict[str, ConvSpec]:
     """Specs from a JSON or TOML workload file, by name (``layer<i>`` when unnamed)."""
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path}: not a regular file (a workload file is JSON or TOML)")
     with open(path, "rb") as fh:
         raw = fh.read()
     try:

@@ -52,3 +52,37 @@ def paired_ratio(samples: dict[str, list[float]], peer: list[str], name: str) ->
 
     rounds = len(samples[name])
     return statistics.median(min(samples[p][i] for p in peer) / samples[name][i] for i in range(rounds))
+
+
+NETWORKS = ("resnet18", "resnet50", "mobilenet_v2")  # whole networks of convgen.torch.models
+
+
+def model_names() -> list[str]:
+    """The model names the torch benchmarks take: the networks, then the patterns (the
+    networks alone where torch is missing: the scripts say what to install)."""
+    try:
+        from convgen.torch.models import PATTERNS
+    except ImportError:
+        return list(NETWORKS)
+    return [*NETWORKS, *PATTERNS]
+
+
+def model_and_input(name: str, batch: int, size: int | None = None) -> tuple:
+    """``(model, x)``: a model of :mod:`convgen.torch.models` by name, in eval mode, and a
+    random float32 NCHW input for it. A network (``resnet50``...) takes ``(batch, 3, size,
+    size)``, ``size`` 224 by default; a pattern (``PATTERNS``: ``regnet_block``...) its own
+    input shape at ``batch``, ``size`` (if given) replacing its height and width. An unknown
+    name raises ``ValueError`` listing the known ones."""
+    import torch
+
+    from convgen.torch import models
+
+    if name in models.PATTERNS:
+        factory, shape = models.PATTERNS[name]
+        _, c, h, w = shape
+        h, w = (size, size) if size else (h, w)
+        return factory().eval(), torch.randn(batch, c, h, w)
+    if name in NETWORKS:
+        size = size or 224
+        return getattr(models, name)().eval(), torch.randn(batch, 3, size, size)
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")

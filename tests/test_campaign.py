@@ -27,7 +27,7 @@ def fake_measure(flat=(), wrong=(), slow_templates=()):
     """Cost from a hash of the config, scaled by the layer's FLOPs; 'flat' layers never
     improve; templates in 'slow_templates' are 3x slower."""
 
-    def measure(task, configs, best):
+    def measure(task, configs, check):
         out = []
         for c in configs:
             cand = Candidate(task.spec.to_dict(), TARGET.to_dict(), task.template.name, c)
@@ -38,7 +38,7 @@ def fake_measure(flat=(), wrong=(), slow_templates=()):
                 cand.error, cand.verified = "wrong_result", False
                 cost = scale * 0.01
             cand.times = [cost] * 3
-            if cand.verified is None and (best is None or cost < best):
+            if cand.verified is None and check.wanted(cand.times):
                 cand.verified = True
             out.append(cand)
         return out
@@ -205,3 +205,51 @@ def test_the_same_workload_twice_is_refused():
     tasks = make_tasks({"a": spec, "b": ConvSpec.from_dict(spec.to_dict())}, TARGET)
     with pytest.raises(ValueError, match="'a' and 'b' are the same workload"):
         Campaign(tasks, TARGET, measure=fake_measure(), records=None, strategy="random")
+
+
+class FakeClock:
+    """Simulated time: each measured config advances it by its task's cost (a trial of the
+    'big' layer takes 3 s, others 1 s, +-20% noise), so budgets are checked without waiting."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.rng = random.Random(5)
+
+    def __call__(self):
+        return self.now
+
+    def measure(self, inner):
+        def measure(task, configs, check):
+            self.now += sum((3.0 if task.layer == "big" else 1.0) * self.rng.uniform(0.8, 1.2) for _ in configs)
+            return inner(task, configs, check)
+
+        return measure
+
+
+def _timed_campaign(path, clock):
+    tasks = make_tasks(LAYERS, TARGET, template="x86.direct")
+    return Campaign(tasks, TARGET, measure=clock.measure(fake_measure()), records=path, strategy="random",
+                    batch_size=8, clock=clock)
+
+
+def test_a_time_budget_ends_the_campaign_within_five_percent_and_a_rerun_resumes(tmp_path):
+    path = str(tmp_path / "t.jsonl")
+    clock = FakeClock()
+    camp = _timed_campaign(path, clock)
+    camp.run(None, time_limit=90.0)
+    camp.refine(top=3, rounds=2, time_limit=100.0)
+    assert 95.0 <= clock.now <= 105.0 and camp.spent() == pytest.approx(clock.now)
+    assert all(t.trials for t in camp.tasks)  # the budget was spread, every layer measured
+    n = len(list(rec.read(path)))
+    # the same budget again: the time in the records counts, nothing more is measured
+    again = _timed_campaign(path, FakeClock())
+    assert again.spent_before == pytest.approx(clock.now, abs=0.01 * n)
+    again.run(None, time_limit=90.0)
+    again.refine(top=3, rounds=2, time_limit=100.0)
+    assert len(list(rec.read(path))) == n
+    # a larger budget resumes where the first stopped and spends only the difference
+    more_clock = FakeClock()
+    more = _timed_campaign(path, more_clock)
+    more.run(None, time_limit=150.0)
+    assert 150.0 - 105.0 <= more_clock.now <= 150.0 * 1.05 - again.spent_before + 5.0
+    assert more.spent() <= 150.0 * 1.05 and more.total_trials() > again.total_trials()

@@ -1,4 +1,9 @@
-"""Search strategies in simulation: synthetic costs over real knob spaces, no builds."""
+"""Search strategies in simulation, no builds: synthetic costs over real knob spaces, and a
+replay of the shipped records (each config's recorded timing served as its cost).
+
+Every test of what any strategy must do runs over every registered strategy
+(``STRATEGIES``): a new strategy is tested by registering it, without editing this file.
+"""
 
 import math
 import random
@@ -10,7 +15,8 @@ from convgen import ConvSpec, get_target
 from convgen.knobs import config_key
 from convgen.schedules import get_template
 from convgen.tuner.features import Featurizer
-from convgen.tuner.strategies import SearchContext, get_strategy
+from convgen.knobs import Space
+from convgen.tuner.strategies import STRATEGIES, SearchContext, get_strategy
 
 # no host target involved: the --host-target pass of scripts/test.sh skips this module
 pytestmark = pytest.mark.host_neutral
@@ -57,28 +63,78 @@ def best_possible(spec):
     return min(cost(c) for c in TEMPLATE.space(spec, TARGET))
 
 
-@pytest.mark.parametrize("strategy", ["random", "grid", "model"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategies_never_repeat_and_stay_in_space(strategy):
     ctx = run(strategy, SPEC, 64, seed=1)
     keys = [config_key(c) for c, _ in ctx.history]
     assert len(keys) == len(set(keys)) >= 64
 
 
-def test_grid_exhausts_a_space_then_stops():
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_exhausts_a_small_space_then_stops(strategy):
     spec = ConvSpec(in_channels=8, out_channels=8, height=7, width=7, kernel=1)
     space = TEMPLATE.space(spec, TARGET)
-    ctx = SearchContext(space, random.Random(0), batch_size=5)
+    ctx = SearchContext(space, random.Random(0), batch_size=5, featurize=Featurizer(spec, TARGET, TEMPLATE))
     seen = []
-    for batch in get_strategy("grid")(ctx):
+    for batch in get_strategy(strategy)(ctx):
         seen += batch
-        ctx.history += [(c, 1.0) for c in batch]
+        ctx.history += [(c, 1.0 + len(ctx.history)) for c in batch]
+        assert len(seen) <= len(space)
     assert len(seen) == len(space) and len({config_key(c) for c in seen}) == len(space)
 
 
-def test_seed_makes_runs_reproducible():
-    a = [config_key(c) for c, _ in run("model", SPEC, 32, seed=7).history]
-    b = [config_key(c) for c, _ in run("model", SPEC, 32, seed=7).history]
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_seed_makes_runs_reproducible(strategy):
+    a = [config_key(c) for c, _ in run(strategy, SPEC, 32, seed=7).history]
+    b = [config_key(c) for c, _ in run(strategy, SPEC, 32, seed=7).history]
     assert a == b
+
+
+# ---- replay: the shipped records as the cost function -----------------------------------------
+def _replays(n: int = 3, least: int = 6) -> list:
+    """The ``n`` (spec, target, template) groups of the shipped records with the most distinct
+    valid configs (at least ``least``): ``(name, space restricted to those configs, costs)``."""
+    from convgen import records as rec
+    from convgen.schedules import get_template
+
+    groups: dict[tuple, dict[str, tuple]] = {}
+    for cost, r in rec._aggregate(rec.read(rec.builtin_record_files(), warn=False)).values():
+        if rec.Staleness().current(r):
+            groups.setdefault((r.spec_key, r.target, r.template), {})[config_key(r.config)] = (r.config, cost, r)
+    out = []
+    for (key, target, template), configs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:n]:
+        if len(configs) < least:
+            continue
+        any_record = next(iter(configs.values()))[2]
+        tmpl, tgt = get_template(template), get_target(target)
+        full = tmpl.space(any_record.spec, tgt)
+        recorded = {k: c for k, (_, c, _) in configs.items()}
+        # the template's own space, restricted to the configs the records timed
+        space = Space(full.template, full.version, full.knobs,
+                      lambda c, full=full, recorded=recorded: full.why_illegal(c) or
+                      (None if config_key(c) in recorded else "not in the records"))
+        out.append((f"{template}:{key[:40]}", space, recorded, Featurizer(any_record.spec, tgt, tmpl)))
+    return out
+
+
+REPLAYS = _replays()
+
+
+@pytest.mark.skipif(not REPLAYS, reason="no shipped records with enough configs of one layer")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("replay", REPLAYS, ids=[r[0] for r in REPLAYS])
+def test_every_strategy_replayed_on_shipped_records_finds_the_recorded_best(strategy, replay):
+    _, space, recorded, featurize = replay
+    ctx = SearchContext(space, random.Random(1), batch_size=4, featurize=featurize)
+    for batch in get_strategy(strategy)(ctx):
+        for c in batch:
+            assert config_key(c) in recorded  # proposes only what the space allows
+            ctx.history.append((c, recorded[config_key(c)]))
+        if len(ctx.history) >= len(recorded):
+            break
+    keys = [config_key(c) for c, _ in ctx.history]
+    assert len(keys) == len(set(keys)) == len(recorded)  # the whole table, each config once
+    assert min(cost for _, cost in ctx.history) == min(recorded.values())
 
 
 def test_model_beats_random_with_the_same_budget():
@@ -131,12 +187,14 @@ def test_annealing_path_for_spaces_too_big_to_list(monkeypatch):
 
 
 def test_unknown_strategy():
-    with pytest.raises(ValueError, match="known: random, grid, model"):
+    with pytest.raises(ValueError, match="known: " + ", ".join(STRATEGIES)):
         get_strategy("bayes")
 
 
 def test_the_cli_choices_are_the_strategies():
-    from convgen.tuner.strategies import STRATEGIES
+    from convgen.cli import make_parser
 
-    assert sorted(STRATEGIES) == ["grid", "model", "random"]
+    tune = make_parser()._subparsers._group_actions[0].choices["tune"]
+    strategy = next(a for a in tune._actions if a.dest == "strategy")
+    assert tuple(strategy.choices) == STRATEGIES and {"random", "grid", "model"} <= set(STRATEGIES)
     assert all(callable(get_strategy(name)) for name in STRATEGIES)

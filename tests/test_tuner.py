@@ -17,6 +17,7 @@ from convgen import ConvSpec
 from convgen import records as rec
 from convgen.reference import conv2d_reference, random_inputs, tolerance
 from convgen.tuner import MeasureOptions, RPCRunner, tune
+from convgen.timing import ALWAYS
 from convgen.tuner.measure import Builder, Candidate, run_worker
 
 from .conftest import check_kernel
@@ -255,11 +256,11 @@ def test_measure_times_prepacked_and_a_check_catches_a_skipped_output(tmp_path):
     assert run.errors["main_prepacked"] <= run.tolerance and run.errors["main"] == math.inf
     assert run.verified is False and run.mismatch.startswith("main:")
     # the tuner's worker: the lazy main is a wrong result, although the timed entry is right
-    times, verified, message = run_worker(path, spec.to_dict(), FAST, math.inf, list(spec.weight_shape))
+    times, verified, message = run_worker(path, spec.to_dict(), FAST, ALWAYS, list(spec.weight_shape))
     assert len(times) == 3 and verified is False and "main:" in message and "main_prepacked" not in message
     # a right kernel passes, and the output really is the reference's
     good = _library(tmp_path, spec, lazy=None)
-    assert run_worker(good, spec.to_dict(), FAST, math.inf, list(spec.weight_shape))[1] is True
+    assert run_worker(good, spec.to_dict(), FAST, ALWAYS, list(spec.weight_shape))[1] is True
     arrays = random_inputs(spec, 0)
     args = [tvm.runtime.tensor(a) for a in arrays]
     out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, tvm.cpu(0))
@@ -305,7 +306,7 @@ def test_rpc_measures_as_deployed_checks_every_entry_and_sets_threads(rpc_server
         # checked on an output filled with NaN first
         lazy = [Candidate(SMALL.to_dict(), host.to_dict(), "-", {}, path=_library(tmp_path, SMALL, entry),
                           packed_shape=list(SMALL.weight_shape)) for entry in ("main_prepacked", "main")]
-        runner.run_batch(lazy, math.inf)
+        runner.run_batch(lazy, ALWAYS)
         for c, entry in zip(lazy, ("main_prepacked", "main")):
             assert c.error == "wrong_result" and c.message.startswith(f"{entry}:"), (c.error, c.message)
         # a real candidate, built by the tuner's builder, runs right; its library goes once run
@@ -313,7 +314,7 @@ def test_rpc_measures_as_deployed_checks_every_entry_and_sets_threads(rpc_server
         (c,) = cands = [Candidate(SMALL.to_dict(), host.to_dict(), tmpl.name, tmpl.default(SMALL, host))]
         builder.build(cands)
         assert c.path and os.path.exists(c.path), c.message
-        runner.run_batch(cands, math.inf)
+        runner.run_batch(cands, ALWAYS)
         assert c.ok and c.verified, (c.error, c.message)
         builder.discard(cands)
         assert not os.path.exists(c.path)
@@ -335,7 +336,7 @@ def test_unreachable_rpc_device_is_a_device_error_not_a_crash(tmp_path):
     runner = RPCRunner(rpc=f"127.0.0.1:{_free_port()}", options=FAST)  # nobody listens there
     c = Candidate(SMALL.to_dict(), convgen.get_target("host").to_dict(), "-", {}, path=str(lib))
     try:
-        runner.run_batch([c], math.inf)
+        runner.run_batch([c], ALWAYS)
     finally:
         runner.close()
     assert c.error == "device" and "cannot reach" in c.message and not c.times
@@ -352,7 +353,7 @@ def test_tune_closes_its_runner_when_the_campaign_cannot_start(monkeypatch):
         def __init__(self, options):
             pass
 
-        def run_batch(self, candidates, verify_below):
+        def run_batch(self, candidates, check):
             raise AssertionError("nothing is measured")
 
         def close(self):

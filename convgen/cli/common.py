@@ -7,12 +7,16 @@ import argparse
 import json
 from typing import Any
 
+from ..spec import ACTIVATIONS, DTYPES, LAYOUTS
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples' line breaks; shows a default only where there is one worth saying."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and "%(default)" not in text:
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if not switch and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text \
+                and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 
@@ -61,6 +65,54 @@ def _bounded_int(text: str, low: int, what: str) -> int:
     return value
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """argparse type: a positive duration in seconds: ``90``, ``90s``, ``10m``, ``1.5h``."""
+    value = text.strip().lower()
+    scale = _DURATION_UNITS.get(value[-1:], None)
+    try:
+        seconds = float(value[:-1] if scale else value) * (scale or 1.0)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 10m or 1.5h, got {text!r}")
+    return seconds
+
+
+def _strategy(text: str) -> str:
+    from ..tuner.strategies import STRATEGIES
+
+    if text not in STRATEGIES:
+        raise argparse.ArgumentTypeError(f"unknown strategy {text!r}; known: {', '.join(STRATEGIES)}")
+    return text
+
+
+_METAVARS = {"positive_int": "N", "nonnegative_int": "N", "int": "N", "positive_float": "SECONDS"}
+_KINDS = {"positive_int": positive_int, "nonnegative_int": nonnegative_int, "positive_float": positive_float,
+          "duration": duration, "int": int, "strategy": _strategy}
+
+
+def add_options(group: Any, cls: type) -> None:
+    """The flags of an options dataclass (:mod:`convgen.tuner.options`), from its fields: their
+    defaults and help text are written once, there."""
+    from ..tuner.options import cli_flags
+
+    for flag, f in cli_flags(cls):
+        kind, helptext = f.metadata.get("kind", ""), f.metadata["help"]
+        if kind == "off_switch":
+            group.add_argument(flag, dest=f.name, action="store_false", help=helptext)
+            continue
+        metavar = f.metadata.get("metavar") or _METAVARS.get(kind)
+        extra = {"metavar": metavar} if metavar else {}
+        if kind == "strategy":
+            from ..tuner.strategies import STRATEGIES
+
+            extra["choices"] = STRATEGIES
+        group.add_argument(flag, dest=f.name, type=_KINDS.get(kind, str), default=f.default, help=helptext, **extra)
+
+
 def add_spec_args(p: argparse.ArgumentParser) -> None:
     """The flags that describe one convolution (or ``--layer`` for a built-in one)."""
     g = p.add_argument_group("workload", "either --layer NAME or the shape flags (-c, -k, --size, ...)")
@@ -76,12 +128,12 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--padding", type=_padding, help="p | ph,pw | top,left,bottom,right | same | valid [0]")
     g.add_argument("--dilation", type=_ints, help="dilation: d or dh,dw [1]")
     g.add_argument("--groups", type=int, help="groups (= channels for depthwise) [1]")
-    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="data layout; weights OIHW / HWIO [NCHW]")
-    g.add_argument("--dtype", choices=["float32", "float16", "int8"], help="[float32]")
+    g.add_argument("--layout", choices=LAYOUTS, help="data layout; weights OIHW / HWIO [NCHW]")
+    g.add_argument("--dtype", choices=DTYPES, help="[float32]")
     g.add_argument("--bias", action="store_true", default=None, help="add a per-channel bias")
     g.add_argument("--residual", action="store_true", default=None,
                    help="add a residual input (the output's shape) before the activation, as ResNet's skip")
-    g.add_argument("--activation", choices=["relu", "relu6"], help="fuse an activation")
+    g.add_argument("--activation", choices=[a for a in ACTIVATIONS if a], help="fuse an activation")
     g.add_argument("--relu", action="store_true", default=None, help="fuse a ReLU (= --activation relu)")
     g.add_argument("--flip", action="store_true", default=None,
                    help="true convolution (flip the filter); default is the CNN cross-correlation")
@@ -122,28 +174,50 @@ def config_arg(text: str) -> dict:
     return config
 
 
-def torch_model_layers(args: argparse.Namespace) -> Any:
-    """The distinct convolutions of ``--torch-model`` at ``--input-shape``, as
-    :func:`convgen.torch.conv_layers` gives them (counted)."""
-    if not args.input_shape:
-        raise ValueError("--torch-model needs --input-shape N,C,H,W (e.g. 1,3,224,224)")
+#: The model importers the command line offers, one line each: ``flag: (function, metavar,
+#: help)``. The function, ``"module:name"``, takes ``(source, input_shape, channels_last)``
+#: (the flag's value, ``--input-shape`` or ``None``, not ``--nchw``) and returns the model's
+#: layers as :class:`convgen.workloads.ConvLayers`; ``tune`` and ``layers`` offer every one.
+IMPORTERS: dict[str, tuple[str, str, str]] = {
+    "--torch-model": ("convgen.torch:import_layers", "PKG.MODULE:FACTORY",
+                      "the convolutions of the PyTorch model FACTORY() builds (random weights are fine; put in "
+                      "eval mode), e.g. convgen.torch.models:resnet50; needs --input-shape"),
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def model_source(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``(flag, value)`` of the model importer flag given, if any."""
+    for flag in IMPORTERS:
+        value = getattr(args, _dest(flag), None)
+        if value:
+            return flag, value
+    return None
+
+
+def model_layers(args: argparse.Namespace) -> Any:
+    """The distinct convolutions of the model an importer flag names (:data:`IMPORTERS`)."""
+    import importlib
+
+    flag, source = model_source(args)
+    module_name, _, name = IMPORTERS[flag][0].partition(":")
     try:
-        import torch
-
-        import convgen.torch as ct
-    except ImportError:
-        raise ValueError("--torch-model needs PyTorch: pip install 'convgen[torch]'") from None
-    model = ct.model_from_factory(args.torch_model)
-    shape = args.input_shape if isinstance(args.input_shape, tuple) else (args.input_shape,)
-    return ct.conv_layers(model, torch.randn(*shape), channels_last=not args.nchw)
+        function = getattr(importlib.import_module(module_name), name)
+    except ImportError as e:
+        raise ValueError(f"{flag} needs {e.name}: pip install 'convgen[torch]'" if e.name == "torch"
+                         else f"{flag}: {e}") from None
+    shape = args.input_shape if isinstance(args.input_shape, tuple) or args.input_shape is None else (args.input_shape,)
+    return function(source, shape, not args.nchw)
 
 
-def add_torch_model_args(p: Any) -> None:
-    """``--torch-model``, ``--input-shape`` and ``--nchw`` (for ``tune`` and ``layers``)."""
-    g = p.add_argument_group("PyTorch model")
-    g.add_argument("--torch-model", metavar="PKG.MODULE:FACTORY",
-                   help="the convolutions of the model FACTORY() builds (random weights are fine; put in eval "
-                        "mode), e.g. convgen.torch.models:resnet50")
+def add_model_args(p: Any) -> None:
+    """One flag per model importer (:data:`IMPORTERS`), ``--input-shape`` and ``--nchw``."""
+    g = p.add_argument_group("models")
+    for flag, (_, metavar, helptext) in IMPORTERS.items():
+        g.add_argument(flag, dest=_dest(flag), metavar=metavar, help=helptext)
     g.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="the model's input shape, e.g. 1,3,224,224")
     g.add_argument("--nchw", action="store_true",
                    help="NCHW kernels, as convgen.torch.optimize(..., channels_last=False) runs (default: NHWC)")

@@ -6,8 +6,8 @@ import argparse
 import json
 import time
 
-from .common import (HelpFormatter, add_spec_args, add_torch_model_args, config_arg, positive_int, spec_from_args,
-                     torch_model_layers)
+from .common import (HelpFormatter, add_model_args, add_spec_args, config_arg, model_layers, model_source,
+                     positive_int, spec_from_args)
 
 def cmd_targets(args: argparse.Namespace) -> int:
     """``convgen targets``: the targets, and which of them run on this machine."""
@@ -33,10 +33,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     """``convgen layers``: the built-in workloads, by network (or a PyTorch model's)."""
     from ..workloads import PRESETS
 
-    if args.torch_model:
-        layers = torch_model_layers(args)
-        print(f"{args.torch_model} at {','.join(map(str, args.input_shape))}: {len(layers)} distinct convolutions "
-              f"of {sum(layers.counts.values())}")
+    if model_source(args):
+        layers = model_layers(args)
+        shape = f" at {','.join(map(str, args.input_shape))}" if args.input_shape else ""
+        print(f"{model_source(args)[1]}{shape}: {len(layers)} distinct convolutions of {sum(layers.counts.values())}")
         for name, spec in layers.items():
             print(f"  {name:<28} {spec.describe():<56} x{layers.counts[name]:<3} {spec.flops / 1e9:7.3f} GFLOP")
         return 0
@@ -105,13 +105,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """``convgen run``: check a kernel against the numpy reference and time it (here, or on a
     device through RPC), both through :func:`convgen.timing.measure_kernel`."""
-    from ..errors import KernelError
     from ..runtime import file_sha256, load, read_metadata, target_from_metadata
 
-    meta = read_metadata(args.kernel)
+    meta = read_metadata(args.kernel, sha256=args.sha256)  # a wrong pin is refused here, for a remote run too
     digest = file_sha256(args.kernel)
-    if args.sha256 and args.sha256.lower() != digest:
-        raise KernelError(f"{args.kernel}: SHA-256 {digest} is not the pinned {args.sha256}")
     if args.rpc or args.tracker:
         from ..remote import connect, run_remote
 
@@ -165,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="examples:\n  convgen layers --preset resnet50\n"
                               "  convgen layers --torch-model convgen.torch.models:mobilenet_v2 --input-shape 1,3,224,224")
     s.add_argument("--preset", help="only this network")
-    add_torch_model_args(s)
+    add_model_args(s)
     s.set_defaults(fn=cmd_layers)
 
     s = sub.add_parser("space", help="show the knob space and default config of the templates for a workload",

@@ -31,25 +31,16 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import last_line
 from ..spec import ConvSpec
 from ..target import Target, get_target
+from ..workloads import ConvLayers
 from ._graph import Site, TraceError, site_spec, sites, trace
 from ._module import Conv2d, conv2d, torch_conv2d
 from .threads import configure_threads, torch_single_threaded_forward
 
-__all__ = ["conv_layers", "optimize", "explain", "Conv2d", "ConvLayers", "TraceError", "conv2d",
-           "configure_threads", "torch_conv2d", "model_from_factory"]
-
-
-class ConvLayers(dict):
-    """``{module path: ConvSpec}``, one entry per distinct workload (its first path), with
-    ``counts[name]`` (how many convolutions of the model compute it) and ``paths[name]``
-    (all of them). :func:`convgen.tune` weights each layer by its count."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-        self.paths: dict[str, list[str]] = {}
+__all__ = ["conv_layers", "optimize", "explain", "refresh", "Conv2d", "ConvLayers", "TraceError", "conv2d",
+           "configure_threads", "torch_conv2d", "model_from_factory", "import_layers"]
 
 
 def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = True,
@@ -66,19 +57,11 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
     """
     gm = trace(model, example_inputs)
     out = ConvLayers()
-    first: dict[str, str] = {}
     for site in sites(gm, fuse=fused):
         spec = site_spec(site, fused=fused)
         if site.why_not or isinstance(spec, str):
             continue
-        if channels_last:
-            spec = spec.replace(layout="NHWC")
-        name = first.setdefault(spec.key, site.path)
-        if name == site.path:
-            out[name] = spec
-            out.counts[name], out.paths[name] = 0, []
-        out.counts[name] += 1
-        out.paths[name].append(site.path)
+        out.add(site.path, spec.replace(layout="NHWC") if channels_last else spec)
     return out
 
 
@@ -159,21 +142,31 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
 
 
 def _outputs_as_before(gm: torch.fx.GraphModule) -> None:
-    """Make each 4-D output that the original model returns contiguous, contiguous again
-    (channels_last activations would otherwise leak out of a channels_last network)."""
+    """Make each 4-D (or unbatched 3-D) output that the original model returns contiguous,
+    contiguous again (channels_last activations would otherwise leak out of a channels_last
+    network)."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
 
     def restore(arg: Any) -> Any:
         if not isinstance(arg, torch.fx.Node):
             return arg
         meta = arg.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape") or len(meta.shape) != 4 \
+        if meta is None or not hasattr(meta, "shape") or len(meta.shape) not in (3, 4) \
                 or meta.memory_format != torch.contiguous_format:
             return arg
         with gm.graph.inserting_before(output):
             return gm.graph.call_method("contiguous", (arg,))
 
     output.args = torch.fx.node.map_aggregate(output.args, restore)
+
+
+def import_layers(source: str, input_shape: tuple[int, ...] | None, channels_last: bool = True) -> ConvLayers:
+    """The model importer of the command line (``--torch-model``): the distinct convolutions
+    of the model ``PKG.MODULE:FACTORY`` builds (:func:`model_from_factory`) at ``input_shape``
+    (random inputs), as :func:`conv_layers` gives them."""
+    if not input_shape:
+        raise ValueError("--torch-model needs --input-shape N,C,H,W (e.g. 1,3,224,224)")
+    return conv_layers(model_from_factory(source), torch.randn(*input_shape), channels_last=channels_last)
 
 
 def model_from_factory(text: str) -> nn.Module:
@@ -225,6 +218,18 @@ def _rewrite(gm: torch.fx.GraphModule, site: Site, module: Conv2d, replaced: dic
         gm.graph.erase_node(node)
 
 
+def refresh(model: nn.Module) -> None:
+    """Pack the weights of every convgen convolution of ``model`` again at its next call.
+
+    Weight changes are noticed by themselves (a new tensor, an in-place update, a write of
+    the whole tensor through ``.data``: see :class:`~convgen.torch._module.WeightWatch`);
+    an edit of a few elements through ``weight.data`` or under ``torch.inference_mode`` can
+    fall between the values sampled, so call this after one."""
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.refresh()
+
+
 def explain(model: nn.Module) -> str:
     """One line per convolution of an :func:`optimize`'d model: what runs it and why.
 
@@ -235,20 +240,24 @@ def explain(model: nn.Module) -> str:
     """
     rows = []
     torch_convs = getattr(model, "convgen_torch_convs", {})
+    served = total = 0
     for path, m in model.named_modules():
         if isinstance(m, Conv2d):
+            total += 1
+            built = [k for k in m.kernels.values() if not isinstance(k, Exception)]
+            served += bool(built) or not m.kernels  # no shape run yet: its kernels come on first use
             fused = f"  [fused {', '.join(m.fused)}]" if m.fused else ""
-            rows.append(f"{path}: convgen {m.spec.describe()}{fused}")
+            where = "convgen" if built or not m.kernels else "torch"
+            rows.append(f"{path}: {where} {m.spec.describe()}{fused}")
             for (n, h, w, layout), k in sorted(m.kernels.items(), key=lambda kv: str(kv[0])):
                 shape = f"n{n} {h}x{w} {layout}"
                 if isinstance(k, Exception):
-                    rows.append(f"    {shape}: torch (the kernel did not build: {str(k).splitlines()[0][:200]})")
+                    rows.append(f"    {shape}: torch (the kernel did not build: {last_line(k)[:300]})")
                 else:
                     rows.append(f"    {shape}: {k.template} {k.config} ({k.meta.get('config_source', '?')} config)")
         elif isinstance(m, nn.Conv2d):
+            total += 1
             rows.append(f"{path}: torch ({torch_convs.get(path, 'not optimized by convgen')})")
     if not rows:
         return "no convolutions"
-    served = sum(isinstance(m, Conv2d) for m in model.modules())
-    total = served + sum(type(m) is not Conv2d and isinstance(m, nn.Conv2d) for m in model.modules())
     return "\n".join(rows + [f"{served} of {total} convolutions run convgen kernels"])

@@ -56,7 +56,8 @@ class Site:
         """The workload at the example input: NHWC for a channels_last input; with the fused
         epilogue (``fused``) or as the module alone computes it."""
         meta = self.input_meta
-        n, c, h, w = (int(d) for d in meta.shape)
+        # an unbatched C x H x W input runs as a batch of one (convgen.torch.Conv2d.forward)
+        n, c, h, w = (int(d) for d in ((1, *meta.shape) if len(meta.shape) == 3 else meta.shape))
         conv = self.conv
         layout = "NHWC" if _is_channels_last(meta) else "NCHW"
         bias = conv.bias is not None or (fused and self.bn is not None)
@@ -107,11 +108,11 @@ def trace(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d):
             meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], torch.fx.Node) else None
-            if meta is not None and hasattr(meta, "shape") and len(meta.shape) != 4:
+            if meta is not None and hasattr(meta, "shape") and len(meta.shape) not in (3, 4):
                 raise TraceError(f"the convolution {node.target} gets a {len(meta.shape)}-D input "
                                  f"{tuple(meta.shape)} from example inputs of shape "
-                                 f"{', '.join(str(tuple(x.shape)) for x in example_inputs)}: give batched "
-                                 "N,C,H,W (4-D) inputs")
+                                 f"{', '.join(str(tuple(x.shape)) for x in example_inputs)}: give N,C,H,W "
+                                 "(or unbatched C,H,W) inputs")
     return gm
 
 
@@ -166,8 +167,8 @@ def sites(gm: torch.fx.GraphModule, *, fuse: bool = True) -> list[Site]:
             site.why_not = f"padding_mode={conv.padding_mode!r} (convgen pads with zeros)"
             continue
         meta = site.input_meta
-        if meta is None or not hasattr(meta, "shape") or len(meta.shape) != 4:
-            site.why_not = "its input is not one 4-D N,C,H,W tensor"
+        if meta is None or not hasattr(meta, "shape") or len(meta.shape) not in (3, 4):
+            site.why_not = "its input is not one N,C,H,W (or C,H,W) tensor"
             continue
         if not fuse or calls[node.target] > 1:
             continue  # a module called at several places serves each of them unfused

@@ -10,8 +10,12 @@ implementation finds the module again by its handle, and runs a convgen kernel:
   is converted once and runs NHWC too, so a whole network stays channels_last;
 - one kernel per (batch, height, width, layout), built on first use and kept (records
   tuned at batch 1 serve other batch sizes: :meth:`convgen.ConvSpec.stand_ins`);
-- the weights are packed once per kernel, and again only when the weight tensor changes
-  (``data_ptr`` or ``tensor._version``: an in-place update bumps it);
+- the weights are packed once per kernel, and again only when the weight tensor changes:
+  a new tensor (``data_ptr``), an in-place update (``tensor._version``), or a write through
+  ``weight.data`` that neither of those sees, caught by a sample of 16 values checked on
+  every call (:class:`WeightWatch`); :meth:`Conv2d.refresh` repacks after edits a sample
+  can miss (a few elements of a large filter bank);
+- unbatched ``C x H x W`` inputs run as a batch of one, as ``nn.Conv2d`` takes them;
 - what the kernel cannot take (another dtype or device, a failed build) is computed by
   torch itself, with the same epilogue: correct, and reported by ``explain``.
 """
@@ -22,6 +26,8 @@ import itertools
 import threading
 import weakref
 from typing import Any
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +67,44 @@ def torch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     elif activation == "relu6":
         y = F.relu6(y)
     return y
+
+
+class WeightWatch:
+    """Notices when a weight tensor's content may have changed since its weights were packed.
+
+    A new tensor changes ``data_ptr``; an in-place update (``w.mul_(2)``, ``copy_``,
+    ``load_state_dict``) bumps ``w._version``. A write through ``w.data`` changes neither:
+    ``.data`` is another tensor over the same memory with a version counter of its own, and
+    inference tensors (``torch.inference_mode``) track no version at all. So the watch also
+    keeps :data:`SAMPLES` values spread evenly over the tensor and compares them on every
+    check: any update of the whole tensor (a scale, a re-initialisation, a copy of other
+    weights) changes them. An edit of a few elements can fall between them:
+    :meth:`Conv2d.refresh` is for that. Cost: ~2 us per check.
+    """
+
+    SAMPLES = 16
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.ptr = weight.data_ptr()
+        self.version = _version(weight)
+        flat = weight.detach().reshape(-1)
+        # a numpy view of the weight's memory (it keeps that memory alive, so a new tensor
+        # can never reuse its address); the positions sampled, evenly spread
+        self._view = flat.numpy() if flat.data_ptr() == self.ptr else None
+        n = flat.numel()
+        self._at = np.unique(np.linspace(0, n - 1, min(self.SAMPLES, n)).astype(np.int64)) if n else None
+        self._sample = self._view[self._at].tobytes() if self._view is not None and n else b""
+
+    def changed(self, weight: torch.Tensor) -> bool:
+        """Might ``weight`` hold other values than when the watch was made?"""
+        if weight.data_ptr() != self.ptr or _version(weight) != self.version or self._view is None:
+            return True
+        return self._at is not None and self._view[self._at].tobytes() != self._sample
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """``t._version``; ``None`` for an inference tensor, which keeps no version counter."""
+    return None if t.is_inference() else t._version
 
 
 def _nhwc(x: torch.Tensor, layout: str) -> bool:
@@ -150,7 +194,7 @@ class Conv2d(nn.Module):
         # shape key -> its ConvSpec: made once per shape (ConvSpec.replace re-validates the
         # whole spec, ~20 us, which is too much for every call of every layer)
         self._specs: dict[tuple, ConvSpec] = {}
-        self._packed: dict[tuple, tuple] = {}  # shape key -> (weight version, PackedWeights)
+        self._packed: dict[tuple, tuple] = {}  # shape key -> (WeightWatch, PackedWeights)
         self._lock = threading.Lock()
         self._handle = f"{type(self).__name__}-{next(_COUNTER)}"
         _LAYERS[self._handle] = self
@@ -169,11 +213,23 @@ class Conv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``activation(conv(x) + bias [+ residual])``; ``residual`` is required exactly when
-        the module fused a skip connection."""
+        the module fused a skip connection. ``x`` is ``N x C x H x W``, or ``C x H x W``
+        unbatched (as ``nn.Conv2d`` takes it; the result is unbatched too)."""
         if (residual is not None) != self.residual:
             raise TypeError(f"this convgen.torch.Conv2d {'needs' if self.residual else 'takes no'} residual input")
-        return torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
-                                        self.dilation, self.groups, self.activation, self.layout, self._handle)
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+            residual = residual.unsqueeze(0) if residual is not None else None
+        y = torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
+                                     self.dilation, self.groups, self.activation, self.layout, self._handle)
+        return y.squeeze(0) if unbatched else y
+
+    def refresh(self) -> None:
+        """Pack the weights again at the next call. Changes to ``weight`` are noticed by
+        themselves (see :class:`WeightWatch`) except an edit of a few elements through
+        ``weight.data`` or under ``torch.inference_mode``: call this after such an edit."""
+        self._packed.clear()
 
     def extra_repr(self) -> str:
         fused = f", fused={'+'.join(self.fused)}" if self.fused else ""
@@ -223,12 +279,12 @@ class Conv2d(nn.Module):
 
     def _pack(self, key: tuple, kernel: Any, weight: torch.Tensor) -> Any:
         """``kernel``'s packed weights, packed again only when ``weight`` changed since."""
-        version = (weight.data_ptr(), weight._version)
         held = self._packed.get(key)
-        if held is None or held[0] != version:
+        if held is None or held[0].changed(weight):
+            watch = WeightWatch(weight)  # before packing: a change while packing is seen next call
             w = weight.detach()
             w = w.permute(2, 3, 1, 0).contiguous() if key[3] == "NHWC" else w.contiguous()  # OIHW -> HWIO
-            held = self._packed[key] = (version, kernel.pack_weights(w))
+            held = self._packed[key] = (watch, kernel.pack_weights(w))
         return held[1]
 
     def _run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -23,6 +23,7 @@ wait for their workers to wake and was slower overall in the same measurement.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -35,21 +36,29 @@ def configure_threads(num_threads: int | None = None) -> int:
     return set_num_threads(num_threads)
 
 
+# The thread counts to restore, a stack per calling thread (a forward may run inside another
+# optimized model's, or on several threads at once). Module-level, as the hooks are, so an
+# optimized model pickles (torch.save) with its hooks: they are found again by name.
+_saved = threading.local()
+
+
+@torch.compiler.disable  # torch.compile runs the hooks as they are, outside the graph (set_num_threads is not traceable)
+def one_thread(module: torch.nn.Module, args: Any) -> None:
+    """Forward pre-hook: torch's own operators on one thread until the forward returns."""
+    stack = _saved.__dict__.setdefault("stack", [])
+    stack.append(torch.get_num_threads())
+    torch.set_num_threads(1)
+
+
+@torch.compiler.disable
+def restore_threads(module: torch.nn.Module, args: Any, output: Any) -> None:
+    """Forward hook (``always_call``: also when the forward raises): torch's thread count back."""
+    stack = getattr(_saved, "stack", None)
+    if stack:
+        torch.set_num_threads(stack.pop())
+
+
 def torch_single_threaded_forward(module: torch.nn.Module) -> None:
     """Make ``module``'s forward run torch's own operators on one thread (see above)."""
-    state: dict[str, Any] = {}
-
-    # torch.compile runs the hooks as they are, outside the graph (set_num_threads is not traceable)
-    @torch.compiler.disable
-    def before(mod: Any, args: Any) -> None:
-        state.setdefault("saved", []).append(torch.get_num_threads())
-        torch.set_num_threads(1)
-
-    @torch.compiler.disable
-    def after(mod: Any, args: Any, output: Any) -> None:
-        saved = state.get("saved")
-        if saved:
-            torch.set_num_threads(saved.pop())
-
-    module.register_forward_pre_hook(before)
-    module.register_forward_hook(after, always_call=True)
+    module.register_forward_pre_hook(one_thread)
+    module.register_forward_hook(restore_threads, always_call=True)

@@ -16,10 +16,18 @@ from typing import Any, Iterable, Mapping
 from ..knobs import Config
 from ..spec import ConvSpec
 from ..target import Target, get_target
+from ..timing import Check
 from .campaign import DeviceDown
-from .measure import Builder, Candidate, LocalRunner, MeasureOptions, RPCRunner, missing_dependencies
+from ..workloads import ConvLayers
+from .measure import Builder, Candidate, LocalRunner, RPCRunner, missing_dependencies
+from .options import MeasureOptions, SearchOptions
 
-__all__ = ["tune", "TuneResult", "MeasureOptions", "LocalRunner", "RPCRunner", "make_tasks", "DeviceDown"]
+__all__ = ["tune", "TuneResult", "MeasureOptions", "SearchOptions", "LocalRunner", "RPCRunner", "make_tasks",
+           "DeviceDown"]
+
+#: the share of a time budget the search may use when the leaders are re-timed at the end
+#: (``refine``); the re-timing gets the rest
+REFINE_SHARE = 0.9
 
 
 @dataclass
@@ -47,6 +55,17 @@ class TuneResult:
         if self.config is None:
             raise RuntimeError(f"{self.name}: tuning found no valid config")
         return build(self.spec, self.target, self.config, template=self.template, **kwargs)
+
+
+def _search_options(search: SearchOptions | None, fields: dict[str, Any]) -> SearchOptions:
+    """``search`` (default :class:`SearchOptions`) with the keyword ``fields`` of tune() set."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(SearchOptions)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"tune() got unexpected keyword argument(s) {unknown}; search options are {sorted(known)}")
+    return dataclasses.replace(search or SearchOptions(), **fields)
 
 
 def _named(specs: ConvSpec | Iterable[ConvSpec] | Mapping[str, ConvSpec]) -> dict[str, ConvSpec]:
@@ -88,35 +107,32 @@ def tune(
     specs: ConvSpec | Iterable[ConvSpec] | Mapping[str, ConvSpec],
     target: str | Target = "host",
     *,
-    trials: int = 64,
+    trials: int | None = 64,
+    time_budget: float | None = None,
     records: str | None = None,
-    strategy: str = "model",
     runner: Any = None,
     template: str | None = None,
-    batch_size: int = 8,
-    early_stopping: int | None = None,
-    seed: int = 0,
     options: MeasureOptions | None = None,
-    n_parallel_builds: int | None = None,
-    transfer: bool = True,
+    search: SearchOptions | None = None,
     progress: bool = True,
     plot: str | None = None,
     weights: Mapping[str, float] | None = None,
-    refine: int = 3,
-    device_wait: float = 300.0,
+    **search_fields: Any,
 ) -> dict[str, TuneResult]:
     """Tune one spec, a list, or a ``{name: spec}`` dict for ``target``.
 
-    ``trials`` is the total budget of the campaign (trials already in ``records`` count, so
-    re-running resumes instead of re-measuring). ``strategy``: ``"model"`` (xgboost-guided,
-    with transfer between layers), ``"random"`` or ``"grid"``. ``runner``: ``None`` (this
-    machine), an :class:`RPCRunner`, or a string ``"rpc://host:port"`` /
-    ``"tracker://host:port/key"``. ``refine``: re-time each layer's ``refine`` fastest
-    configs twice more at the end (0: off), so a noisy timing does not pick the winner.
-    ``device_wait``: seconds an unreachable device is waited for (retrying with backoff,
-    burning no trials) before the campaign stops with :class:`DeviceDown`. Layers given as
-    :func:`convgen.torch.conv_layers` returns them are weighted by their counts.
-    Returns the best result per workload name.
+    ``trials`` is the total budget of the campaign and ``time_budget`` its total time in
+    seconds (``None``: no limit; give one or both): trials and time already in ``records``
+    count, so re-running resumes instead of re-measuring. The time budget is spread over the
+    layers by the same expected-gain rule as trials; with ``refine`` on, the last tenth of it
+    goes to re-timing the leaders. ``runner``: ``None`` (this machine), an
+    :class:`RPCRunner`, or a string ``"rpc://host:port"`` / ``"tracker://host:port/key"``.
+    ``options``: how candidates are timed (:class:`MeasureOptions`); ``search``: how the
+    campaign searches (:class:`SearchOptions`: strategy, batch size, early stopping, seed,
+    transfer, refine, device wait), or its fields as keywords (``strategy="random"``).
+    Layers given as :func:`convgen.torch.conv_layers` returns them
+    (:class:`convgen.workloads.ConvLayers`) are weighted by their counts. Returns the best
+    result per workload name.
     """
     from ..peak import reference_peak
     from ..runtime import default_num_threads
@@ -125,25 +141,30 @@ def tune(
 
     target = get_target(target)
     options = options or MeasureOptions()
-    missing = missing_dependencies(strategy)
+    search = _search_options(search, search_fields)
+    if trials is None and time_budget is None:
+        raise ValueError("tune needs a budget: trials=, time_budget= (seconds) or both")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    missing = missing_dependencies(search.strategy)
     if missing:  # before the first trial: a campaign must not find out halfway
         raise RuntimeError(f"tuning needs {', '.join(missing)}, not installed: pip install 'convgen[tune]'")
-    if weights is None and isinstance(getattr(specs, "counts", None), Mapping):
+    if weights is None and isinstance(specs, ConvLayers):
         weights = {name: float(n) for name, n in specs.counts.items()}
     named = _named(specs)
     tasks = make_tasks(named, target, template, weights)
     own_runner = runner is None or isinstance(runner, str)
     given, runner, builder = runner, None, None
 
-    def measure(task, configs: list[Config], best: float | None) -> list[Candidate]:
+    def measure(task, configs: list[Config], check: Check) -> list[Candidate]:
         nonlocal builder
         if builder is None:
-            builder = Builder(n_parallel_builds, options.build_timeout)
+            builder = Builder(search.n_parallel_builds, options.build_timeout)
         module = type(task.template).__module__
         cands = [Candidate(task.spec.to_dict(), target.to_dict(), task.template.name, c, module) for c in configs]
         builder.build(cands)
         try:
-            runner.run_batch(cands, best)
+            runner.run_batch(cands, check)
         finally:
             builder.discard(cands)  # measured (and checked): a config timed again is built again
         return cands
@@ -154,12 +175,14 @@ def tune(
         dtypes = {t.spec.dtype for t in tasks}
         dtype = dtypes.pop() if len(dtypes) == 1 else "float32"  # one peak for the progress line
         peak, _ = reference_peak(target, threads, dtype, here=isinstance(runner, LocalRunner))
-        campaign = Campaign(tasks, target, measure=measure, records=records, strategy=strategy, batch_size=batch_size,
-                            early_stopping=early_stopping, seed=seed, progress=Progress(peak) if progress else None,
-                            transfer=transfer, device_wait=device_wait)
-        campaign.run(trials)
-        if refine:
-            campaign.refine(top=refine)
+        campaign = Campaign(tasks, target, measure=measure, records=records, strategy=search.strategy,
+                            batch_size=search.batch_size, early_stopping=search.early_stopping, seed=search.seed,
+                            progress=Progress(peak) if progress else None, transfer=search.transfer,
+                            device_wait=search.device_wait)
+        search_limit = time_budget * REFINE_SHARE if time_budget and search.refine else time_budget
+        campaign.run(trials, search_limit)
+        if search.refine:
+            campaign.refine(top=search.refine, time_limit=time_budget)
     finally:
         if builder is not None:
             builder.close()

@@ -33,16 +33,18 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import records as rec
-from ..errors import DeviceDown
+from ..errors import DeviceDown, ErrorKind
 from ..knobs import Config, config_key
 from ..spec import ConvSpec
 from ..target import Target
+from ..timing import ALWAYS, NEVER, Check
 from .features import Featurizer
 from .measure import Candidate
 from .strategies import SearchContext, get_strategy
 from .strategies.model_based import relative_throughput
 
 WINDOW = 16
+TIME_MARGIN = 1.1  # a batch must fit the time left with 10% to spare: trials' times vary
 
 
 
@@ -66,8 +68,7 @@ class Task:
     done: bool = False
     default: Config = field(default_factory=dict)  # the template's default config (the campaign sets it)
     default_cost: float | None = None
-    wrong: set[str] = field(default_factory=set)   # configs that gave a wrong result
-    failed: set[str] = field(default_factory=set)  # configs with a failed measurement (any error)
+    ruled_out: set[str] = field(default_factory=set)  # configs that ever failed (records.outcome): out for good
     costs: dict[str, list[float]] = field(default_factory=dict)    # config key -> every good timing
     config_by_key: dict[str, Config] = field(default_factory=dict)
     pending: list[Config] = field(default_factory=list)  # proposed, not measured yet (next batch)
@@ -83,19 +84,16 @@ class Task:
     def config_costs(self) -> dict[str, float]:
         """Median timing per config; configs that ever failed or gave a wrong result are out,
         as :func:`convgen.records.best_config` leaves them out."""
-        return {k: rec.median(v) for k, v in self.costs.items() if v and k not in self.wrong and k not in self.failed}
+        return {k: rec.median(v) for k, v in self.costs.items() if v and k not in self.ruled_out}
 
     def _note(self, config: Config, cost: float | None, verified: bool | None, error: str | None) -> None:
         key = config_key(config)
         self.config_by_key[key] = dict(config)
-        if error in rec.DEVICE_ERRORS:
-            return  # nothing ran: says nothing about the config
-        if verified is False or error == "wrong_result":
-            self.wrong.add(key)
-        elif cost is None:
-            self.failed.add(key)
-        else:
+        verdict = rec.outcome(error, cost, verified)  # the rule records judge by, too
+        if verdict is rec.Outcome.TIMED:
             self.costs.setdefault(key, []).append(cost)
+        elif verdict is rec.Outcome.FAILED:
+            self.ruled_out.add(key)
 
     def remeasured(self, config: Config, cost: float | None, verified: bool | None, error: str | None = None) -> None:
         """Account for a repeated timing of a measured config (not a new trial); ``cost`` is
@@ -149,14 +147,22 @@ class Task:
 class Campaign:
     """Runs tasks to a total trial budget with a measurer, writing records as it goes."""
 
-    def __init__(self, tasks: list[Task], target: Target, *, measure: Callable[[Task, list[Config], float | None], list[Candidate]],
+    def __init__(self, tasks: list[Task], target: Target, *, measure: Callable[[Task, list[Config], Check], list[Candidate]],
                  records: str | None, strategy: str = "model", batch_size: int = 8, early_stopping: int | None = None,
                  seed: int = 0, progress: Any = None, transfer: bool = True, device_wait: float = 300.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.tasks, self.target = tasks, target
         self.device_wait = device_wait  # how long a device may stay unreachable before the campaign stops
         self._sleep = sleep
+        self._clock = clock
+        self.spent_before = 0.0  # seconds earlier runs spent on these tasks (their records' wall_s)
+        self._resumed_walls = 0  # how many records gave it
+        self._started: float | None = None  # clock() when this run's first measurement began
+        self._mark = 0.0                    # clock() when the last batch ended
+        self._walls: dict[str, list[float]] = {}  # task name -> seconds per trial in this run (estimates)
         self.measure = measure
+        if records:
+            rec.check_path(records)  # a folder or a FIFO is refused before the first trial
         self.records = records
         self.batch_size = batch_size
         self.early_stopping = early_stopping
@@ -187,6 +193,10 @@ class Campaign:
                 continue
             k = r.trial_key()
             verified = r.data.get("verified")
+            wall = r.data.get("wall_s")
+            if isinstance(wall, (int, float)) and not isinstance(wall, bool) and math.isfinite(wall) and wall > 0:
+                self.spent_before += wall
+                self._resumed_walls += 1
             if k in seen:  # a repeated timing (refine): not a trial of its own
                 task.remeasured(r.config, r.median if r.ok else None, verified, r.error)
                 continue
@@ -199,7 +209,7 @@ class Campaign:
         """The default config's cost: the median of its timings, like every other config's."""
         key = config_key(task.default)  # (one config: not the whole config_costs() per trial)
         timings = task.costs.get(key)
-        if timings and key not in task.wrong and key not in task.failed:
+        if timings and key not in task.ruled_out:
             task.default_cost = rec.median(timings)
 
     # -- transfer ---------------------------------------------------------------------------
@@ -263,7 +273,40 @@ class Campaign:
         # nothing is projected to beat its layer's best: keep exploring where the rate is highest
         return max(live, key=lambda t: t.weight * t.improvement_rate())
 
-    def _account(self, task: Task, c: Candidate, refine: bool = False) -> None:
+    # -- time ------------------------------------------------------------------------------
+    def spent(self) -> float:
+        """Seconds spent on these tasks: earlier runs' (from the records) and this run's so far."""
+        now = 0.0 if self._started is None else self._clock() - self._started
+        return self.spent_before + now
+
+    def _seconds_per_trial(self, task: Task | None = None) -> float | None:
+        """What one more trial of ``task`` is expected to cost: its recent trials in this run,
+        else the slowest task's (templates differ: Winograd builds take longer); ``None``
+        before any trial."""
+        walls = self._walls.get(task.name) if task is not None else None
+        if walls:
+            return sum(walls[-16:]) / len(walls[-16:])
+        means = [sum(w[-16:]) / len(w[-16:]) for w in self._walls.values() if w]
+        if means:
+            return max(means)
+        return self.spent_before / self._resumed_walls if self._resumed_walls else None
+
+    def _fit(self, n: int, time_limit: float | None, task: Task | None = None) -> int:
+        """How many of ``n`` more trials of ``task`` fit before ``time_limit`` (seconds of
+        :meth:`spent`), with a margin for timing noise."""
+        if time_limit is None:
+            return n
+        left = time_limit - self.spent()
+        per_trial = self._seconds_per_trial(task)
+        if left <= 0:
+            return 0
+        return n if per_trial is None else min(n, int(left / (per_trial * TIME_MARGIN)))
+
+    def _start_clock(self) -> None:
+        if self._started is None:
+            self._started = self._mark = self._clock()
+
+    def _account(self, task: Task, c: Candidate, refine: bool = False, wall: float = 0.0) -> None:
         cost = c.cost if c.error is None else None
         if refine:
             task.remeasured(c.config, cost, c.verified, c.error)
@@ -272,14 +315,16 @@ class Campaign:
             task.new_trials += 1
         self._note_default(task)
         if self.records:
-            extra = {"verified": c.verified, "task": task.name, "build_s": round(c.build_s, 3)}
+            # wall_s: this trial's share of the run's wall time (search, build, run), which a
+            # resumed campaign counts against its time budget
+            extra = {"verified": c.verified, "task": task.name, "build_s": round(c.build_s, 3), "wall_s": round(wall, 3)}
             if refine:
                 extra["refine"] = True
             rec.append(self.records, [rec.make_record(task.spec, self.target, task.template, c.config,
                                                       times=c.times or None, error=c.error,
                                                       message=c.message, extra=extra)])
 
-    def refine(self, top: int = 3, rounds: int = 2) -> None:
+    def refine(self, top: int = 3, rounds: int = 2, time_limit: float | None = None) -> None:
         """Time each layer's fastest configs again, round after round.
 
         A shared machine has slow spells (a neighbour, two vCPUs landing on one physical
@@ -291,8 +336,10 @@ class Campaign:
         A layer whose winner already has ``1 + rounds`` timings is left alone, and a leader
         timed that often (in this run or one resumed from the records) is not timed again:
         a campaign killed during refine finishes it when run again, a finished one re-times
-        nothing.
+        nothing. ``time_limit``: stop once :meth:`spent` would pass it (the layers not reached
+        keep the ranking of the search).
         """
+        self._start_clock()
         layers: dict[str, list[Task]] = {}
         for t in self.tasks:
             layers.setdefault(t.spec.key, []).append(t)
@@ -305,6 +352,8 @@ class Campaign:
                                  key=lambda x: x[0])[:top]
                 if not leaders or len(leaders[0][1].costs.get(leaders[0][2], [])) > rounds:
                     break  # the layer's winner stands on 1 + rounds timings
+                if self._fit(len(leaders) * rounds, time_limit, leaders[0][1]) < len(leaders) * rounds:
+                    break  # no time left to re-time this layer's leaders
                 self._retime(leaders, rounds)
         if self.progress and layers:
             self.progress.refining(len(layers), len(layers), "done", time.perf_counter() - t0)
@@ -316,7 +365,7 @@ class Campaign:
             due: dict[int, list[str]] = {}  # per task (by position): configs to time this round
             check = False
             for _, task, cfg in (leaders if r % 2 == 0 else leaders[::-1]):
-                if cfg in task.wrong or cfg in task.failed:
+                if cfg in task.ruled_out:
                     continue  # failed in an earlier round: out of the running
                 timed = len(task.costs.get(cfg, []))
                 if timed > r + 1:
@@ -330,9 +379,9 @@ class Campaign:
                 # best); timing only: one batch, its builds in parallel
                 batches = [[c] for c in configs] if check else [configs]
                 for batch in batches:
-                    self._measure(task, batch, None if check else 0.0, refine=True)
+                    self._measure(task, batch, ALWAYS if check else NEVER, refine=True)
 
-    def _measure(self, task: Task, configs: list[Config], best: float | None, refine: bool = False) -> int:
+    def _measure(self, task: Task, configs: list[Config], check: Check, refine: bool = False) -> int:
         """Measure ``configs`` and account for each result; returns how many were measured.
 
         A config the device could not run (error kind ``device``: the board is down, the
@@ -342,13 +391,19 @@ class Campaign:
         everything measured before is in the records, and the same command resumes.
         """
         waited, pause, done = 0.0, 5.0, 0
+        self._start_clock()
         while configs:
             down = []
-            for c in self.measure(task, configs, best):
-                if c.error in rec.DEVICE_ERRORS:
+            results = self.measure(task, configs, check)
+            now = self._clock()
+            wall = (now - self._mark) / max(len(results), 1)  # since the last batch: search, build, run
+            self._mark = now
+            for c in results:
+                if c.error == ErrorKind.DEVICE:
                     down.append(c)
                 else:
-                    self._account(task, c, refine)
+                    self._account(task, c, refine, wall)
+                    self._walls.setdefault(task.name, []).append(wall)
                     done += 1
             if not down:
                 break
@@ -359,29 +414,39 @@ class Campaign:
             print(f"convgen: the device is unreachable ({down[0].message}); trying again in {pause:.0f} s",
                   file=sys.stderr)
             self._sleep(pause)
+            self._mark = self._clock()  # waiting for a device is no trial's time
             waited += pause
             pause = min(2 * pause, 60.0)
             configs = [c.config for c in down]
         return done
 
-    def run(self, trials: int) -> None:
-        """Measure until ``trials`` trials exist in total (resumed ones count) or every task is done."""
+    def run(self, trials: int | None, time_limit: float | None = None) -> None:
+        """Measure until ``trials`` trials exist in total (resumed ones count; ``None``: no
+        limit), :meth:`spent` reaches ``time_limit`` seconds (resumed runs' time counts), or
+        every task is done. Near the time limit batches shrink to what is expected to fit, so
+        the campaign ends within about one trial's time of it."""
+        if trials is None and time_limit is None:
+            raise ValueError("give a trial budget, a time limit or both")
+        trials = sys.maxsize if trials is None else trials
         for t in self.tasks:
             if self.early_stopping and t.since_improvement >= self.early_stopping and t.best_cost is not None:
                 t.done = True
         if self.progress:
-            self.progress.start(self, trials)
+            self.progress.start(self, trials, time_limit)
         while self.total_trials() < trials:
             task = self._pick()
             if task is None:
                 break
-            budget = min(self.batch_size, trials - self.total_trials())
+            budget = self._fit(min(self.batch_size, trials - self.total_trials()), time_limit, task)
+            if budget < 1:
+                break  # the time budget is spent (or the next trial would overrun it)
             batch = self._next_batch(task, budget)
             if not batch:
                 task.done = True
                 continue
             t0 = time.perf_counter()
-            measured = self._measure(task, batch, task.best_cost)
+            # a new best is checked against the reference before it can win
+            measured = self._measure(task, batch, ALWAYS if task.best_cost is None else Check(task.best_cost))
             if self.early_stopping and task.since_improvement >= self.early_stopping:
                 task.done = True
             if self.progress:

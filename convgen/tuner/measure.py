@@ -18,40 +18,26 @@ with their own weight layout are timed as deployed (weights packed once by the l
 ``pack_weights``, then ``main_prepacked``) with the :class:`MeasureOptions`.
 
 A run can also check the output against the numpy reference; the tuner asks for that
-when a candidate beats the best so far (``verify_below``), so a wrong kernel is recorded
-as ``wrong_result`` and never chosen.
+when a candidate beats the best so far (a :class:`convgen.timing.Check`), so a wrong kernel
+is recorded as ``wrong_result`` and never chosen.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import importlib
-import math
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ErrorKind, last_line
 from ..knobs import Config
 from ..records import median
-from ..errors import last_line
-from ..workers import die_with_parent
-
-
-@dataclass(frozen=True)
-class MeasureOptions:
-    """How candidates are timed (``time_evaluator`` arguments and timeouts)."""
-
-    number: int = 3               # calls averaged per repeat
-    repeat: int = 5               # repeats reported (the median is the cost)
-    min_repeat_ms: int = 40       # a repeat lasts at least this long (number grows)
-    cache_flush_bytes: int = 0    # flush this many bytes of cache before each repeat (cold-cache timing)
-    build_timeout: float = 120.0  # seconds per build
-    run_timeout: float = 60.0     # seconds per run (load + warm-up + timing + check), queueing excluded
-    num_threads: int | None = None  # CPU threads of the kernels (None: every CPU of the process)
-    queue_timeout: float = 600.0  # seconds a trial may wait for a device at an RPC tracker
+from ..timing import NEVER, Check
+from .options import MeasureOptions
+from ..workers import popen_pool, popen_worker
 
 
 @dataclass
@@ -65,9 +51,7 @@ class Candidate:
     template_module: str = ""  # imported by build workers first, so user templates register there too
     packed_shape: list[int] | None = None  # set when the library has main_prepacked
     path: str | None = None
-    # error kind: config, build, build_timeout, run, timeout, crash, wrong_result, or device (the
-    # RPC device could not be reached or sent the library: nothing ran, the config is not to blame)
-    error: str | None = None
+    error: ErrorKind | None = None  # why it has no timing (None: it has one)
     message: str = ""
     build_s: float = 0.0
     times: list[float] = field(default_factory=list)
@@ -163,10 +147,10 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
         if path is not None:
             os.unlink(path)  # a half-written library
         if isinstance(e, ConfigError):
-            return None, "config", str(e), time.perf_counter() - t0, None
+            return None, ErrorKind.CONFIG, str(e), time.perf_counter() - t0, None
         if isinstance(e, BuildError):
-            return None, "build", str(e), time.perf_counter() - t0, None
-        return None, "build", f"{type(e).__name__}: {e}"[-2000:], time.perf_counter() - t0, None
+            return None, ErrorKind.BUILD, str(e), time.perf_counter() - t0, None
+        return None, ErrorKind.BUILD, f"{type(e).__name__}: {e}"[-2000:], time.perf_counter() - t0, None
     return path, None, "", time.perf_counter() - t0, packed
 
 
@@ -176,9 +160,9 @@ def _timing(opts: MeasureOptions) -> dict[str, Any]:
             "cache_flush_bytes": opts.cache_flush_bytes}
 
 
-def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float | None,
+def run_worker(path: str, spec: dict, opts: MeasureOptions, check: Check,
                packed_shape: list[int] | None = None, target: dict | None = None) -> tuple:
-    """Time a library here; check it against the reference if its median beats ``verify_below``.
+    """Time a library here; check it against the reference where ``check`` wants it.
 
     Kernels with pre-packed weights are timed as deployed (``main_prepacked``, weights packed
     once); the check runs both entry points, each on an output filled with NaN first
@@ -204,7 +188,7 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, verify_below: float 
         set_num_threads(opts.num_threads)
         dev = tvm.cpu(0)
     module = tvm.runtime.load_module(path)
-    run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check_below=verify_below, **_timing(opts))
+    run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check=check, **_timing(opts))
     return run.times, run.verified, run.mismatch
 
 
@@ -213,8 +197,6 @@ class Builder:
     """Builds candidates in parallel popen workers, each build with a timeout."""
 
     def __init__(self, n_parallel: int | None = None, timeout: float = 120.0) -> None:
-        from tvm.support.popen_pool import PopenPoolExecutor
-
         import shutil
 
         self.n_parallel = n_parallel or max(1, len(os.sched_getaffinity(0)))
@@ -223,10 +205,7 @@ class Builder:
             shutil.rmtree(stale, ignore_errors=True)
         # the pid in the name tells a later run whether the tuner that made it is alive
         self.out_dir = tempfile.mkdtemp(prefix=f"convgen-build-{os.getpid()}-")
-        self._make_pool = lambda: PopenPoolExecutor(
-            max_workers=self.n_parallel, timeout=timeout, initializer=die_with_parent, initargs=(os.getpid(),),
-            # TVM's diagnostics go nowhere: every failure comes back as an error kind + message
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._make_pool = lambda: popen_pool(self.n_parallel, timeout)
         self._pool = self._make_pool()
 
     def build(self, candidates: list[Candidate]) -> None:
@@ -243,14 +222,14 @@ class Builder:
                     c.path, c.error, c.message, c.build_s, c.packed_shape = fut.result(
                         timeout=max(deadline - time.monotonic(), GRACE))
                 except TimeoutError:
-                    c.error, c.message = "build_timeout", f"build took longer than {self.timeout:.0f} s"
+                    c.error, c.message = ErrorKind.BUILD_TIMEOUT, f"build took longer than {self.timeout:.0f} s"
                     if not fut.done():  # the worker did not answer at all: kill the pool
                         stuck = i
                         break
                 except ChildProcessError:
-                    c.error, c.message = "build", "the build worker died (out of memory, or a crash in TVM)"
+                    c.error, c.message = ErrorKind.BUILD, "the build worker died (out of memory, or a crash in TVM)"
                 except Exception as e:  # noqa: BLE001
-                    c.error, c.message = "build", f"{type(e).__name__}: {e}"[-2000:]
+                    c.error, c.message = ErrorKind.BUILD, f"{type(e).__name__}: {e}"[-2000:]
             if stuck is None:
                 return
             for fut in futures[stuck + 1:]:  # shutdown kills the workers, not the queue: the
@@ -282,47 +261,42 @@ class LocalRunner:
     """Times candidates on this machine, one at a time, each in an isolated worker process."""
 
     def __init__(self, options: MeasureOptions | None = None) -> None:
-        from tvm.support.popen_pool import PopenWorker
-
         self.options = options or MeasureOptions()
-        # a crashing kernel makes TVM print a stack dump: the record says "crash" instead
-        self._worker = PopenWorker(initializer=die_with_parent, initargs=(os.getpid(),),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._worker = popen_worker()
 
-    def run(self, c: Candidate, verify_below: float | None = None) -> None:
+    def run(self, c: Candidate, check: Check = NEVER) -> None:
         """Fill ``times`` (or ``error``) and ``verified`` of a built candidate, in place."""
         if c.path is None:
             return
         try:
             # the worker's own timer answers a hang; the parent's deadline one that stops it
             c.times, c.verified, c.message = call_with_deadline(
-                self._worker, run_worker, (c.path, c.spec, self.options, verify_below, c.packed_shape, c.target),
+                self._worker, run_worker, (c.path, c.spec, self.options, check, c.packed_shape, c.target),
                 self.options.run_timeout)
         except TimeoutError:
-            c.error, c.message = "timeout", f"run took longer than {self.options.run_timeout:.0f} s"
+            c.error, c.message = ErrorKind.TIMEOUT, f"run took longer than {self.options.run_timeout:.0f} s"
         except ChildProcessError:
-            c.error, c.message = "crash", "the kernel crashed the run worker (segfault, SIGILL or abort)"
+            c.error, c.message = ErrorKind.CRASH, "the kernel crashed the run worker (segfault, SIGILL or abort)"
         except Exception as e:  # noqa: BLE001 - anything else fails this trial, never the campaign
-            c.error, c.message = "run", last_line(e)
+            c.error, c.message = ErrorKind.RUN, last_line(e)
             self._worker.kill()  # a fresh worker for the next trial, whatever state this left
         if c.verified is False:
-            c.error = "wrong_result"
+            c.error = ErrorKind.WRONG_RESULT
 
-    def run_batch(self, candidates: list[Candidate], verify_below: float | None) -> float | None:
-        """Run a batch sequentially; a candidate beating the running best gets verified."""
-        best = math.inf if verify_below is None else verify_below
+    def run_batch(self, candidates: list[Candidate], check: Check) -> None:
+        """Run a batch sequentially; each candidate that ``check`` wants (one beating the
+        running best, once a checked one is the best) is checked against the reference."""
         for c in candidates:
-            self.run(c, best)
-            if c.ok and c.verified and c.cost < best:
-                best = c.cost
-        return best
+            self.run(c, check)
+            if c.ok and c.verified:
+                check = check.beaten_by(c.cost)
 
     def close(self) -> None:
         self._worker.kill()
 
 
 def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: MeasureOptions,
-                   verify_below: float | None, packed_shape: list[int] | None = None) -> tuple:
+                   check: Check, packed_shape: list[int] | None = None) -> tuple:
     """Time (and maybe check) a library on a remote device; same result as :func:`run_worker`.
 
     Measures as the local worker does (:func:`convgen.timing.measure_kernel`: weights packed
@@ -349,8 +323,7 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
     try:
         if tgt.family != "cuda":  # a remote CPU's device type is 1 + 128 * (session index + 1): ask the target
             remote.set_remote_threads(session, opts.num_threads)
-        run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check_below=verify_below,
-                                    **_timing(opts))
+        run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check=check, **_timing(opts))
     except Exception as e:
         if time.monotonic() - started >= 0.95 * remote.session_seconds(opts.run_timeout):
             raise remote.RemoteTimeout(f"the run took longer than {opts.run_timeout:g} s and the device ended "
@@ -371,8 +344,6 @@ class RPCRunner:
 
     def __init__(self, rpc: str | None = None, tracker: str | None = None, key: str | None = None,
                  n_parallel: int = 1, options: MeasureOptions | None = None) -> None:
-        from tvm.support.popen_pool import PopenPoolExecutor
-
         from ..remote import parse_address
 
         if rpc:
@@ -388,9 +359,7 @@ class RPCRunner:
         self.n_parallel = n_parallel
         # the worker's budget: waiting for a device, uploading, running (each bounded on its own)
         self._budget = self.options.queue_timeout + self.options.run_timeout + 60
-        self._make_pool = lambda: PopenPoolExecutor(
-            max_workers=n_parallel, timeout=self._budget, initializer=die_with_parent, initargs=(os.getpid(),),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._make_pool = lambda: popen_pool(n_parallel, self._budget)
         self._pool = self._make_pool()
 
     def _finish(self, c: Candidate, fut: concurrent.futures.Future, deadline: float) -> None:
@@ -403,33 +372,30 @@ class RPCRunner:
                 self._pool.shutdown(wait=False)
                 self._pool = self._make_pool()
             # the run is bounded by the session timeout, so this is a device that stopped answering
-            c.error, c.message = "device", f"no answer from the device within {self._budget:.0f} s"
+            c.error, c.message = ErrorKind.DEVICE, f"no answer from the device within {self._budget:.0f} s"
         except RemoteTimeout as e:
-            c.error, c.message = "timeout", last_line(e)
+            c.error, c.message = ErrorKind.TIMEOUT, last_line(e)
         except ChildProcessError:
-            c.error, c.message = "crash", "the RPC worker died"
+            c.error, c.message = ErrorKind.CRASH, "the RPC worker died"
         except DeviceUnavailable as e:  # before the kernel ran: a board down, a refused connection
-            c.error, c.message = "device", last_line(e)
+            c.error, c.message = ErrorKind.DEVICE, last_line(e)
         except Exception as e:  # noqa: BLE001 - a dead server, a lost connection: this trial only
             msg = last_line(e)
             died = ("connection", "closed", "sigill", "sigsegv", "died", "killed by")
-            c.error = "crash" if any(word in msg.lower() for word in died) else "run"
+            c.error = ErrorKind.CRASH if any(word in msg.lower() for word in died) else ErrorKind.RUN
             c.message = msg
         if c.verified is False:
-            c.error = "wrong_result"
+            c.error = ErrorKind.WRONG_RESULT
 
-    def run_batch(self, candidates: list[Candidate], verify_below: float | None) -> float | None:
-        """Run a batch across the fleet; new bests (vs the best before the batch) are verified."""
+    def run_batch(self, candidates: list[Candidate], check: Check) -> None:
+        """Run a batch across the fleet; what ``check`` wants (new bests vs the best before the
+        batch: the devices run at once) is checked against the reference."""
         todo = [c for c in candidates if c.path is not None]
-        best = math.inf if verify_below is None else verify_below
-        futures = [self._pool.submit(rpc_run_worker, self.address, c.path, c.spec, c.target, self.options, best,
+        futures = [self._pool.submit(rpc_run_worker, self.address, c.path, c.spec, c.target, self.options, check,
                                      c.packed_shape) for c in todo]
         deadline = time.monotonic() + self._budget * -(-len(futures) // self.n_parallel) + GRACE
         for c, fut in zip(todo, futures):
             self._finish(c, fut, deadline)
-            if c.ok and c.verified and c.cost < best:
-                best = c.cost
-        return best
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any, TextIO
 
 
 def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
@@ -26,28 +29,39 @@ class Progress:
         self.measured = 0
         self.measure_s = 0.0
 
-    def start(self, campaign: Any, trials: int) -> None:
+    def start(self, campaign: Any, trials: int, time_limit: float | None = None) -> None:
+        """A campaign of ``trials`` trials (``sys.maxsize``: unlimited) and ``time_limit``
+        seconds (``None``: unlimited) begins; says what was resumed."""
         self.trials = trials
+        self.time_limit = time_limit
         self.t0 = time.perf_counter()
         done = campaign.total_trials()
         if done:
-            print(f"resumed {done} trials from {campaign.records}", file=self.stream)
+            spent = f", {_clock(campaign.spent_before)} spent" if campaign.spent_before else ""
+            print(f"resumed {done} trials{spent} from {campaign.records}", file=self.stream)
 
     def update(self, campaign: Any, task: Any, seconds: float, n: int) -> None:
         self.measured += n
         self.measure_s += seconds
         total = campaign.total_trials()
+        limited = self.trials < sys.maxsize
         left = max(self.trials - total, 0)
-        eta = self.measure_s / max(self.measured, 1) * left
+        eta = self.measure_s / max(self.measured, 1) * left if limited else math.inf
+        done = total / max(self.trials, 1) if limited else 0.0
+        if self.time_limit:
+            eta = min(eta, max(self.time_limit - campaign.spent(), 0.0))
+            done = max(done, min(campaign.spent() / self.time_limit, 1.0))
         idx = campaign.tasks.index(task) + 1
         width = 20
-        fill = int(width * min(total / max(self.trials, 1), 1))
+        fill = int(width * min(done, 1))
         bar = "#" * fill + "-" * (width - fill)
         best = f"best {task.best_gflops:.1f} GFLOP/s" if task.best_cost else "no valid kernel yet"
         if self.peak and task.best_cost:
             best += f" ({100 * task.best_gflops / self.peak:.0f}% of peak)"
-        self._write(f"[{bar}] [{idx}/{len(campaign.tasks)} {task.name}] trials {total}/{self.trials} | {best} | "
-                    f"{_clock(time.perf_counter() - self.t0)} elapsed, ETA {_clock(eta)}")
+        count = f"trials {total}/{self.trials}" if limited else f"trials {total}"
+        budget = f" of {_clock(self.time_limit)}" if self.time_limit else ""
+        self._write(f"[{bar}] [{idx}/{len(campaign.tasks)} {task.name}] {count} | {best} | "
+                    f"{_clock(time.perf_counter() - self.t0)} elapsed{budget}, ETA {_clock(eta)}")
 
     def refining(self, done: int, layers: int, name: str, seconds: float) -> None:
         """The line while each layer's leaders are timed again after the search."""

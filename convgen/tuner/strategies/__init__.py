@@ -1,6 +1,7 @@
-"""Search strategies, chosen by name. Each is a module with one entry point::
+"""Search strategies, chosen by name. Each is a module with one entry point, registered by name::
 
-    search(ctx: SearchContext) -> Iterator[list[Config]]
+    @register("random")
+    def search(ctx: SearchContext) -> Iterator[list[Config]]
 
 a generator that yields batches of configs to measure. Between two batches the tuner
 appends the measurements to ``ctx.history``, so a strategy sees every result (also those
@@ -52,17 +53,32 @@ class SearchContext:
         return out
 
 
+_SEARCH: dict[str, Callable[[SearchContext], Iterator[list[Config]]]] = {}
+
+
+def register(name: str) -> Callable:
+    """Decorator: make a module's ``search`` function the strategy called ``name``."""
+
+    def add(search: Callable[[SearchContext], Iterator[list[Config]]]) -> Callable:
+        if name in _SEARCH:
+            raise ValueError(f"two strategies are called {name!r}")
+        _SEARCH[name] = search
+        return search
+
+    return add
+
+
 def get_strategy(name: str) -> Callable[[SearchContext], Iterator[list[Config]]]:
-    """The ``search`` function of a strategy by name: ``random``, ``grid`` or ``model``."""
+    """The ``search`` function of a strategy by name (one of :data:`STRATEGIES`)."""
     if name not in _SEARCH:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(_SEARCH)}")
     return _SEARCH[name]
 
 
-# The strategy modules import SearchContext from here, so they come after it.
-from . import grid_search, model_based, random_search  # noqa: E402
-
-_SEARCH = {"random": random_search.search, "grid": grid_search.search, "model": model_based.search}
+# The strategies, one module each: importing a module registers its strategy (a new strategy
+# is a new module and its name on this line). They import SearchContext from here, so they
+# come after it.
+from . import random_search, grid_search, model_based  # noqa: E402, F401, I001
 
 STRATEGIES = tuple(_SEARCH)
-"""The names :func:`get_strategy` knows (the ``--strategy`` choices)."""
+"""The names :func:`get_strategy` knows (the ``--strategy`` choices), in registration order."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Iterator
 
 from ...knobs import Config, config_key
-from . import SearchContext
+from . import SearchContext, register
 
 
+@register("grid")
 def search(ctx: SearchContext) -> Iterator[list[Config]]:
     """Yield the grid in batches, skipping configs already measured."""
     seen = ctx.measured()

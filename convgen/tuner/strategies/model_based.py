@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from ...knobs import Config, config_key
-from . import SearchContext
+from . import SearchContext, register
 
 MIN_TRAIN = 8
 EXPLORE = 0.25
@@ -50,6 +50,7 @@ def train(X: np.ndarray, y: np.ndarray, groups: list[int], seed: int):
     return lambda feats: booster.predict(xgb.DMatrix(feats))
 
 
+@register("model")
 def search(ctx: SearchContext) -> Iterator[list[Config]]:
     """Yield model-ranked batches (random ones until there is data to learn from)."""
     listed = list(ctx.space) if ctx.space.raw_size <= LIST_LIMIT else None

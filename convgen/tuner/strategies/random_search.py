@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Iterator
 
 from ...knobs import Config, config_key
-from . import SearchContext
+from . import SearchContext, register
 
 
+@register("random")
 def search(ctx: SearchContext) -> Iterator[list[Config]]:
     """Yield batches of distinct random configs until the space is exhausted."""
     while True:
