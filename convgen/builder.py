@@ -82,8 +82,6 @@ def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> A
     import tvm
     import tvm.s_tir as s_tir
 
-    from .compute import conv2d_primfunc, padded_channels
-
     def scheduled(func: Any) -> Any:
         try:
             sch = s_tir.Schedule(relax_alignment(func) if target.is_cpu else func)
@@ -103,24 +101,10 @@ def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> A
             raise ConfigError(f"{template.name} could not define {config}: {last_line(e)}") from None
 
     funcs = {"main": scheduled(defined(lambda: template.primfunc(spec, target, config)))}
-    if target.family != "cuda":
-        for name, func in defined(lambda: template.variants(spec, target, config)).items():
-            funcs[name] = scheduled(func)
-        pack = defined(lambda: template.pack_function(spec, target, config)) if "main_prepacked" not in funcs else None
-        if pack is not None:
-            # TVM's pass drops the annotated packing block and takes the packed buffer as the
-            # weight parameter: the same loop nest, minus the per-call copy. It needs the block
-            # to be a plain copy of the argument: with padded filters, the definition whose
-            # weight argument holds them padded already.
-            source = funcs["main"]
-            block = template.channel_block(spec, target, config)
-            if padded_channels(spec, block) != spec.out_channels:
-                source = scheduled(defined(lambda: conv2d_primfunc(spec, channel_block=block, prepadded=True)))
-            prepacked = s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(
-                tvm.IRModule({"main": source}))["main"]
-            if [int(x) for x in prepacked.params[1].shape] == [int(x) for x in pack.params[1].shape]:
-                funcs["main_prepacked"], funcs["pack_weights"] = prepacked, relax_alignment(pack)
-            # else: the template did not mark its packing block; main alone then
+    if target.family != "cuda":  # what the template says of its weights (Template.prepared_weights)
+        funcs.update(defined(lambda: template.prepared_weights(spec, target, config, funcs["main"], scheduled)))
+        if "pack_weights" in funcs and target.is_cpu:
+            funcs["pack_weights"] = relax_alignment(funcs["pack_weights"])
     return tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
 
 

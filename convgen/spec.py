@@ -305,6 +305,46 @@ class ConvSpec:
                 out.append(s)
         return out
 
+    def live_taps(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((first, last) row, (first, last) column)`` of the filter taps that read the input
+        for at least one output pixel, within what can be cut off: a tap whose every read
+        falls in the zero padding adds nothing (DeepLab's 3x3 at dilation 36 on a 28x28 map
+        is a 1x1 convolution: its outer taps read only padding). Only taps whose removal
+        leaves the padding non-negative are cut, so :meth:`without_dead_taps` stays exact."""
+
+        def axis(size: int, out: int, k: int, s: int, d: int, before: int, after: int) -> tuple[int, int]:
+            def live(t: int) -> bool:  # rows read by tap t: t*d - before + [0, out) * s
+                first = t * d - before
+                return first + (out - 1) * s >= 0 and first < size
+
+            lo, hi = 0, k - 1
+            while lo < hi and not live(lo) and (lo + 1) * d <= before:
+                lo += 1
+            while hi > lo and not live(hi) and (k - hi) * d <= after:
+                hi -= 1
+            return lo, hi
+
+        rows = axis(self.height, self.out_height, self.kernel[0], self.stride[0], self.dilation[0],
+                    self.padding[0], self.padding[2])
+        cols = axis(self.width, self.out_width, self.kernel[1], self.stride[1], self.dilation[1],
+                    self.padding[1], self.padding[3])
+        return rows, cols
+
+    def without_dead_taps(self) -> "ConvSpec":
+        """The same convolution with the taps :meth:`live_taps` finds dead cut off the filter
+        (and their reach off the padding): same output, less work. ``self`` when none are;
+        the weights of the result are ``w[:, :, r0:r1 + 1, s0:s1 + 1]`` (OIHW)."""
+        (r0, r1), (s0, s1) = self.live_taps()
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        if (r0, r1, s0, s1) == (0, kh - 1, 0, kw - 1):
+            return self
+        pt, pl, pb, pr = self.padding
+        padding = (pt - r0 * dh, pl - s0 * dw, pb - (kh - 1 - r1) * dh, pr - (kw - 1 - s1) * dw)
+        trimmed = self.replace(kernel=(r1 - r0 + 1, s1 - s0 + 1), padding=padding,
+                               dilation=(dh if r1 > r0 else 1, dw if s1 > s0 else 1))
+        assert (trimmed.out_height, trimmed.out_width) == (self.out_height, self.out_width)
+        return trimmed
+
     def arithmetic_intensity(self) -> float:
         """FLOPs per byte of compulsory traffic (input + weights + output once)."""
         n_bytes = DTYPE_BYTES[self.dtype] * (math.prod(self.input_shape) + math.prod(self.weight_shape))

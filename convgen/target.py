@@ -192,15 +192,26 @@ def all_targets() -> dict[str, Target]:
 
 
 def host_cpu_name() -> str:
-    """The CPU's model name, for records and benchmark tables."""
+    """The CPU, for records and benchmark tables: its model name and, on x86, its family and
+    model numbers (``AMD EPYC (family 25 model 17)``): a VM's model name alone ("AMD EPYC")
+    does not tell a Zen 1 from a Zen 4 or a Zen 5, and records rank the configs tuned on the
+    CPU at hand first (:func:`convgen.records.find_config`)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:
+                        break  # the first processor's block is enough
+                    continue
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if fields.get("cpu family") and fields.get("model"):
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
 
 
 def host_target() -> Target:

@@ -127,6 +127,41 @@ class Template:
         "pack_weights": g}`` as unscheduled PrimFuncs, each scheduled by :meth:`apply`."""
         return {}
 
+    def prepared_weights(self, spec: ConvSpec, target: Target, config: Config, main: Any,
+                         scheduled: Any) -> dict[str, Any]:
+        """How the kernel's weights are prepared, in one place: ``{"main_prepacked": f,
+        "pack_weights": g}`` (scheduled PrimFuncs) for a kernel that keeps them in a form of
+        its own, ``{}`` for one that reads them as given. ``main``: the scheduled ``main``;
+        ``scheduled(func)``: schedules a PrimFunc with this template and config.
+
+        The default serves both kinds of template: :meth:`variants` (a computation, as
+        Winograd's filter transform) are scheduled as they are; a :meth:`weight_pack` (a
+        layout) becomes ``pack_weights`` (:meth:`pack_function`), and ``main`` without its
+        packing block (TVM's ``RemoveWeightLayoutRewriteBlock``: the same loop nest, minus the
+        per-call copy) becomes ``main_prepacked``. The pass needs the block to be a plain copy
+        of the argument: with padded filters, ``main_prepacked`` is made from the definition
+        whose weight argument holds them padded already.
+        """
+        funcs = {name: scheduled(func) for name, func in self.variants(spec, target, config).items()}
+        if funcs:
+            return funcs
+        pack = self.pack_function(spec, target, config)
+        if pack is None:
+            return {}
+        import tvm
+        import tvm.s_tir as s_tir
+
+        from convgen.compute import conv2d_primfunc, padded_channels
+
+        block = self.channel_block(spec, target, config)
+        if padded_channels(spec, block) != spec.out_channels:
+            main = scheduled(conv2d_primfunc(spec, channel_block=block, prepadded=True))
+        prepacked = s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(
+            tvm.IRModule({"main": main}))["main"]
+        if [int(x) for x in prepacked.params[1].shape] != [int(x) for x in pack.params[1].shape]:
+            return {}  # the template did not mark its packing block: main alone then
+        return {"main_prepacked": prepacked, "pack_weights": pack}
+
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
         """Derived numbers for the tuner's cost model (register use, working set, ...).
 

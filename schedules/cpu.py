@@ -74,16 +74,20 @@ def tile_registers(config: Config, lanes: int) -> tuple[int, int]:
 
 
 def direct_loops(sch: Any, spec: ConvSpec, config: Config, *, pack_map: Any, data_lanes: int,
-                 oc_parts: tuple[int, ...], ic_parts: tuple[int, ...]) -> dict[str, Any]:
+                 oc_parts: tuple[int, ...], ic_parts: tuple[int, ...], order: str = "channels") -> dict[str, Any]:
     """The blocked direct loop nest above, on the conv PrimFunc in ``sch``.
 
     ``pack_map``: the packed weight layout (an index map over the weight's axes);
     ``data_lanes``: vector lanes of the data stage's copy; ``oc_parts`` / ``ic_parts``: how
     ``tile_oc`` / ``tile_ic`` split below their block loop (``(tile_oc,)`` for float lanes,
     ``(tile_oc // 4, 4)`` for SDOT's 4x4 blocks); the last ``ic`` part, when there are two,
-    goes innermost (SDOT's 4 channels). Returns the loops the templates go on with: ``oc``
-    (the parts below the output-channel block loop) and ``reduction`` (outermost first; not
-    decomposed yet).
+    goes innermost (SDOT's 4 channels). ``order``: ``"channels"`` (the nest above: the
+    threads split the output-channel blocks, each keeps its weight panel and reads every
+    pixel) or ``"pixels"`` (``parallel n, oh blocks: for ow blocks: for oc blocks``: the
+    threads split the rows, each reads every weight and keeps its pixels, which the layer
+    before wrote on the same core when it was split alike). Returns the loops the templates
+    go on with: ``oc`` (the parts below the output-channel block loop) and ``reduction``
+    (outermost first; not decomposed yet).
     """
     ob, ib = config["tile_oc"], config["tile_ic"]
     conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
@@ -104,9 +108,14 @@ def direct_loops(sch: Any, spec: ConvSpec, config: Config, *, pack_map: Any, dat
         reduction = [ico, L["kh"], L["kw"], ic_mid]
     else:
         reduction = [L["kh"], L["kw"], ico, ic_mid]
-    sch.reorder(L["n"], oco, oho, owo, *reduction, ohi, owi, *oc, *ic_inner)
-    sch.parallel(sch.fuse(L["n"], oco, oho))
-    sch.reverse_compute_at(out, owo)
+    if order == "pixels":
+        sch.reorder(L["n"], oho, owo, oco, *reduction, ohi, owi, *oc, *ic_inner)
+        sch.parallel(sch.fuse(L["n"], oho))
+        sch.reverse_compute_at(out, oco)
+    else:
+        sch.reorder(L["n"], oco, oho, owo, *reduction, ohi, owi, *oc, *ic_inner)
+        sch.parallel(sch.fuse(L["n"], oco, oho))
+        sch.reverse_compute_at(out, owo)
     sch.unroll(owi)
     sch.unroll(ohi)
     if config["unroll_kw"]:

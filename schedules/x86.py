@@ -202,9 +202,17 @@ class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",),
         tile_ow = max(fit) if fit else 1
         pad = self.default_pad(spec, space)
         if pad == "tile":
-            # a short tile with its own window: 1.39x the register-filling tile (with "row")
-            # over the 15 NHWC MobileNet layers on AVX-512, 1.19x on AVX2 (2-vCPU Zen 4)
-            tile_ow = max(w for w in space["tile_ow"].values if w <= 2)
+            # a tile with its own window of (tile_ow - 1) * stride + S padded columns: short
+            # for 3x3 (1.39x the register-filling tile, with "row", over the 15 NHWC MobileNet
+            # layers on AVX-512, 1.19x on AVX2, 2-vCPU Zen 4), longer for wider filters, whose
+            # window would otherwise be mostly halo: 2S - 4 pixels, 2 for 3x3, 6 for 5x5, 10 for
+            # 7x7 (measured with the tuner's cache flush on a 2-vCPU Zen 5: ConvNeXt's 7x7 on
+            # 96x56x56 2.7x faster at 14 than at 2, EfficientNet's 5x5 on 240x28x28 1.5x at 7)
+            want = max(2, 2 * spec.kernel[1] - 4)
+            fits = [w for w in space["tile_ow"].values
+                    if register_fit(target, w * vec, vec, budget=regs // 2, memory_operand=False) is None]
+            longer = [w for w in fits if w >= want]
+            tile_ow = min(longer) if longer else max(fits, default=1)
         return {"tile_c": tile_c, "tile_ow": tile_ow, "unroll_kw": True, "pad": pad}
 
     def default_pad(self, spec: ConvSpec, space: Space) -> str:

@@ -101,7 +101,7 @@ def conv_rows(model: Any, fast: Any, x: Any) -> list[Row]:
         conv = site.conv
         # the BatchNorm's node follows the convolution's in the chain; its target is its module path
         paths = {site.path} | ({site.chain[1].target} if site.bn is not None else set())
-        klass = conv_class(conv.kernel_size, conv.groups, conv.in_channels, conv.dilation)
+        klass = "linear" if site.linear else conv_class(conv.kernel_size, conv.groups, conv.in_channels, conv.dilation)
         try:
             module = fast.get_submodule(site.path)
         except AttributeError:
@@ -113,7 +113,8 @@ def conv_rows(model: Any, fast: Any, x: Any) -> list[Row]:
             else:
                 template = f"{kernel.template} ({kernel.meta.get('config_source', '?')})"
                 config = str(kernel.config)
-            rows[site.path] = Row(site.path, module.spec.describe(), klass, template, config, paths)
+            spec = module.spec if isinstance(kernel, Exception) else kernel.spec  # its layout: NHWC, say
+            rows[site.path] = Row(site.path, spec.describe(), klass, template, config, paths)
         else:
             spec = site_spec(site)
             described = spec if isinstance(spec, str) else spec.describe()
@@ -131,29 +132,28 @@ def _kernel_for(module: Any, batch: int) -> Any:
     return next(iter(kernels.values())) if kernels else RuntimeError("no kernel built")
 
 
-class _TimedKernel:
-    """A convgen kernel that adds the seconds of each call to ``seconds[path]`` (everything
-    else, ``pack_weights`` included, goes to the kernel itself)."""
+class _TimedLaunch:
+    """A convgen kernel's bare entry point (``Kernel.launcher``, what a ``convgen.torch.Conv2d``
+    calls per input shape) that adds the seconds of each call to ``seconds[path]``."""
 
-    def __init__(self, kernel: Any, seconds: dict[str, float], path: str) -> None:
-        self._kernel, self._seconds, self._path = kernel, seconds, path
+    def __init__(self, launch: Any, seconds: dict[str, float], path: str) -> None:
+        self._launch, self._seconds, self._path = launch, seconds, path
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any) -> None:
         t0 = time.perf_counter()
         try:
-            return self._kernel(*args, **kwargs)
+            self._launch(*args)
         finally:
             self._seconds[self._path] += time.perf_counter() - t0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._kernel, name)
 
 
 class ConvTimer:
     """Forward pre/post hooks on every convolution module of a model: seconds per module,
     summed over one forward (:meth:`end_round` closes it); and, for a convgen module, the
     seconds of its kernel call alone (the rest is the call's overhead in Python and torch:
-    the custom op's dispatch, the output's allocation, a layout conversion)."""
+    the custom op's dispatch, the output's allocation, a layout conversion). Make it after
+    one forward at the shapes to time: it wraps the kernels' entry points of the call plans
+    that forward made."""
 
     def __init__(self, model: Any, paths: list[str]) -> None:
         import convgen.torch as ct
@@ -164,16 +164,16 @@ class ConvTimer:
         self.kernel_rounds: dict[str, list[float]] = {p: [] for p in paths}
         self._start: dict[str, float] = {}
         self._handles = []
-        self._wrapped: list[tuple[Any, Any, Any]] = []
+        self._wrapped: list[tuple[Any, Any]] = []  # (call plan, its own entry point)
         for path in paths:
             module = model.get_submodule(path)
             self._handles.append(module.register_forward_pre_hook(self._before(path)))
             self._handles.append(module.register_forward_hook(self._after(path), always_call=True))
             if isinstance(module, ct.Conv2d):
-                for key, kernel in list(module.kernels.items()):
-                    if not isinstance(kernel, Exception):
-                        module.kernels[key] = _TimedKernel(kernel, self.kernel_seconds, path)
-                        self._wrapped.append((module, key, kernel))
+                for plan in module._plans.values():
+                    if plan is not None:
+                        self._wrapped.append((plan, plan.launch))
+                        plan.launch = _TimedLaunch(plan.launch, self.kernel_seconds, path)
 
     def _before(self, path: str) -> Any:
         def hook(module: Any, args: Any) -> None:
@@ -201,8 +201,8 @@ class ConvTimer:
         """Take the hooks off and give the modules their kernels back."""
         for h in self._handles:
             h.remove()
-        for module, key, kernel in self._wrapped:
-            module.kernels[key] = kernel
+        for plan, launch in self._wrapped:
+            plan.launch = launch
 
 
 def match_nodes(rows: list[Row], nodes: dict[str, Any]) -> tuple[dict[str, int], dict[str, str]]:

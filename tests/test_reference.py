@@ -70,3 +70,19 @@ def test_reference_matches_torch_where_installed():
     x, w, b = random_inputs(spec)
     want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=2, padding=(1, 2), dilation=(1, 2), groups=2)
     np.testing.assert_allclose(conv2d_reference(spec, x, w, b), want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [
+    ConvSpec(in_channels=4, out_channels=3, height=7, width=7, kernel=3, padding=9, dilation=9),
+    ConvSpec(in_channels=4, out_channels=3, height=5, width=9, kernel=3, padding=(6, 1, 6, 1), dilation=(6, 1)),
+    ConvSpec(in_channels=2, out_channels=2, height=6, width=6, kernel=5, padding=8, dilation=4, stride=2),
+    ConvSpec(in_channels=3, out_channels=3, height=4, width=4, kernel=3, padding=(0, 3, 7, 3), dilation=3),
+])
+def test_cutting_dead_taps_keeps_the_result(spec):
+    # the trimmed spec with the filters cut alike gives the naive sum of the whole one
+    trimmed = spec.without_dead_taps()
+    assert trimmed.kernel[0] * trimmed.kernel[1] < spec.kernel[0] * spec.kernel[1]
+    (r0, r1), (s0, s1) = spec.live_taps()
+    x, w = random_inputs(spec)
+    got = conv2d_reference(trimmed, x, np.ascontiguousarray(w[:, :, r0:r1 + 1, s0:s1 + 1]))
+    np.testing.assert_allclose(got, naive(spec, x, w), rtol=1e-5, atol=1e-5)

@@ -145,7 +145,8 @@ def test_bad_models_and_inputs_raise_clear_errors():
 def test_conv_layers_lists_distinct_workloads_counted():
     model = torch_models.tiny_bottleneck()
     layers = ct.conv_layers(model, torch.randn(1, 3, 32, 32))
-    assert sum(layers.counts.values()) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    # every convolution, and every linear layer (a 1x1 convolution over a row of pixels)
+    assert sum(layers.counts.values()) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
     assert set(layers) == set(layers.counts) and all(name in dict(model.named_modules()) for name in layers)
     stem = layers["conv1"]
     assert (stem.in_channels, stem.out_channels, stem.kernel, stem.stride, stem.height) == (3, 8, (7, 7), (2, 2), 32)
@@ -193,3 +194,26 @@ def test_cli_layers_and_tune_a_torch_model(tmp_path, host):
     tuned = {r.spec_key for r in rec.read(records)}
     layers = ct.conv_layers(torch_models.tiny_resnet(), torch.randn(1, 3, 16, 16))
     assert tuned <= {s.key for s in layers.values()} and len(tuned) >= 3  # the model's own fused specs
+
+
+def test_linear_layers_run_as_one_pixel_convolutions(cache):
+    # a classifier head: conv -> pool -> flatten -> linear -> relu -> linear; and a linear
+    # layer over a sequence (3-D input): y[..., K] = x[..., C] W^T + b, against eager torch
+    torch.manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(24, 40), torch.nn.ReLU(),
+                               torch.nn.Linear(40, 10)).eval()
+    x = torch.randn(2, 3, 9, 9)
+    fast = ct.optimize(head, x, cache=cache, builtin_records=False)
+    with torch.no_grad():
+        assert rel_err(fast(x), head(x)) <= TOL
+        x5 = torch.randn(5, 3, 9, 9)  # another batch: a kernel of its own, built on first use
+        assert rel_err(fast(x5), head(x5)) <= TOL
+    text = ct.explain(fast)
+    assert "3: convgen linear 24->40  [fused relu]" in text and text.splitlines()[-1] == "2 of 2 linear layers run convgen kernels"
+    seq = torch.nn.Sequential(torch.nn.Linear(16, 8)).eval()
+    xs = torch.randn(4, 6, 16)
+    fast_seq = ct.optimize(seq, xs, cache=cache, builtin_records=False)
+    with torch.no_grad():
+        got = fast_seq(xs)
+        assert got.shape == (4, 6, 8) and rel_err(got, seq(xs)) <= TOL

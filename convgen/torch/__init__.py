@@ -36,10 +36,10 @@ from ..spec import ConvSpec
 from ..target import Target, get_target
 from ..workloads import ConvLayers
 from ._graph import Site, TraceError, site_spec, sites, trace
-from ._module import Conv2d, conv2d, torch_conv2d
+from ._module import Conv2d, Linear, conv2d, torch_conv2d
 from .threads import configure_threads, torch_single_threaded_forward
 
-__all__ = ["conv_layers", "optimize", "explain", "refresh", "Conv2d", "ConvLayers", "TraceError", "conv2d",
+__all__ = ["conv_layers", "optimize", "explain", "refresh", "Conv2d", "Linear", "ConvLayers", "TraceError", "conv2d",
            "configure_threads", "torch_conv2d", "model_from_factory", "import_layers"]
 
 
@@ -192,11 +192,18 @@ def model_from_factory(text: str) -> nn.Module:
 
 def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict, layout: str) -> Conv2d:
     conv = site.conv
+    if site.linear:  # weights [K, C] as K filters of C x 1 x 1
+        return Linear(conv.weight[:, :, None, None], conv.bias, stride=(1, 1), padding=(0, 0, 0, 0),
+                      dilation=(1, 1), groups=1, activation=site.activation, residual=site.residual is not None,
+                      spec=spec.replace(layout="NCHW"), target=target, build=build, fused=tuple(site.fused),
+                      layout="NHWC")
     if site.bn is not None:
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         conv = fuse_conv_bn_eval(conv, site.bn)
-    return Conv2d(conv.weight, conv.bias, stride=spec.stride, padding=spec.padding, dilation=spec.dilation,
+    rows, cols = site.taps()  # the taps that read only padding are cut off (spec and weights alike)
+    return Conv2d(conv.weight[:, :, rows, cols], conv.bias, stride=spec.stride, padding=spec.padding,
+                  dilation=spec.dilation,
                   groups=spec.groups, activation=site.activation, residual=site.residual is not None,
                   spec=spec.replace(layout="NCHW"), target=target, build=build, fused=tuple(site.fused),
                   layout=layout)
@@ -240,24 +247,28 @@ def explain(model: nn.Module) -> str:
     """
     rows = []
     torch_convs = getattr(model, "convgen_torch_convs", {})
-    served = total = 0
+    counts = {"convolutions": [0, 0], "linear layers": [0, 0]}  # [served, total]
     for path, m in model.named_modules():
         if isinstance(m, Conv2d):
-            total += 1
+            count = counts["linear layers" if isinstance(m, Linear) else "convolutions"]
+            count[1] += 1
             built = [k for k in m.kernels.values() if not isinstance(k, Exception)]
-            served += bool(built) or not m.kernels  # no shape run yet: its kernels come on first use
+            count[0] += bool(built) or not m.kernels  # no shape run yet: its kernels come on first use
             fused = f"  [fused {', '.join(m.fused)}]" if m.fused else ""
             where = "convgen" if built or not m.kernels else "torch"
-            rows.append(f"{path}: {where} {m.spec.describe()}{fused}")
+            what = f"linear {m.spec.in_channels}->{m.spec.out_channels}" if isinstance(m, Linear) else m.spec.describe()
+            rows.append(f"{path}: {where} {what}{fused}")
             for (n, h, w, layout), k in sorted(m.kernels.items(), key=lambda kv: str(kv[0])):
-                shape = f"n{n} {h}x{w} {layout}"
+                shape = f"{n * h * w} rows" if isinstance(m, Linear) else f"n{n} {h}x{w} {layout}"
                 if isinstance(k, Exception):
                     rows.append(f"    {shape}: torch (the kernel did not build: {last_line(k)[:300]})")
                 else:
                     rows.append(f"    {shape}: {k.template} {k.config} ({k.meta.get('config_source', '?')} config)")
-        elif isinstance(m, nn.Conv2d):
-            total += 1
+        elif isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and path in torch_convs):
+            counts["linear layers" if isinstance(m, nn.Linear) else "convolutions"][1] += 1
             rows.append(f"{path}: torch ({torch_convs.get(path, 'not optimized by convgen')})")
     if not rows:
         return "no convolutions"
-    return "\n".join(rows + [f"{served} of {total} convolutions run convgen kernels"])
+    summary = [f"{served} of {total} {kind} run convgen kernels" for kind, (served, total) in counts.items()
+               if total or kind == "convolutions"]
+    return "\n".join(rows + summary)

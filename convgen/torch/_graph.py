@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +37,11 @@ _RELUS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", torch.relu_: "re
 
 @dataclass
 class Site:
-    """One ``nn.Conv2d`` call of the traced graph and what follows it."""
+    """One ``nn.Conv2d`` (or ``nn.Linear``) call of the traced graph and what follows it."""
 
     node: torch.fx.Node
     path: str
-    conv: nn.Conv2d
+    conv: nn.Conv2d | nn.Linear
     chain: list[torch.fx.Node] = field(default_factory=list)  # the nodes fused: conv, bn, add, relu
     bn: nn.BatchNorm2d | None = None
     residual: torch.fx.Node | None = None
@@ -52,20 +53,42 @@ class Site:
     def input_meta(self) -> Any:
         return self.node.args[0].meta.get("tensor_meta")
 
-    def spec(self, *, fused: bool = True) -> ConvSpec:
+    @property
+    def linear(self) -> bool:
+        """An ``nn.Linear``: a 1x1 convolution over one row of ``prod(x.shape[:-1])`` pixels, NHWC
+        (a row, not a batch of one-pixel images, so that the kernel tiles the pixels)."""
+        return isinstance(self.conv, nn.Linear)
+
+    def spec(self, *, fused: bool = True, trim: bool = True) -> ConvSpec:
         """The workload at the example input: NHWC for a channels_last input; with the fused
-        epilogue (``fused``) or as the module alone computes it."""
+        epilogue (``fused``) or as the module alone computes it; ``trim``: filter taps that
+        read only zero padding cut off (:meth:`ConvSpec.without_dead_taps`; the module's
+        weights are cut alike, :meth:`taps`)."""
         meta = self.input_meta
+        conv = self.conv
+        if self.linear:  # y[..., K] = x[..., C] W^T + b: K filters of C x 1 x 1 over a row of N pixels
+            n = math.prod(int(d) for d in meta.shape[:-1])
+            return ConvSpec(batch=1, in_channels=conv.in_features, out_channels=conv.out_features, height=1, width=n,
+                            kernel=1, layout="NHWC", dtype=str(meta.dtype).removeprefix("torch."),
+                            bias=conv.bias is not None, residual=fused and self.residual is not None,
+                            activation=self.activation if fused else None)
         # an unbatched C x H x W input runs as a batch of one (convgen.torch.Conv2d.forward)
         n, c, h, w = (int(d) for d in ((1, *meta.shape) if len(meta.shape) == 3 else meta.shape))
-        conv = self.conv
         layout = "NHWC" if _is_channels_last(meta) else "NCHW"
         bias = conv.bias is not None or (fused and self.bn is not None)
-        return ConvSpec(batch=n, in_channels=c, out_channels=conv.out_channels, height=h, width=w,
+        spec = ConvSpec(batch=n, in_channels=c, out_channels=conv.out_channels, height=h, width=w,
                         kernel=conv.kernel_size, stride=conv.stride, padding=_padding(conv), dilation=conv.dilation,
                         groups=conv.groups, layout=layout, dtype=str(meta.dtype).removeprefix("torch."),
                         bias=bias, residual=fused and self.residual is not None,
                         activation=self.activation if fused else None)
+        return spec.without_dead_taps() if trim else spec
+
+    def taps(self) -> tuple[slice, slice]:
+        """The rows and columns of the module's filters that :meth:`spec` keeps."""
+        if self.linear:
+            return slice(None), slice(None)
+        (r0, r1), (s0, s1) = self.spec(trim=False).live_taps()
+        return slice(r0, r1 + 1), slice(s0, s1 + 1)
 
 
 def _padding(conv: nn.Conv2d) -> Any:
@@ -146,8 +169,13 @@ def _residual_of(add: torch.fx.Node, last: torch.fx.Node) -> torch.fx.Node | Non
     return other if (tuple(theirs.shape) == tuple(mine.shape) and theirs.dtype == mine.dtype) else None
 
 
+def _served_kind(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), (nn.Conv2d, nn.Linear))
+
+
 def sites(gm: torch.fx.GraphModule, *, fuse: bool = True) -> list[Site]:
-    """Every ``nn.Conv2d`` call of the graph, in order, with what can be fused into it."""
+    """Every ``nn.Conv2d`` and ``nn.Linear`` call of the graph, in order, with what can be
+    fused into it (a linear layer is a 1x1 convolution: see :attr:`Site.linear`)."""
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -155,21 +183,27 @@ def sites(gm: torch.fx.GraphModule, *, fuse: bool = True) -> list[Site]:
     out = []
     claimed: set[torch.fx.Node] = set()  # an add of two convolutions fuses into the first only
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.Conv2d):
+        if not _served_kind(gm, node):
             continue
         conv = gm.get_submodule(node.target)
         site = Site(node=node, path=node.target, conv=conv, chain=[node])
         out.append(site)
-        if type(conv) is not nn.Conv2d:
-            site.why_not = f"{type(conv).__name__} subclasses nn.Conv2d: its forward may compute something else"
-            continue
-        if conv.padding_mode != "zeros":
-            site.why_not = f"padding_mode={conv.padding_mode!r} (convgen pads with zeros)"
+        base = nn.Linear if site.linear else nn.Conv2d
+        if type(conv) is not base:
+            site.why_not = f"{type(conv).__name__} subclasses {base.__name__}: its forward may compute something else"
             continue
         meta = site.input_meta
-        if meta is None or not hasattr(meta, "shape") or len(meta.shape) not in (3, 4):
-            site.why_not = "its input is not one N,C,H,W (or C,H,W) tensor"
-            continue
+        if site.linear:
+            if meta is None or not hasattr(meta, "shape") or len(meta.shape) < 1 or not math.prod(meta.shape[:-1]):
+                site.why_not = "its input is not one tensor of features"
+                continue
+        else:
+            if conv.padding_mode != "zeros":
+                site.why_not = f"padding_mode={conv.padding_mode!r} (convgen pads with zeros)"
+                continue
+            if meta is None or not hasattr(meta, "shape") or len(meta.shape) not in (3, 4):
+                site.why_not = "its input is not one N,C,H,W (or C,H,W) tensor"
+                continue
         if not fuse or calls[node.target] > 1:
             continue  # a module called at several places serves each of them unfused
         last = node

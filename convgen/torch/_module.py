@@ -124,8 +124,24 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, res
         y = module._run(x, weight, bias, residual)
         if y is not None:
             return y
+    return _on_torch(x, weight, bias, residual, stride, padding, dilation, groups, activation, layout)
+
+
+def _on_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+              stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
+              layout: str) -> torch.Tensor:
+    """What torch computes where no kernel serves, in the layout the kernel would return."""
     y = torch_conv2d(x, weight, bias, residual, stride, padding, dilation, groups, activation)
     return y.contiguous(memory_format=torch.channels_last if _nhwc(x, layout) else torch.contiguous_format)
+
+
+def _direct(x: Any, *params: torch.Tensor | None) -> bool:
+    """May the module run its kernel itself rather than through the custom op? Yes in eager
+    mode with nothing to differentiate: the op's dispatch (~8 us a call) buys what tracing
+    (torch.compile, torch.export, torch.fx) and autograd need, and nothing else."""
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling():
+        return False  # a Proxy, a FakeTensor, a traced call
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, *params))
 
 
 @conv2d.register_fake
@@ -195,6 +211,9 @@ class Conv2d(nn.Module):
         # whole spec, ~20 us, which is too much for every call of every layer)
         self._specs: dict[tuple, ConvSpec] = {}
         self._packed: dict[tuple, tuple] = {}  # shape key -> (WeightWatch, PackedWeights)
+        # per input (shape, dtype, device, layout): how a call runs, worked out on its first
+        # call (None: torch computes it), so later calls check nothing twice
+        self._plans: dict[tuple, _Plan | None] = {}
         self._lock = threading.Lock()
         self._handle = f"{type(self).__name__}-{next(_COUNTER)}"
         _LAYERS[self._handle] = self
@@ -203,7 +222,7 @@ class Conv2d(nn.Module):
     # found in the cache on first use
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("kernels", "_specs", "_packed", "_lock", "_handle"):
+        for name in ("kernels", "_specs", "_packed", "_plans", "_lock", "_handle"):
             state.pop(name, None)
         return state
 
@@ -221,8 +240,14 @@ class Conv2d(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
             residual = residual.unsqueeze(0) if residual is not None else None
-        y = torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
-                                     self.dilation, self.groups, self.activation, self.layout, self._handle)
+        if _direct(x, self.weight, self.bias, residual):
+            y = self._run(x, self.weight, self.bias, residual)
+            if y is None:
+                y = _on_torch(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
+                              self.groups, self.activation, self.layout)
+        else:
+            y = torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
+                                         self.dilation, self.groups, self.activation, self.layout, self._handle)
         return y.squeeze(0) if unbatched else y
 
     def refresh(self) -> None:
@@ -230,6 +255,7 @@ class Conv2d(nn.Module):
         themselves (see :class:`WeightWatch`) except an edit of a few elements through
         ``weight.data`` or under ``torch.inference_mode``: call this after such an edit."""
         self._packed.clear()
+        self._plans.clear()
 
     def extra_repr(self) -> str:
         fused = f", fused={'+'.join(self.fused)}" if self.fused else ""
@@ -289,25 +315,76 @@ class Conv2d(nn.Module):
 
     def _run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
              residual: torch.Tensor | None) -> torch.Tensor | None:
-        """The op's implementation: the result, or ``None`` to let torch compute it."""
-        if self.why_not(x) is not None or weight.dtype != x.dtype:
+        """The kernel's result, or ``None`` to let torch compute it.
+
+        The first call of an input shape (and dtype, device, layout) checks everything once
+        and keeps a :class:`_Plan`; later calls make the arguments and launch the kernel bare
+        (:meth:`convgen.Kernel.launcher`): ~4 us beyond the kernel, where a checked call
+        through the runtime costs 15.
+        """
+        if x.dim() != 4:
             return None
+        nhwc = self.layout == "NHWC" or _channels_last(x)
+        key = (x.shape, x.dtype, x.device, nhwc)
+        plan = self._plans.get(key, _UNPLANNED)
+        if plan is _UNPLANNED:
+            plan = self._plans[key] = self._plan(x, nhwc)
+        if plan is None or weight.dtype != x.dtype:
+            return None
+        packed = self._pack(plan.key, plan.kernel, weight)
+        if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
+            args = [x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), packed.tensor]
+        else:
+            args = [x.detach().contiguous(), packed.tensor]
+        if bias is not None:
+            args.append(bias.detach())
+        if residual is not None:
+            r = residual.detach()
+            args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
+        out = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
+        plan.launch(*args, out)
+        return out.permute(0, 3, 1, 2) if nhwc else out
+
+    def _plan(self, x: torch.Tensor, nhwc: bool) -> "_Plan | None":
+        """How calls with inputs like ``x`` run, checked once: ``None`` when torch computes them
+        (see :meth:`why_not`, another channel count, a kernel that did not build)."""
+        if self.why_not(x) is not None or int(x.shape[1]) != self.spec.in_channels:
+            return None  # (a wrong channel count: torch raises its own error)
         key = self._key(x)
         spec = self._spec(key)
         kernel = self.kernel_for(spec)
         if isinstance(kernel, Exception):
             return None
-        nhwc = spec.layout == "NHWC"
-        packed = self._pack(key, kernel, weight)
-        x = x.detach()
-        if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
-            x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        args = [x if nhwc else x.contiguous(), packed]
-        if bias is not None:
-            args.append(bias.detach().contiguous())
-        if residual is not None:
-            r = residual.detach()
-            args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
-        out = torch.empty(spec.output_shape, dtype=x.dtype, device=x.device)
-        kernel(*args, out=out)
-        return out.permute(0, 3, 1, 2) if nhwc else out
+        return _Plan(key, kernel, kernel.launcher(prepacked=True), tuple(spec.output_shape))
+
+
+class _Plan:
+    """What a call with one input shape needs: the kernel's shape key, the kernel, its bare
+    entry point and the output's shape (in the kernel's layout)."""
+
+    __slots__ = ("key", "kernel", "launch", "out_shape")
+
+    def __init__(self, key: tuple, kernel: Any, launch: Any, out_shape: tuple) -> None:
+        self.key, self.kernel, self.launch, self.out_shape = key, kernel, launch, out_shape
+
+
+_UNPLANNED = object()
+
+
+class Linear(Conv2d):
+    """An ``nn.Linear`` served by a convgen kernel: ``y[..., K] = x[..., C] W^T + b`` is a 1x1
+    convolution over one row of ``prod(x.shape[:-1])`` pixels (NHWC, where the features are
+    the channels), the epilogue fused as for :class:`Conv2d`. torch runs its own operators on one
+    thread inside an optimized model (see :mod:`convgen.torch.threads`): a classifier's
+    matrix-vector product is then better off on convgen's pool, every core of it."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``activation(x W^T + b [+ residual])`` over the last axis of ``x``."""
+        lead, k = x.shape[:-1], self.weight.shape[0]
+        # one row of pixels, NHWC in memory: x[..., C] is already [1, 1, N, C] (a view)
+        x4 = x.reshape(1, 1, -1, x.shape[-1]).permute(0, 3, 1, 2)
+        r4 = residual.reshape(1, 1, -1, k).permute(0, 3, 1, 2) if residual is not None else None
+        return super().forward(x4, r4).permute(0, 2, 3, 1).reshape(*lead, k)
+
+    def extra_repr(self) -> str:
+        return "linear, " + super().extra_repr()

@@ -140,7 +140,7 @@ def tune(
     from .progress import Progress, plot_curves
 
     target = get_target(target)
-    options = options or MeasureOptions()
+    options = (options or MeasureOptions()).for_target(target)  # the target's cache flush, unless given
     search = _search_options(search, search_fields)
     if trials is None and time_budget is None:
         raise ValueError("tune needs a budget: trials=, time_budget= (seconds) or both")

@@ -155,9 +155,17 @@ def build_worker(spec: dict, target: dict, template: str, config: Config, out_di
 
 
 def _timing(opts: MeasureOptions) -> dict[str, Any]:
-    """The ``time_evaluator`` arguments of ``opts`` (for :func:`convgen.timing.measure_kernel`)."""
+    """The ``time_evaluator`` arguments of ``opts`` (for :func:`convgen.timing.measure_kernel`).
+
+    With a cache flush, each timed call gets its own flush (``number`` = 1, as many repeats
+    as ``number * repeat`` would have timed calls, at least 10, none stretched to a minimum
+    length): a flush before a batch of calls would leave all but the first hot."""
+    flush = opts.cache_flush_bytes or 0
+    if flush:
+        return {"number": 1, "repeat": max(opts.number * opts.repeat, 10), "min_repeat_ms": 0,
+                "cache_flush_bytes": flush}
     return {"number": opts.number, "repeat": opts.repeat, "min_repeat_ms": opts.min_repeat_ms,
-            "cache_flush_bytes": opts.cache_flush_bytes}
+            "cache_flush_bytes": 0}
 
 
 def run_worker(path: str, spec: dict, opts: MeasureOptions, check: Check,
