@@ -33,9 +33,21 @@ ALIGN = 64  # TVM's default data alignment: what a kernel that declares none nee
 ArgSpec = tuple[str, tuple[int, ...], str]
 
 
+def numpy_dtype(name: Any) -> np.dtype:
+    """The numpy dtype of a convgen dtype name; ``bfloat16`` is ``ml_dtypes.bfloat16`` (numpy
+    has none; TVM's runtime returns bf16 tensors as such arrays)."""
+    if isinstance(name, str) and name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover - ml_dtypes is a dependency of convgen
+            raise TypeError("bfloat16 arrays need ml_dtypes: pip install ml_dtypes") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     """An uninitialised C-contiguous numpy array whose data is 64-byte aligned (zero-copy in)."""
-    dtype = np.dtype(dtype)
+    dtype = numpy_dtype(dtype)
     nbytes = math.prod(int(d) for d in shape) * dtype.itemsize  # (np.prod: 10x slower, per call)
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
     offset = (-raw.__array_interface__["data"][0]) % ALIGN
@@ -57,6 +69,16 @@ def refuse_overlap(out: Any, inputs: list[Any], specs: Sequence[ArgSpec]) -> Non
         if lo < end and start < lo + t.numel() * DTYPE_BYTES.get(dtype, 4) and t.device == out.device:
             raise ValueError(f"out: overlaps the {name} argument; the kernel reads {name} while it writes out, "
                              "so pass a separate output array")
+
+
+def _bf16_view(x: np.ndarray, align: int) -> Any:
+    """A numpy ``ml_dtypes.bfloat16`` array as a tvm Tensor over its memory. numpy exports no
+    dtype of its own through DLPack, so the bits go as uint16 and the tensor is re-typed: a
+    bf16 and a uint16 are the same 16 bits."""
+    if x.dtype.name != "bfloat16":
+        raise TypeError(f"arrays of {x.dtype} cannot be passed to a kernel")
+    bits = _tvm_ffi().from_dlpack(x.view(np.uint16), require_alignment=align, require_contiguous=True)
+    return bits._create_view(tuple(x.shape), "bfloat16")
 
 
 def kind_of(x: Any) -> str:
@@ -133,6 +155,8 @@ class ArgumentIO:
     def _import(self, x: Any) -> Any:
         """``x`` (numpy or another DLPack producer) as a tvm Tensor viewing its memory; raises
         when its data breaks the kernel's declared alignment or the export is refused."""
+        if isinstance(x, np.ndarray) and x.dtype.kind == "V":
+            return _bf16_view(x, self.arg_align)
         return _tvm_ffi().from_dlpack(x, require_alignment=self.arg_align, require_contiguous=True)
 
     def _from_dlpack(self, x: Any, name: str, shape: tuple, dtype: str) -> tuple[Any, np.ndarray | None]:
@@ -182,7 +206,7 @@ class ArgumentIO:
         entry = staging.get(name)
         if entry is None or entry[0].shape != tuple(shape) or entry[0].dtype != dtype:
             buf = aligned_empty(shape, dtype)
-            entry = staging[name] = (buf, _tvm().runtime.from_dlpack(buf))
+            entry = staging[name] = (buf, _bf16_view(buf, ALIGN) if buf.dtype.kind == "V" else _tvm().runtime.from_dlpack(buf))
         return entry
 
     # -- the output -----------------------------------------------------------------------
@@ -190,7 +214,7 @@ class ArgumentIO:
         """A fresh output: (tvm tensor to write, function returning what the caller gets)."""
         tvm = _tvm()
         if kind == "numpy" and not self.cuda:
-            arr = np.empty(shape, dtype) if self.out_in_place else aligned_empty(shape, dtype)
+            arr = np.empty(shape, numpy_dtype(dtype)) if self.out_in_place else aligned_empty(shape, dtype)
             return self._import(arr), lambda: arr
         if self.cuda and kind == "torch":
             # on the input's GPU (cuda:1 stays on cuda:1), from torch's caching allocator

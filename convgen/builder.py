@@ -133,11 +133,24 @@ def compile_module_from(mod: Any, spec: ConvSpec, target: Target, template: Any,
         from .cuda.compile import compile_module as compile_cuda
 
         return compile_cuda(mod, target, tvm_target(target), template, config)
+    options = {**template.pass_config, **template.build_options(spec, target, config)}
     try:
-        with tvm_target(target):
+        with tvm_target(target), _pass_context(options):
             return tvm.compile(mod, target=tvm_target(target))
     except Exception as e:
         raise BuildError(f"TVM failed to compile {template.name} {config}: {last_line(e)}") from None
+
+
+def _pass_context(options: dict[str, Any]) -> Any:
+    """A ``PassContext`` with ``options`` (and the current optimisation level); none at all
+    when there are none, so that a build without options is the build it always was."""
+    import contextlib
+
+    import tvm
+
+    if not options:
+        return contextlib.nullcontext()
+    return tvm.transform.PassContext(opt_level=tvm.transform.PassContext.current().opt_level, config=options)
 
 
 def export_library(executable: Any, target: Target, path: str) -> None:

@@ -72,7 +72,7 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
     activation, then the cast to the spec's output dtype. Returns the extra inputs it reads
     (``[bias], [residual]``, in argument order) and ``out``."""
     nchw = spec.layout == "NCHW"
-    acc = acc_dtype or spec.out_dtype
+    acc = acc_dtype or spec.acc_dtype
     inputs = []
     bias = residual = None
     if spec.bias:
@@ -104,7 +104,7 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
               prepadded: bool = False) -> tuple[list[te.Tensor], te.Tensor]:
     """The TE tensors: ``([data, weight, (bias), (residual)], out)``.
 
-    ``acc_dtype`` (default ``spec.out_dtype``) is the type of the ``conv`` stage: fp16 on
+    ``acc_dtype`` (default ``spec.acc_dtype``) is the type of the ``conv`` stage: fp16 on
     tensor cores accumulates in float32, and ``out`` casts back after the epilogue. The
     function's arguments and result keep the spec's dtypes either way. ``channel_block``:
     see :func:`padded_channels`; ``prepadded``: the weight argument holds the padded
@@ -115,7 +115,7 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
     sh, sw = spec.stride
     dh, dw = spec.dilation
     cg, kg = spec.in_per_group, spec.out_per_group
-    acc = acc_dtype or spec.out_dtype
+    acc = acc_dtype or spec.acc_dtype
     k_pad = padded_channels(spec, channel_block)
     # depthwise pads its channels on both sides: a padded output channel reads a zero input
     c_pad = spec.in_channels + (k_pad - spec.out_channels if spec.groups > 1 else 0)
@@ -123,9 +123,9 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
     padded = pad_data(spec, data, channels=c_pad)
     if prepadded or k_pad == spec.out_channels:
-        weight = filters = te.placeholder(padded_weight_shape(spec, channel_block), spec.dtype, name="weight")
+        weight = filters = te.placeholder(padded_weight_shape(spec, channel_block), spec.filter_dtype, name="weight")
     else:
-        weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
+        weight = te.placeholder(spec.weight_shape, spec.filter_dtype, name="weight")
         filters = padded_weight(spec, weight, channel_block)
 
     ic = te.reduce_axis((0, cg), name="ic")
@@ -201,5 +201,5 @@ def padded_weight_shape(spec: ConvSpec, channel_block: int = 1) -> tuple[int, ..
 def weight_primfunc(spec: ConvSpec, channel_block: int = 1) -> tirx.PrimFunc:
     """``main(weight, weight_pad)``: the weight stage of :func:`conv2d_te` alone, which a
     template lays out as its packed weights (the library's ``pack_weights``)."""
-    weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
+    weight = te.placeholder(spec.weight_shape, spec.filter_dtype, name="weight")
     return te.create_prim_func([weight, padded_weight(spec, weight, channel_block)]).with_attr("global_symbol", "main")

@@ -106,6 +106,8 @@ def cpuid_flags() -> frozenset[str] | None:
         for bit, name in ((22, "amx_bf16"), (24, "amx_tile"), (25, "amx_int8")):
             if edx7 >> bit & 1:
                 flags.add(name)
+        if regs(7, 1)[0] >> 5 & 1:  # leaf 7 subleaf 1, EAX bit 5
+            flags.add("avx512_bf16")
     # the OS must save the vector state: XCR0 bits 1-2 (xmm, ymm), 5-7 (the AVX-512 state)
     xcr0 = xgetbv() if "osxsave" in flags else 0
     if xcr0 & 0b110 != 0b110:

@@ -440,15 +440,18 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
     """``(template, config, tuned spec)``: the best valid record among ``records`` for the
     first workload of ``tuned_as`` (default: ``spec``, then :meth:`ConvSpec.stand_ins`)
     that has one whose config ``spec``'s space also holds; ``None`` when none has. Ranked
-    as :func:`best_config` ranks."""
+    as :func:`best_config` ranks: records of this machine's CPU first, then those made for
+    ``target`` itself before those of the targets it extends (:attr:`Target.lineage`),
+    then by time."""
     from .target import host_cpu_name
 
     rule = Staleness()
     candidates = list(tuned_as) if tuned_as is not None else [spec] + spec.stand_ins()
     keys = {s.key for s in candidates}
+    lineage = target.lineage  # this target's records, then those of the targets it extends
     by_key: dict[str, list[Record]] = {}
     for r in same_tvm(records):
-        if r.spec_key in keys and r.target == target.name and (template is None or r.template == template):
+        if r.spec_key in keys and r.target in lineage and (template is None or r.template == template):
             by_key.setdefault(r.spec_key, []).append(r)
     here = host_cpu_name()
     for tuned in candidates:
@@ -457,7 +460,7 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
             mine = rule.space(r.template, spec, target)  # the config must serve spec too
             if not rule.current(r) or mine is None or r.config not in mine:
                 continue
-            rank = (r.data.get("host_cpu") != here, cost)
+            rank = (r.data.get("host_cpu") != here, lineage.index(r.target), cost)
             if best is None or rank < best[0]:
                 best = (rank, r)
         if best is not None:

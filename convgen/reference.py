@@ -2,14 +2,21 @@
 
 It slides the filter by slicing: for each kernel tap ``(i, j)`` it takes the strided,
 dilated window of the padded input and contracts the channels of each group with one
-matrix product, accumulating in float64 (int64 for int8). Tests and ``convgen run`` check
-kernels against it.
+matrix product, accumulating in float64 (int64 for 8-bit data). Tests and ``convgen run``
+check kernels against it.
+
+bfloat16 arrays are numpy arrays of ``ml_dtypes.bfloat16`` (what TVM's runtime gives back):
+the reference computes exactly on their values (every bf16 value is an fp32 value), then
+rounds the result to the output's dtype; a kernel does fp32 math on the same values, so the
+two differ by fp32 rounding, plus the bf16 rounding of a bf16 output
+(:func:`relative_tolerance`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .arrays import numpy_dtype
 from .spec import ConvSpec
 
 
@@ -26,7 +33,7 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
     if spec.layout == "NHWC":
         data = np.transpose(data, (0, 3, 1, 2))  # -> NCHW
         weight = np.transpose(weight, (3, 2, 0, 1))  # HWIO -> OIHW
-    wide = np.int64 if spec.dtype == "int8" else np.float64
+    wide = np.int64 if spec.acc_dtype == "int32" else np.float64
     x = data.astype(wide)
     w = weight.astype(wide)
     if spec.flip:
@@ -56,7 +63,7 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
         y = np.minimum(y, 6)
     if spec.layout == "NHWC":
         y = np.transpose(y, (0, 2, 3, 1))
-    return np.ascontiguousarray(y.astype(spec.out_dtype))
+    return np.ascontiguousarray(y.astype(numpy_dtype(spec.out_dtype)))
 
 
 def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
@@ -65,11 +72,13 @@ def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
 
     def draw(shape, dtype):
-        if np.dtype(dtype).kind == "i":
+        if dtype in ("int8", "int32"):
             return rng.integers(-8, 8, size=shape).astype(dtype)
-        return rng.uniform(-1, 1, size=shape).astype(dtype)
+        if dtype == "uint8":
+            return rng.integers(0, 16, size=shape).astype(dtype)
+        return rng.uniform(-1, 1, size=shape).astype(numpy_dtype(dtype))
 
-    arrays = [draw(spec.input_shape, spec.dtype), draw(spec.weight_shape, spec.dtype)]
+    arrays = [draw(spec.input_shape, spec.dtype), draw(spec.weight_shape, spec.filter_dtype)]
     if spec.bias:
         arrays.append(draw(spec.bias_shape, spec.out_dtype))
     if spec.residual:
@@ -85,7 +94,14 @@ def tolerance(spec: ConvSpec) -> float:
     still catches any indexing error (those are O(1)).
     """
     terms = spec.in_per_group * spec.kernel[0] * spec.kernel[1]
-    if spec.dtype == "int8":
-        return 0.0
-    eps = {"float32": 1e-5, "float16": 2e-3}[spec.dtype]
+    if spec.acc_dtype == "int32":
+        return 0.0  # integer sums are exact
+    eps = {"float32": 1e-5, "float16": 2e-3}[spec.acc_dtype]  # bf16 data: fp32 sums of exact products
     return eps * max(terms, 1) ** 0.5 * 4
+
+
+def relative_tolerance(spec: ConvSpec) -> float:
+    """The part of the tolerance proportional to the result: a bf16 output is rounded to 8
+    significant bits (half a unit of the last is 2**-9 of the value; 2**-8 allows the
+    reference's and the kernel's roundings to differ by one unit). 0 for other outputs."""
+    return 2.0**-8 if spec.out_dtype == "bfloat16" else 0.0

@@ -338,7 +338,7 @@ class Kernel:
         self._is_cpu = self.target.is_cpu
         packed = meta.get("packed_weight_shape")
         self._packed_shape: tuple[int, ...] | None = tuple(int(d) for d in packed) if packed else None
-        specs = [("data", tuple(s.input_shape), s.dtype), ("weight", tuple(s.weight_shape), s.dtype)]
+        specs = [("data", tuple(s.input_shape), s.dtype), ("weight", tuple(s.weight_shape), s.filter_dtype)]
         if s.bias:
             specs.append(("bias", tuple(s.bias_shape), s.out_dtype))
         if s.residual:
@@ -533,12 +533,12 @@ class Kernel:
         """
         self._require_runnable()
         tvm = _tvm()
-        w = self._io.to_tvm(weight, "weight", self.spec.weight_shape, self.spec.dtype)
+        w = self._io.to_tvm(weight, "weight", self.spec.weight_shape, self.spec.filter_dtype)
         if not self._packed_shape:
-            held = tvm.runtime.empty(self.spec.weight_shape, self.spec.dtype, self.device)
+            held = tvm.runtime.empty(self.spec.weight_shape, self.spec.filter_dtype, self.device)
             held.copyfrom(w)
             return PackedWeights(held, self._layout)
-        packed = tvm.runtime.empty(self._packed_shape, self.spec.dtype, self.device)
+        packed = tvm.runtime.empty(self._packed_shape, self.spec.filter_dtype, self.device)
         self.function("pack_weights")(w, packed)
         return PackedWeights(packed, self._layout)
 

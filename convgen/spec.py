@@ -28,7 +28,19 @@ from typing import Any
 from .errors import SpecError
 
 LAYOUTS = ("NCHW", "NHWC")
-DTYPES = ("float32", "float16", "int8")
+DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")
+#: per data dtype: the weight dtypes it pairs with (the first is the default), the output
+#: dtypes a kernel may return (the first is the default) and the accumulator's dtype
+DTYPE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "float32": (("float32",), ("float32",), "float32"),
+    "float16": (("float16",), ("float16",), "float16"),
+    # bf16 data and weights, fp32 products summed in fp32 (AVX512_BF16's vdpbf16ps, AMX's
+    # tdpbf16ps); the output rounded to bf16 for the next layer, or kept in fp32
+    "bfloat16": (("bfloat16",), ("bfloat16", "float32"), "float32"),
+    # 8-bit data, 8-bit signed weights, int32 sums (issue: int8 on x86 builds on these)
+    "int8": (("int8",), ("int32",), "int32"),
+    "uint8": (("int8",), ("int32",), "int32"),
+}
 ACTIVATIONS = (None, "relu", "relu6")
 #: bytes per element of every dtype a kernel reads or writes (the one table: the runtime's
 #: overlap and alignment checks and the spec's traffic estimates use it)
@@ -86,6 +98,8 @@ class ConvSpec:
     groups: int = 1
     layout: str = "NCHW"
     dtype: str = "float32"
+    weight_dtype: str | None = None
+    output_dtype: str | None = None
     bias: bool = False
     residual: bool = False
     activation: str | None = None
@@ -111,6 +125,16 @@ class ConvSpec:
             raise _fail("layout", f"must be one of {LAYOUTS}", self.layout)
         if self.dtype not in DTYPES:
             raise _fail("dtype", f"must be one of {DTYPES}", self.dtype)
+        weights, outputs, _ = DTYPE_RULES[self.dtype]
+        # a dtype the rules give by default is stored as None: one spec, one key, however written
+        if self.weight_dtype is not None and self.weight_dtype not in weights:
+            raise _fail("weight_dtype", f"{self.dtype} data takes {' or '.join(weights)} weights", self.weight_dtype)
+        if self.output_dtype is not None and self.output_dtype not in outputs:
+            raise _fail("output_dtype", f"{self.dtype} data gives {' or '.join(outputs)} outputs", self.output_dtype)
+        if self.weight_dtype == weights[0]:
+            set_("weight_dtype", None)
+        if self.output_dtype == outputs[0]:
+            set_("output_dtype", None)
         if self.activation not in ACTIVATIONS:
             raise _fail("activation", f"must be one of {ACTIVATIONS}", self.activation)
         if self.in_channels % self.groups:
@@ -212,9 +236,20 @@ class ConvSpec:
         return (n, k, h, w) if self.layout == "NCHW" else (n, h, w, k)
 
     @property
+    def filter_dtype(self) -> str:
+        """The weights' dtype (``weight_dtype``, or the default for ``dtype``)."""
+        return self.weight_dtype or DTYPE_RULES[self.dtype][0][0]
+
+    @property
     def out_dtype(self) -> str:
-        """int8 convolutions accumulate and return int32."""
-        return "int32" if self.dtype == "int8" else self.dtype
+        """The output's dtype (``output_dtype``, or the default for ``dtype``: int32 for 8-bit
+        data, else ``dtype``); bias and residual have it too."""
+        return self.output_dtype or DTYPE_RULES[self.dtype][1][0]
+
+    @property
+    def acc_dtype(self) -> str:
+        """The dtype sums are kept in: float32 for float32 and bfloat16 data, int32 for 8-bit."""
+        return DTYPE_RULES[self.dtype][2]
 
     @property
     def flops(self) -> int:
@@ -236,6 +271,10 @@ class ConvSpec:
             "d{}x{}".format(*self.dilation),
             f"g{self.groups}",
         ]
+        if self.weight_dtype:  # only where they differ from dtype's defaults: fp32 keys never change
+            parts.append(f"w{self.weight_dtype}")
+        if self.output_dtype:
+            parts.append(f"o{self.output_dtype}")
         flags = (("bias", self.bias), ("residual", self.residual), (self.activation, self.activation), ("flip", self.flip))
         parts += [flag for flag, on in flags if on]
         return "_".join(parts)
@@ -259,6 +298,8 @@ class ConvSpec:
         if self.batch > 1:
             s += f" n{self.batch}"
         s += f" {self.layout} {self.dtype}"
+        if self.output_dtype:
+            s += f"->{self.output_dtype}"
         flags = (("bias", self.bias), ("res", self.residual), (self.activation, self.activation), ("flip", self.flip))
         s += "".join(f" +{f}" for f, on in flags if on)
         return s
@@ -269,6 +310,9 @@ class ConvSpec:
         d = dataclasses.asdict(self)
         for name in ("kernel", "stride", "padding", "dilation"):
             d[name] = list(d[name])
+        for name in ("weight_dtype", "output_dtype"):  # the defaults are left out (older readers
+            if d[name] is None:                         # and records of fp32 specs stay as they were)
+                del d[name]
         return d
 
     @classmethod
@@ -347,6 +391,7 @@ class ConvSpec:
 
     def arithmetic_intensity(self) -> float:
         """FLOPs per byte of compulsory traffic (input + weights + output once)."""
-        n_bytes = DTYPE_BYTES[self.dtype] * (math.prod(self.input_shape) + math.prod(self.weight_shape))
+        n_bytes = (DTYPE_BYTES[self.dtype] * math.prod(self.input_shape)
+                   + DTYPE_BYTES[self.filter_dtype] * math.prod(self.weight_shape))
         n_bytes += DTYPE_BYTES[self.out_dtype] * math.prod(self.output_shape) * (2 if self.residual else 1)
         return self.flops / n_bytes

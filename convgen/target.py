@@ -63,10 +63,22 @@ class Target:
     dtypes: tuple[str, ...]
     cpu_flags: tuple[str, ...] = ()
     rpc_key: str = ""
+    extends: str = ""  # the target this one adds CPU features to: its records serve this one too
     isa: dict[str, Any] = field(default_factory=dict)
     peak: dict[str, Any] = field(default_factory=dict)
     compiler: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def lineage(self) -> tuple[str, ...]:
+        """This target's name, then the targets it extends, nearest first: tuning records of
+        any of them serve it (an AVX512_BF16 machine keeps the fp32 records of AVX-512)."""
+        names, name = [self.name], self.extends
+        while name and name not in names:
+            names.append(name)
+            parent = all_targets().get(name)
+            name = parent.extends if parent is not None else ""
+        return tuple(names)
 
     @property
     def vector_lanes(self) -> int:
@@ -96,7 +108,8 @@ class Target:
         if self.family == "cuda":  # GPU peaks are given for the whole chip
             key = "fp16_tensor_tflops" if dtype == "float16" else "fp32_tflops"
             return float(self.peak.get(key, self.peak.get("fp32_tflops", 0))) * 1e3
-        per_cycle = self.peak.get("int8_ops_per_cycle" if dtype == "int8" else "flops_per_cycle")
+        key = {"int8": "int8_ops_per_cycle", "uint8": "int8_ops_per_cycle", "bfloat16": "bf16_flops_per_cycle"}
+        per_cycle = self.peak.get(key.get(dtype, "flops_per_cycle"))
         per_cycle = per_cycle if per_cycle is not None else self.peak.get("flops_per_cycle", 0)
         return float(per_cycle) * float(self.peak.get("ghz", 0)) * cores
 
@@ -146,7 +159,7 @@ class Target:
 
 
 _TABLES = ("tvm", "isa", "peak", "compiler")
-_STRINGS = ("name", "family", "description", "rpc_key")
+_STRINGS = ("name", "family", "description", "rpc_key", "extends")
 
 
 def _from_toml(data: dict[str, Any]) -> Target:
@@ -173,6 +186,7 @@ def _from_toml(data: dict[str, Any]) -> Target:
         dtypes=tuple(data.get("dtypes", ["float32"])),
         cpu_flags=tuple(data.get("cpu_flags", ())),
         rpc_key=data.get("rpc_key", data["name"]),
+        extends=data.get("extends", ""),
         isa=dict(data.get("isa", {})),
         peak=dict(data.get("peak", {})),
         compiler=dict(data.get("compiler", {})),

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .reference import conv2d_reference, random_inputs, tolerance
+from .reference import conv2d_reference, numpy_dtype, random_inputs, relative_tolerance, tolerance
 from .spec import ConvSpec
 
 
@@ -72,19 +72,21 @@ class KernelRun:
                          for name, err in self.errors.items() if not err <= self.tolerance)
 
 
-def _max_abs_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want|; ``inf`` where ``got`` holds NaN or inf (an output left unwritten)."""
+def _max_abs_error(got: np.ndarray, want: np.ndarray, rtol: float = 0.0) -> float:
+    """max |got - want| beyond ``rtol * |want|``; ``inf`` where ``got`` holds NaN or inf (an
+    output left unwritten)."""
     if not got.size:
         return 0.0
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    return float(np.max(diff)) if np.isfinite(diff).all() else math.inf
+    want64 = want.astype(np.float64)
+    diff = np.abs(got.astype(np.float64) - want64) - rtol * np.abs(want64)
+    return float(max(np.max(diff), 0.0)) if np.isfinite(diff).all() else math.inf
 
 
 def _poison(out: Any, spec: ConvSpec) -> None:
     """Fill an output tensor with NaN (the most negative integer for int outputs), so an
     element the kernel does not write shows up in the check instead of an older result."""
-    dtype = np.dtype(spec.out_dtype)
-    fill = np.nan if dtype.kind == "f" else np.iinfo(dtype).min
+    dtype = numpy_dtype(spec.out_dtype)
+    fill = np.iinfo(dtype).min if dtype.kind in "iu" else np.nan
     out.copyfrom(np.full(spec.output_shape, fill, dtype=dtype))
 
 
@@ -109,7 +111,7 @@ def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[
     out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
     entries = [("main", args)]
     if packed_shape:
-        packed = tvm.runtime.empty(tuple(int(x) for x in packed_shape), spec.dtype, dev)
+        packed = tvm.runtime.empty(tuple(int(x) for x in packed_shape), spec.filter_dtype, dev)
         module["pack_weights"](args[1], packed)
         entries.insert(0, ("main_prepacked", [args[0], packed] + args[2:]))
     name, timed_args = entries[0]
@@ -123,5 +125,5 @@ def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[
         for name, entry_args in entries:
             _poison(out, spec)
             module[name](*entry_args, out)
-            run.errors[name] = _max_abs_error(out.numpy(), want)
+            run.errors[name] = _max_abs_error(out.numpy(), want, relative_tolerance(spec))
     return run

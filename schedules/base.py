@@ -162,6 +162,11 @@ class Template:
             return {}  # the template did not mark its packing block: main alone then
         return {"main_prepacked": prepacked, "pack_weights": pack}
 
+    def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        """TVM ``PassContext`` options the build of ``config`` needs beyond :attr:`pass_config`
+        (the ones of every build): a ragged tile's loop partition, say."""
+        return {}
+
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
         """Derived numbers for the tuner's cost model (register use, working set, ...).
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from convgen.knobs import Config, Knob
+from convgen.knobs import Config, Knob, divisors
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
@@ -52,6 +52,38 @@ def register_fit(target: Target, accumulators: int, vectors: int, *, budget: int
     if live <= regs + int(spare):
         return None
     return f"register tile needs {live} > {regs} registers" + ("" if spare else " (FMA has no memory operand here)")
+
+
+#: pixel tiles offered beside a dimension's divisors when it has none worth a tile (17, 149):
+#: the last tile of a row is shorter (a tail loop of its own, see :func:`needs_partition`)
+RAGGED = (2, 4, 6, 8, 12, 14, 16)
+
+
+def pixel_tiles(extent: int, upto: int, *, least: int = 4) -> tuple[int, ...]:
+    """Tile sizes along an output dimension of ``extent``: its divisors up to ``upto``, and,
+    when no divisor at all lies in ``[least, max(RAGGED)]`` (a prime width like Inception's 17), the
+    :data:`RAGGED` sizes too. Dimensions with good divisors (every ResNet and MobileNet map:
+    112, 56, 28, 14, 7) get their divisors alone, so their spaces, space hashes and records
+    are those of before ragged tiles existed."""
+    found = divisors(extent, upto=upto)
+    if any(least <= d <= max(RAGGED) for d in divisors(extent)) or extent <= least:
+        return tuple(found)
+    return tuple(sorted(set(found) | {t for t in RAGGED if t < extent and t <= upto}))
+
+
+def needs_partition(spec: ConvSpec, config: Config) -> bool:
+    """Does the config tile a dimension by a size that does not divide it? Its blocks then
+    carry a bounds predicate, which TVM's loop partition moves to a tail loop so that the
+    main tiles stay branch-free (:func:`partition_config`)."""
+    return bool(spec.out_width % config.get("tile_ow", 1) or spec.out_height % config.get("tile_oh", 1))
+
+
+def partition_config(spec: ConvSpec, config: Config) -> dict[str, Any]:
+    """The TVM pass options a config's build needs: loop partition for ragged tiles (only
+    then, so the code of every other config stays what it was)."""
+    if needs_partition(spec, config):
+        return {"s_tir.LoopPartition": {"partition_const_loop": True}}
+    return {}
 
 
 def tile_knobs(tile_oc: tuple, tile_ic: tuple, tile_ow: tuple, tile_oh: tuple) -> tuple[Knob, ...]:

@@ -44,7 +44,7 @@ from convgen.target import Target
 
 from .base import Template, register
 from .common import channels_innermost, pack_weights, parallel_outer, spatial_loops, vectorize_inner
-from .cpu import direct_loops, register_fit, tile_knobs, tile_registers
+from .cpu import direct_loops, partition_config, pixel_tiles, register_fit, tile_knobs, tile_registers
 
 
 def pad_places(spec: ConvSpec) -> tuple[str, ...]:
@@ -64,7 +64,8 @@ def channel_tiles(channels: int, lanes: int) -> tuple[int, ...]:
     return tuple(m * lanes for m in (1, 2, 4) if m * lanes <= whole)
 
 
-class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtypes=("float32",), priority=10):
+class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtypes=("float32", "bfloat16"),
+                priority=10):
     """Direct convolution, output channels in vector lanes, a register tile of pixels."""
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
@@ -83,13 +84,16 @@ class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtype
         lanes, regs = target.vector_lanes, target.registers
         tile_oc = channel_tiles(spec.out_per_group, lanes)
         tile_ic = tuple(divisors(spec.in_per_group, upto=64))
-        tile_ow = tuple(divisors(spec.out_width, upto=regs - 2))
-        tile_oh = tuple(divisors(spec.out_height, upto=4))
+        tile_ow = pixel_tiles(spec.out_width, regs - 2)
+        tile_oh = pixel_tiles(spec.out_height, 4, least=2)
 
         def fits(config: Config) -> str | None:
             return register_fit(target, *tile_registers(config, lanes))
 
         return Space(self.name, self.version, tile_knobs(tile_oc, tile_ic, tile_ow, tile_oh), fits)
+
+    def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        return partition_config(spec, config)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         lanes = target.vector_lanes
@@ -138,7 +142,8 @@ class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtype
         sch.decompose_reduction(sch.get_sblock("conv"), loops["reduction"][0])
 
 
-class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",), dtypes=("float32",), priority=20):
+class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",), dtypes=("float32", "bfloat16"),
+                   priority=20):
     """Depthwise (one input channel per group, multiplier 1): channels in vector lanes.
 
     Each FMA needs its own data vector (no broadcast reuse across channels), so the kernel

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from convgen.knobs import Config, Knob, Space, divisors
+from convgen.knobs import Config, Knob, Space
 from convgen.spec import ConvSpec
 from convgen.target import Target
 
 from .base import Template, register
 from .common import vectorize_inner
-from .cpu import direct_loops, register_fit, tile_registers
+from .cpu import direct_loops, partition_config, pixel_tiles, register_fit, tile_registers
 from .x86 import channel_tiles
 
 #: weights at most this large (bytes) are streamed by every thread in the "pixels" order by
@@ -48,7 +48,8 @@ from .x86 import channel_tiles
 PIXELS_WEIGHTS_BYTES = 256 * 1024
 
 
-class PointwiseX86(Template, name="x86.pointwise", version=1, families=("x86",), dtypes=("float32",), priority=12):
+class PointwiseX86(Template, name="x86.pointwise", version=1, families=("x86",), dtypes=("float32", "bfloat16"),
+                   priority=12):
     """1x1 convolution as a register-blocked GEMM over NHWC pixels, split by channels or by rows."""
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
@@ -73,8 +74,8 @@ class PointwiseX86(Template, name="x86.pointwise", version=1, families=("x86",),
     def space(self, spec: ConvSpec, target: Target) -> Space:
         lanes, regs = target.vector_lanes, target.registers
         tile_oc = channel_tiles(spec.out_channels, lanes)
-        tile_ow = tuple(divisors(spec.out_width, upto=regs - 2))
-        tile_oh = tuple(divisors(spec.out_height, upto=regs - 2))
+        tile_ow = pixel_tiles(spec.out_width, regs - 2)
+        tile_oh = pixel_tiles(spec.out_height, regs - 2)
 
         def fits(config: Config) -> str | None:
             return register_fit(target, *tile_registers(config, lanes))
@@ -113,6 +114,9 @@ class PointwiseX86(Template, name="x86.pointwise", version=1, families=("x86",),
         rows = spec.batch * spec.out_height // best["tile_oh"]
         order = "pixels" if weights <= PIXELS_WEIGHTS_BYTES and rows >= 8 else "channels"
         return dict(best, order=order)
+
+    def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        return partition_config(spec, config)
 
     def features(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, float]:
         accumulators, vectors = tile_registers(config, target.vector_lanes)

@@ -37,6 +37,11 @@ CPU build of torch 2.13), random weights, BatchNorm statistics randomized.
     python scripts/bench_torch.py --models resnet50 --batches 1 --rounds 20 --markdown
     python scripts/bench_torch.py --models regnet_block convnext_block deeplab_head --batches 1 --no-compile
     python scripts/bench_torch.py --models mobilenet_v2 --batches 1 --peer-precision bf16   # OpenVINO in bf16
+    python scripts/bench_torch.py --models resnet50 --batches 1 --precision bfloat16        # both in bf16
+
+With ``--precision bfloat16`` convgen runs ``optimize(..., precision="bfloat16")`` and the peers
+their bf16 (OpenVINO's ``INFERENCE_PRECISION_HINT=bf16``; ONNX Runtime has no bf16 switch on
+the CPU and stays f32); every candidate's relative error against eager fp32 is printed.
     python scripts/bench_torch.py --no-peers             # torch and convgen only
 """
 
@@ -66,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", nargs="*", default=None, help="tuning logs for 'convgen tuned' (default: shipped)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on 2 cores)")
     ap.add_argument("--no-peers", action="store_true", help="skip OpenVINO and ONNX Runtime")
-    ap.add_argument("--peer-precision", choices=("f32", "bf16"), default="f32",
-                    help="OpenVINO's INFERENCE_PRECISION_HINT (default f32; ONNX Runtime always runs f32)")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                    help="what convgen's convolutions compute in (optimize(..., precision=))")
+    ap.add_argument("--peer-precision", choices=("f32", "bf16"), default=None,
+                    help="OpenVINO's INFERENCE_PRECISION_HINT (default: as --precision; ONNX Runtime always runs f32)")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for torch, convgen and the peers (default: all CPUs)")
     ap.add_argument("--markdown", action="store_true", help="also print a markdown table")
     args = ap.parse_args(argv)
+    args.peer_precision = args.peer_precision or ("bf16" if args.precision == "bfloat16" else "f32")
 
     try:
         import torch
@@ -95,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         for note in notes:
             print(f"note: {note}", flush=True)
     header = (f"{host_cpu_name()}, {threads} threads, target {target.name}; torch {torch.__version__} "
-              f"(oneDNN; inductor for compile), convgen {convgen.__version__}; "
+              f"(oneDNN; inductor for compile), convgen {convgen.__version__} ({args.precision}); "
               + ("peers off (--no-peers)" if args.no_peers else peers.describe(args.peer_precision)))
     print("# " + header, flush=True)
     rows = []
     for name in args.models:
         for batch in args.batches:
             model, x = model_and_input(name, batch, args.size)
-            fns, build_s = {}, {}
+            fns, build_s, errs = {}, {}, {}
             with torch.no_grad():
                 want = model(x)
                 fns["eager"] = lambda m=model: m(x)
@@ -114,18 +122,18 @@ def main(argv: list[str] | None = None) -> int:
                     fns["compile"] = lambda m=compiled: m(x)
                 for label, kw in zip(CONVGEN, ({"builtin_records": False}, {"records": args.records})):
                     t0 = time.perf_counter()
-                    fast = ct.optimize(model, x, num_threads=threads, **kw)
+                    fast = ct.optimize(model, x, num_threads=threads, precision=args.precision, **kw)
                     fast(x)
                     build_s[label] = time.perf_counter() - t0
-                    err = peers.relative_error(fast(x), want)
-                    if err > 2e-3:
+                    err = errs[label] = peers.relative_error(fast(x), want)
+                    if err > (2e-3 if args.precision == "float32" else 5e-2):
                         print(f"  WARNING {name} n{batch} {label}: relative error {err:.1e} vs eager", file=sys.stderr)
                     fns[label] = lambda m=fast: m(x)
                 found, notes = peers.make_peers(model, x, threads, args.peer_precision, engines)
                 for note in notes:
                     print(f"  note: {name} n{batch}: {note}", flush=True)
                 for peer in found:
-                    err = peers.relative_error(peer.run(), want)
+                    err = errs[peer.name] = peers.relative_error(peer.run(), want)
                     if err > peers.TOLERANCE.get(peer.precision, 5e-2):
                         print(f"  WARNING {name} n{batch} {peer.name}: relative error {err:.1e} vs eager",
                               file=sys.stderr)
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c} {row['ms'][c]:.1f} ms x{row['ratio'][c]:.2f}" for c in row["ratio"]) +
                 (f" || {vs_peer}" if vs_peer else "") +
                 "  (first-use seconds: " + ", ".join(f"{c} {s:.0f}" for c, s in build_s.items()) + ")", flush=True)
+            print("  relative error vs eager fp32: " + ", ".join(f"{c} {e:.1e}" for c, e in errs.items()), flush=True)
     cols = list(dict.fromkeys(c for r in rows for c in r["ratio"]))  # every column any row has, in order
     peer_cols = list(dict.fromkeys(c for r in rows for c in r["vs_peer"]))
     if args.markdown:

@@ -236,7 +236,7 @@ def test_a_time_budget_ends_the_campaign_within_five_percent_and_a_rerun_resumes
     path = str(tmp_path / "t.jsonl")
     clock = FakeClock()
     camp = _timed_campaign(path, clock)
-    camp.run(None, time_limit=90.0)
+    camp.run(None, time_limit=100.0, refine_top=3)  # leaves the time refine is expected to take
     camp.refine(top=3, rounds=2, time_limit=100.0)
     assert 95.0 <= clock.now <= 105.0 and camp.spent() == pytest.approx(clock.now)
     assert all(t.trials for t in camp.tasks)  # the budget was spread, every layer measured
@@ -244,7 +244,7 @@ def test_a_time_budget_ends_the_campaign_within_five_percent_and_a_rerun_resumes
     # the same budget again: the time in the records counts, nothing more is measured
     again = _timed_campaign(path, FakeClock())
     assert again.spent_before == pytest.approx(clock.now, abs=0.01 * n)
-    again.run(None, time_limit=90.0)
+    again.run(None, time_limit=100.0, refine_top=3)
     again.refine(top=3, rounds=2, time_limit=100.0)
     assert len(list(rec.read(path))) == n
     # a larger budget resumes where the first stopped and spends only the difference

@@ -163,7 +163,7 @@ def test_the_custom_op_passes_opcheck(cache):
     conv = dict(fast.named_modules())["layer1.0.conv2"]
     x = torch.randn(2, 8, 8, 8)
     r = torch.randn(2, 8, 8, 8)
-    params = (conv.stride, conv.padding, conv.dilation, conv.groups, conv.activation, conv.layout, conv._handle)
+    params = (conv.stride, conv.padding, conv.dilation, conv.groups, conv.activation, conv.layout, conv._handle, "")
     op = torch.ops.convgen.conv2d.default
     torch.library.opcheck(op, (x, conv.weight.detach(), conv.bias.detach(), r, *params))
     torch.library.opcheck(op, (x.contiguous(memory_format=torch.channels_last), conv.weight.detach().requires_grad_(),

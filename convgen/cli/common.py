@@ -175,9 +175,10 @@ def config_arg(text: str) -> dict:
 
 
 #: The model importers the command line offers, one line each: ``flag: (function, metavar,
-#: help)``. The function, ``"module:name"``, takes ``(source, input_shape, channels_last)``
-#: (the flag's value, ``--input-shape`` or ``None``, not ``--nchw``) and returns the model's
-#: layers as :class:`convgen.workloads.ConvLayers`; ``tune`` and ``layers`` offer every one.
+#: help)``. The function, ``"module:name"``, takes ``(source, input_shape, channels_last,
+#: precision)`` (the flag's value, ``--input-shape`` or ``None``, not ``--nchw``,
+#: ``--precision``) and returns the model's layers as :class:`convgen.workloads.ConvLayers`;
+#: ``tune`` and ``layers`` offer every one.
 IMPORTERS: dict[str, tuple[str, str, str]] = {
     "--torch-model": ("convgen.torch:import_layers", "PKG.MODULE:FACTORY",
                       "the convolutions of the PyTorch model FACTORY() builds (random weights are fine; put in "
@@ -210,7 +211,7 @@ def model_layers(args: argparse.Namespace) -> Any:
         raise ValueError(f"{flag} needs {e.name}: pip install 'convgen[torch]'" if e.name == "torch"
                          else f"{flag}: {e}") from None
     shape = args.input_shape if isinstance(args.input_shape, tuple) or args.input_shape is None else (args.input_shape,)
-    return function(source, shape, not args.nchw)
+    return function(source, shape, not args.nchw, args.precision)
 
 
 def add_model_args(p: Any) -> None:
@@ -221,6 +222,8 @@ def add_model_args(p: Any) -> None:
     g.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="the model's input shape, e.g. 1,3,224,224")
     g.add_argument("--nchw", action="store_true",
                    help="NCHW kernels, as convgen.torch.optimize(..., channels_last=False) runs (default: NHWC)")
+    g.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="the dtype the model's convolutions compute in, as optimize(..., precision=) runs them")
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -39,12 +39,27 @@ from ._graph import Site, TraceError, site_spec, sites, trace
 from ._module import Conv2d, Linear, conv2d, torch_conv2d
 from .threads import configure_threads, torch_single_threaded_forward
 
-__all__ = ["conv_layers", "optimize", "explain", "refresh", "Conv2d", "Linear", "ConvLayers", "TraceError", "conv2d",
+__all__ = ["conv_layers", "optimize", "explain", "refresh", "PRECISIONS", "Conv2d", "Linear", "ConvLayers", "TraceError", "conv2d",
            "configure_threads", "torch_conv2d", "model_from_factory", "import_layers"]
 
 
+PRECISIONS = ("float32", "bfloat16")
+"""What :func:`optimize` and :func:`conv_layers` take as ``precision``: the dtype the
+convolutions compute in (bfloat16: bf16 data and weights, fp32 sums, bf16 activations
+between them; the model's inputs and outputs keep their dtype)."""
+
+
+def _in_precision(spec: ConvSpec, precision: str) -> ConvSpec:
+    """``spec`` computed in ``precision`` (a float32 spec of the model, otherwise as it is)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32" or spec.dtype != "float32":
+        return spec
+    return spec.replace(dtype=precision)
+
+
 def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = True,
-                channels_last: bool = True) -> ConvLayers:
+                channels_last: bool = True, precision: str = "float32") -> ConvLayers:
     """The distinct convolution workloads of ``model`` at the example inputs' shapes.
 
     Names are module paths (``layer1.0.conv2``); a workload computed by several modules
@@ -52,8 +67,9 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
     spec is the convolution as :func:`optimize` runs it: eval-mode BatchNorm folded into a
     bias, the residual add and ReLU/ReLU6 that follow it fused, so tuning them gives
     records that match exactly. ``channels_last`` (the default, as :func:`optimize`'s)
-    gives NHWC specs; ``False`` the example input's own layout. Convolutions convgen cannot
-    serve (see :func:`explain`) are left out.
+    gives NHWC specs; ``False`` the example input's own layout. ``precision``: the dtype the
+    convolutions compute in, as :func:`optimize` runs them (so a campaign tunes the kernels
+    the model runs). Convolutions convgen cannot serve (see :func:`explain`) are left out.
     """
     gm = trace(model, example_inputs)
     out = ConvLayers()
@@ -61,13 +77,15 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
         spec = site_spec(site, fused=fused)
         if site.why_not or isinstance(spec, str):
             continue
+        spec = _in_precision(spec, precision)
         out.add(site.path, spec.replace(layout="NHWC") if channels_last else spec)
     return out
 
 
 def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Target = "host", records: Any = None,
              builtin_records: bool = True, num_threads: int | None = None, cache: str | None = None,
-             parallel: int | None = None, threads: bool = True, channels_last: bool = True) -> torch.fx.GraphModule:
+             parallel: int | None = None, threads: bool = True, channels_last: bool = True,
+             precision: str = "float32") -> torch.fx.GraphModule:
     """A copy of ``model`` whose convolutions run convgen kernels (``model`` is untouched).
 
     ``example_inputs`` fix the shapes kernels are built for now (other batch sizes, image
@@ -84,6 +102,11 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     back in the layout the original model returns. NHWC kernels read 1x1 inputs in place
     and store whole vectors, where NCHW ones re-lay out the data on every call.
     ``channels_last=False`` runs NCHW kernels for NCHW tensors.
+    ``precision="bfloat16"``: the convolutions compute in bf16 (bf16 data and weights, fp32
+    sums: AVX512_BF16's ``vdpbf16ps`` where the CPU has it, fp32 math on bf16 values
+    elsewhere), the activations between them are bf16 (half the memory traffic), the
+    model's inputs and outputs keep their dtype; a layer convgen cannot serve in bf16 runs
+    its fp32 kernel, and :func:`explain` says which and why.
 
     Raises :class:`TraceError` (a ``ValueError``) when torch.fx cannot trace the model or
     the model fails on the example inputs.
@@ -97,11 +120,19 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     served: list[tuple[Site, ConvSpec]] = []
     report: dict[str, str] = {}
     runs_here = target.runs_here()
+    fell_back: dict[str, str] = {}  # layers that run fp32 although the precision asked for less
     for site in found:
         spec = site_spec(site)
         why = site.why_not or (spec if isinstance(spec, str) else None)
         if why is None and not runs_here:
             why = f"target {target.name} does not run on this machine"
+        if why is None:
+            wanted = _in_precision(spec, precision)
+            reason = _cannot_serve(wanted, target) if wanted is not spec else None
+            if reason:
+                fell_back[site.path] = f"float32 ({precision} not served: {reason})"
+            else:
+                spec = wanted
         if why is None and spec.dtype not in target.dtypes:
             why = f"dtype {spec.dtype}; {target.name} kernels take {', '.join(target.dtypes)}"
         device = "cuda" if target.family == "cuda" else "cpu"
@@ -121,12 +152,13 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         module = _convgen_module(site, spec, target, build, layout)
         module.kernels[(spec.batch, spec.height, spec.width, spec.layout)] = kernel
         _rewrite(gm, site, module, replaced)
-    if layout == "NHWC" and served:
-        _outputs_as_before(gm)
+    if served:
+        _outputs_as_before(gm, layout=layout == "NHWC")
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.convgen_torch_convs = report  # the convolutions left to torch, and why
+    gm.convgen_precision = {"asked": precision, "fell_back": fell_back}
     gm.convgen_build_seconds = time.perf_counter() - t0
     with torch.no_grad():  # pack the weights of the kernels just built
         for module in gm.modules():
@@ -141,32 +173,47 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     return gm
 
 
-def _outputs_as_before(gm: torch.fx.GraphModule) -> None:
-    """Make each 4-D (or unbatched 3-D) output that the original model returns contiguous,
-    contiguous again (channels_last activations would otherwise leak out of a channels_last
-    network)."""
+def _cannot_serve(spec: ConvSpec, target: Target) -> str | None:
+    """Why no template serves ``spec`` on ``target`` (``None``: one does)."""
+    if spec.dtype not in target.dtypes:
+        return f"{target.name} kernels take {', '.join(target.dtypes)}"
+    from ..schedules import candidates
+
+    return None if candidates(spec, target) else f"no {target.name} template serves {spec.describe()}"
+
+
+def _outputs_as_before(gm: torch.fx.GraphModule, *, layout: bool) -> None:
+    """Give each output the original model returns its dtype back (a bf16 network's outputs
+    are the dtype its model returns) and, with ``layout``, make each 4-D (or unbatched 3-D)
+    contiguous one contiguous again (channels_last activations would otherwise leak out of a
+    channels_last network)."""
     output = next(n for n in gm.graph.nodes if n.op == "output")
 
     def restore(arg: Any) -> Any:
         if not isinstance(arg, torch.fx.Node):
             return arg
         meta = arg.meta.get("tensor_meta")
-        if meta is None or not hasattr(meta, "shape") or len(meta.shape) not in (3, 4) \
-                or meta.memory_format != torch.contiguous_format:
+        if meta is None or not hasattr(meta, "shape"):
             return arg
         with gm.graph.inserting_before(output):
-            return gm.graph.call_method("contiguous", (arg,))
+            if meta.dtype.is_floating_point:
+                arg = gm.graph.call_method("to", (arg, meta.dtype))  # a no-op where it already is
+            if layout and len(meta.shape) in (3, 4) and meta.memory_format == torch.contiguous_format:
+                arg = gm.graph.call_method("contiguous", (arg,))
+        return arg
 
     output.args = torch.fx.node.map_aggregate(output.args, restore)
 
 
-def import_layers(source: str, input_shape: tuple[int, ...] | None, channels_last: bool = True) -> ConvLayers:
+def import_layers(source: str, input_shape: tuple[int, ...] | None, channels_last: bool = True,
+                  precision: str = "float32") -> ConvLayers:
     """The model importer of the command line (``--torch-model``): the distinct convolutions
     of the model ``PKG.MODULE:FACTORY`` builds (:func:`model_from_factory`) at ``input_shape``
     (random inputs), as :func:`conv_layers` gives them."""
     if not input_shape:
         raise ValueError("--torch-model needs --input-shape N,C,H,W (e.g. 1,3,224,224)")
-    return conv_layers(model_from_factory(source), torch.randn(*input_shape), channels_last=channels_last)
+    return conv_layers(model_from_factory(source), torch.randn(*input_shape), channels_last=channels_last,
+                       precision=precision)
 
 
 def model_from_factory(text: str) -> nn.Module:
@@ -257,7 +304,8 @@ def explain(model: nn.Module) -> str:
             fused = f"  [fused {', '.join(m.fused)}]" if m.fused else ""
             where = "convgen" if built or not m.kernels else "torch"
             what = f"linear {m.spec.in_channels}->{m.spec.out_channels}" if isinstance(m, Linear) else m.spec.describe()
-            rows.append(f"{path}: {where} {what}{fused}")
+            note = getattr(model, "convgen_precision", {}).get("fell_back", {}).get(path)
+            rows.append(f"{path}: {where} {what}{fused}" + (f"  [{note}]" if note else ""))
             for (n, h, w, layout), k in sorted(m.kernels.items(), key=lambda kv: str(kv[0])):
                 shape = f"{n * h * w} rows" if isinstance(m, Linear) else f"n{n} {h}x{w} {layout}"
                 if isinstance(k, Exception):

@@ -87,19 +87,22 @@ class WeightWatch:
     def __init__(self, weight: torch.Tensor) -> None:
         self.ptr = weight.data_ptr()
         self.version = _version(weight)
-        flat = weight.detach().reshape(-1)
         # a numpy view of the weight's memory (it keeps that memory alive, so a new tensor
-        # can never reuse its address); the positions sampled, evenly spread
-        self._view = flat.numpy() if flat.data_ptr() == self.ptr else None
-        n = flat.numel()
-        self._at = np.unique(np.linspace(0, n - 1, min(self.SAMPLES, n)).astype(np.int64)) if n else None
-        self._sample = self._view[self._at].tobytes() if self._view is not None and n else b""
+        # can never reuse its address) and the positions sampled, evenly spread; a weight on
+        # a GPU, or not contiguous, is watched by its address and version alone
+        self._view = self._at = None
+        self._sample = b""
+        if weight.device.type == "cpu" and weight.is_contiguous() and weight.numel():
+            self._view = weight.detach().reshape(-1).numpy()
+            n = self._view.size
+            self._at = np.unique(np.linspace(0, n - 1, min(self.SAMPLES, n)).astype(np.int64))
+            self._sample = self._view[self._at].tobytes()
 
     def changed(self, weight: torch.Tensor) -> bool:
         """Might ``weight`` hold other values than when the watch was made?"""
-        if weight.data_ptr() != self.ptr or _version(weight) != self.version or self._view is None:
+        if weight.data_ptr() != self.ptr or _version(weight) != self.version:
             return True
-        return self._at is not None and self._view[self._at].tobytes() != self._sample
+        return self._view is not None and self._view[self._at].tobytes() != self._sample
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -115,24 +118,30 @@ def _nhwc(x: torch.Tensor, layout: str) -> bool:
 @torch.library.custom_op("convgen::conv2d", mutates_args=())
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
            stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
-           layout: str, layer: str) -> torch.Tensor:
+           layout: str, layer: str, dtype: str) -> torch.Tensor:
     """``activation(conv2d(x, weight) + bias + residual)`` on the convgen kernel of the
     :class:`Conv2d` called ``layer`` (torch's own operators when there is none). The result
-    is channels_last when ``x`` is or ``layout`` is ``"NHWC"``, else contiguous."""
+    is channels_last when ``x`` is or ``layout`` is ``"NHWC"``, else contiguous; of dtype
+    ``dtype`` (``""``: ``x``'s)."""
     module = _LAYERS.get(layer)
     if module is not None:
         y = module._run(x, weight, bias, residual)
         if y is not None:
             return y
-    return _on_torch(x, weight, bias, residual, stride, padding, dilation, groups, activation, layout)
+    return _on_torch(x, weight, bias, residual, stride, padding, dilation, groups, activation, layout, dtype)
 
 
 def _on_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
               stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: str,
-              layout: str) -> torch.Tensor:
-    """What torch computes where no kernel serves, in the layout the kernel would return."""
-    y = torch_conv2d(x, weight, bias, residual, stride, padding, dilation, groups, activation)
-    return y.contiguous(memory_format=torch.channels_last if _nhwc(x, layout) else torch.contiguous_format)
+              layout: str, dtype: str = "") -> torch.Tensor:
+    """What torch computes where no kernel serves, in the layout and dtype the kernel would
+    return: in the weights' dtype (a bf16 layer's input may arrive in fp32 and the reverse)."""
+    wt = weight.dtype
+    cast = (lambda t: t if t is None or t.dtype == wt else t.to(wt))  # noqa: E731
+    y = torch_conv2d(cast(x), weight, cast(bias), cast(residual), stride, padding, dilation, groups, activation)
+    y = y.contiguous(memory_format=torch.channels_last if _nhwc(x, layout) else torch.contiguous_format)
+    want = getattr(torch, dtype) if dtype else x.dtype
+    return y if y.dtype == want else y.to(want)
 
 
 def _direct(x: Any, *params: torch.Tensor | None) -> bool:
@@ -145,10 +154,11 @@ def _direct(x: Any, *params: torch.Tensor | None) -> bool:
 
 
 @conv2d.register_fake
-def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, layout, layer):
+def _(x, weight, bias, residual, stride, padding, dilation, groups, activation, layout, layer, dtype):
     oh, ow = _out_hw(x.shape[2], x.shape[3], weight.shape, stride, padding, dilation)
     fmt = torch.channels_last if _nhwc(x, layout) else torch.contiguous_format
-    return torch.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out = getattr(torch, dtype) if dtype else x.dtype
+    return torch.empty((x.shape[0], weight.shape[0], oh, ow), dtype=out, device=x.device, memory_format=fmt)
 
 
 def _setup_context(ctx, inputs, output):
@@ -168,7 +178,7 @@ def _backward(ctx, grad):
         wanted = [t for t, needs in zip(leaves, ctx.needs_input_grad[:4]) if t is not None and needs]
         grads = iter(torch.autograd.grad(y, wanted, grad)) if wanted else iter(())
     out = [next(grads) if t is not None and needs else None for t, needs in zip(leaves, ctx.needs_input_grad[:4])]
-    return (*out, None, None, None, None, None, None, None)
+    return (*out, None, None, None, None, None, None, None, None)
 
 
 conv2d.register_autograd(_backward, setup_context=_setup_context)
@@ -214,6 +224,7 @@ class Conv2d(nn.Module):
         # per input (shape, dtype, device, layout): how a call runs, worked out on its first
         # call (None: torch computes it), so later calls check nothing twice
         self._plans: dict[tuple, _Plan | None] = {}
+        self._converted_bias: tuple | None = None  # ((data_ptr, version, dtype), the bias in the kernel's dtype)
         self._lock = threading.Lock()
         self._handle = f"{type(self).__name__}-{next(_COUNTER)}"
         _LAYERS[self._handle] = self
@@ -222,7 +233,7 @@ class Conv2d(nn.Module):
     # found in the cache on first use
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("kernels", "_specs", "_packed", "_plans", "_lock", "_handle"):
+        for name in ("kernels", "_specs", "_packed", "_plans", "_converted_bias", "_lock", "_handle"):
             state.pop(name, None)
         return state
 
@@ -240,14 +251,16 @@ class Conv2d(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
             residual = residual.unsqueeze(0) if residual is not None else None
+        dtype = self.spec.out_dtype if self.spec.dtype != "float32" else ""  # "": as the input
         if _direct(x, self.weight, self.bias, residual):
             y = self._run(x, self.weight, self.bias, residual)
             if y is None:
                 y = _on_torch(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
-                              self.groups, self.activation, self.layout)
+                              self.groups, self.activation, self.layout, dtype)
         else:
             y = torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
-                                         self.dilation, self.groups, self.activation, self.layout, self._handle)
+                                         self.dilation, self.groups, self.activation, self.layout, self._handle,
+                                         dtype)
         return y.squeeze(0) if unbatched else y
 
     def refresh(self) -> None:
@@ -286,8 +299,8 @@ class Conv2d(nn.Module):
         if x.dim() != 4:
             return f"input of rank {x.dim()}, not N,C,H,W"
         dtype = str(x.dtype).removeprefix("torch.")
-        if dtype not in self.target.dtypes:
-            return f"dtype {dtype}; {self.target.name} kernels take {', '.join(self.target.dtypes)}"
+        if dtype not in (self.spec.dtype, "float32") or dtype not in self.target.dtypes:
+            return f"dtype {dtype}; this layer's {self.target.name} kernels take {self.spec.dtype}"
         return None
 
     def kernel_for(self, spec: ConvSpec) -> Any:
@@ -309,6 +322,8 @@ class Conv2d(nn.Module):
         if held is None or held[0].changed(weight):
             watch = WeightWatch(weight)  # before packing: a change while packing is seen next call
             w = weight.detach()
+            want = getattr(torch, kernel.spec.filter_dtype)
+            w = w if w.dtype == want else w.to(want)  # fp32 parameters of a bf16 layer
             w = w.permute(2, 3, 1, 0).contiguous() if key[3] == "NHWC" else w.contiguous()  # OIHW -> HWIO
             held = self._packed[key] = (watch, kernel.pack_weights(w))
         return held[1]
@@ -329,21 +344,36 @@ class Conv2d(nn.Module):
         plan = self._plans.get(key, _UNPLANNED)
         if plan is _UNPLANNED:
             plan = self._plans[key] = self._plan(x, nhwc)
-        if plan is None or weight.dtype != x.dtype:
+        if plan is None or weight.dtype not in plan.weight_dtypes:
             return None
         packed = self._pack(plan.key, plan.kernel, weight)
+        x = x.detach()
+        if x.dtype != plan.dtype:  # an fp32 activation into a bf16 layer (the network's input, say)
+            x = x.to(plan.dtype)
         if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
-            args = [x.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), packed.tensor]
+            args = [x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), packed.tensor]
         else:
-            args = [x.detach().contiguous(), packed.tensor]
+            args = [x.contiguous(), packed.tensor]
         if bias is not None:
-            args.append(bias.detach())
+            args.append(self._bias_as(bias, plan.out_dtype))
         if residual is not None:
             r = residual.detach()
+            r = r if r.dtype == plan.out_dtype else r.to(plan.out_dtype)
             args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
-        out = torch.empty(plan.out_shape, dtype=x.dtype, device=x.device)
+        out = torch.empty(plan.out_shape, dtype=plan.out_dtype, device=x.device)
         plan.launch(*args, out)
         return out.permute(0, 3, 1, 2) if nhwc else out
+
+    def _bias_as(self, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The bias in the kernel's dtype: converted once, again only when the bias changes."""
+        bias = bias.detach()
+        if bias.dtype == dtype:
+            return bias
+        held = self._converted_bias
+        stamp = (bias.data_ptr(), _version(bias), dtype)
+        if held is None or held[0] != stamp:
+            held = self._converted_bias = (stamp, bias.to(dtype))
+        return held[1]
 
     def _plan(self, x: torch.Tensor, nhwc: bool) -> "_Plan | None":
         """How calls with inputs like ``x`` run, checked once: ``None`` when torch computes them
@@ -355,17 +385,20 @@ class Conv2d(nn.Module):
         kernel = self.kernel_for(spec)
         if isinstance(kernel, Exception):
             return None
-        return _Plan(key, kernel, kernel.launcher(prepacked=True), tuple(spec.output_shape))
+        return _Plan(key, kernel, kernel.launcher(prepacked=True), tuple(spec.output_shape), spec)
 
 
 class _Plan:
     """What a call with one input shape needs: the kernel's shape key, the kernel, its bare
-    entry point and the output's shape (in the kernel's layout)."""
+    entry point, the output's shape (in the kernel's layout) and the torch dtypes of its
+    input and output, and those of weights it takes (packed in the kernel's)."""
 
-    __slots__ = ("key", "kernel", "launch", "out_shape")
+    __slots__ = ("key", "kernel", "launch", "out_shape", "dtype", "out_dtype", "weight_dtypes")
 
-    def __init__(self, key: tuple, kernel: Any, launch: Any, out_shape: tuple) -> None:
+    def __init__(self, key: tuple, kernel: Any, launch: Any, out_shape: tuple, spec: ConvSpec) -> None:
         self.key, self.kernel, self.launch, self.out_shape = key, kernel, launch, out_shape
+        self.dtype, self.out_dtype = getattr(torch, spec.dtype), getattr(torch, spec.out_dtype)
+        self.weight_dtypes = {torch.float32, getattr(torch, spec.filter_dtype)}
 
 
 _UNPLANNED = object()

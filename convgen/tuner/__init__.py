@@ -25,9 +25,7 @@ from .options import MeasureOptions, SearchOptions
 __all__ = ["tune", "TuneResult", "MeasureOptions", "SearchOptions", "LocalRunner", "RPCRunner", "make_tasks",
            "DeviceDown"]
 
-#: the share of a time budget the search may use when the leaders are re-timed at the end
-#: (``refine``); the re-timing gets the rest
-REFINE_SHARE = 0.9
+
 
 
 @dataclass
@@ -124,8 +122,8 @@ def tune(
     ``trials`` is the total budget of the campaign and ``time_budget`` its total time in
     seconds (``None``: no limit; give one or both): trials and time already in ``records``
     count, so re-running resumes instead of re-measuring. The time budget is spread over the
-    layers by the same expected-gain rule as trials; with ``refine`` on, the last tenth of it
-    goes to re-timing the leaders. ``runner``: ``None`` (this machine), an
+    layers by the same expected-gain rule as trials; with ``refine`` on, the search stops
+    early by what re-timing the leaders is expected to take. ``runner``: ``None`` (this machine), an
     :class:`RPCRunner`, or a string ``"rpc://host:port"`` / ``"tracker://host:port/key"``.
     ``options``: how candidates are timed (:class:`MeasureOptions`); ``search``: how the
     campaign searches (:class:`SearchOptions`: strategy, batch size, early stopping, seed,
@@ -179,8 +177,8 @@ def tune(
                             batch_size=search.batch_size, early_stopping=search.early_stopping, seed=search.seed,
                             progress=Progress(peak) if progress else None, transfer=search.transfer,
                             device_wait=search.device_wait)
-        search_limit = time_budget * REFINE_SHARE if time_budget and search.refine else time_budget
-        campaign.run(trials, search_limit)
+        # the search leaves the time the final re-timing is expected to take (estimated as it goes)
+        campaign.run(trials, time_budget, refine_top=search.refine)
         if search.refine:
             campaign.refine(top=search.refine, time_limit=time_budget)
     finally:

@@ -324,6 +324,15 @@ class Campaign:
                                                       times=c.times or None, error=c.error,
                                                       message=c.message, extra=extra)])
 
+    def refine_estimate(self, top: int = 3, rounds: int = 2) -> float:
+        """Seconds :meth:`refine` is expected to take now: each layer's leaders (at most
+        ``top``) timed ``rounds`` more times, at this run's seconds per trial."""
+        layers: dict[str, tuple[int, float]] = {}  # layer -> (configs timed, slowest seconds per trial)
+        for t in self.tasks:
+            n, per = layers.get(t.spec.key, (0, 0.0))
+            layers[t.spec.key] = (n + len(t.config_costs()), max(per, self._seconds_per_trial(t) or 0.0))
+        return rounds * sum(min(top, n) * per for n, per in layers.values())
+
     def refine(self, top: int = 3, rounds: int = 2, time_limit: float | None = None) -> None:
         """Time each layer's fastest configs again, round after round.
 
@@ -420,11 +429,14 @@ class Campaign:
             configs = [c.config for c in down]
         return done
 
-    def run(self, trials: int | None, time_limit: float | None = None) -> None:
+    def run(self, trials: int | None, time_limit: float | None = None, *, refine_top: int = 0,
+            refine_rounds: int = 2) -> None:
         """Measure until ``trials`` trials exist in total (resumed ones count; ``None``: no
         limit), :meth:`spent` reaches ``time_limit`` seconds (resumed runs' time counts), or
         every task is done. Near the time limit batches shrink to what is expected to fit, so
-        the campaign ends within about one trial's time of it."""
+        the campaign ends within about one trial's time of it. ``refine_top`` > 0 leaves
+        time for :meth:`refine` with that ``top`` before the limit: its re-timings, estimated
+        from this run's seconds per trial as it goes (:meth:`refine_estimate`)."""
         if trials is None and time_limit is None:
             raise ValueError("give a trial budget, a time limit or both")
         trials = sys.maxsize if trials is None else trials
@@ -437,7 +449,10 @@ class Campaign:
             task = self._pick()
             if task is None:
                 break
-            budget = self._fit(min(self.batch_size, trials - self.total_trials()), time_limit, task)
+            limit = time_limit
+            if limit is not None and refine_top:
+                limit -= self.refine_estimate(refine_top, refine_rounds)
+            budget = self._fit(min(self.batch_size, trials - self.total_trials()), limit, task)
             if budget < 1:
                 break  # the time budget is spent (or the next trial would overrun it)
             batch = self._next_batch(task, budget)

@@ -1,0 +1,269 @@
+"""x86 direct convolutions on dot-product instructions: AVX512_BF16 and AVX512_VNNI.
+
+Both instructions add a short dot product into each of 16 32-bit lanes::
+
+    vdpbf16ps acc, a, b   # acc[j] (fp32) += a[2j] * b[2j] + a[2j+1] * b[2j+1]         (bf16)
+    vpdpbusd  acc, a, b   # acc[j] (s32)  += sum over q < 4 of a[4j+q] (u8) * b[4j+q] (s8)
+
+that is 32 (bf16) or 64 (int8) multiply-adds in the issue slot of one fp32 FMA's 16. The
+micro-kernel is the direct template's (:mod:`schedules.cpu`) with the reduction over input
+channels taken ``depth`` (2 or 4) at a time, the instruction's data as a :class:`DotStep`:
+
+- the weights are packed ``K/ob C/ib R S ib/depth ob depth``: for ``depth`` input channels,
+  each of the ``ob`` output channels holds its ``depth`` weights side by side, so one
+  64-byte load is the ``b`` operand of 16 output channels;
+- the ``depth`` input channels of one pixel (adjacent in NHWC or in the blocked NCHW copy:
+  one 32-bit load in both cases) are broadcast to the 16 lanes as the ``a`` operand;
+- ``tile_oh x tile_ow`` pixels by ``tile_oc / 16`` vectors of 32-bit accumulators::
+
+      accumulators = tile_oh * tile_ow * tile_oc / 16
+      live         = accumulators + tile_oc / 16 (weights) + 1 (the broadcast)  <= 32
+
+  (AVX-512's 32 zmm; LLVM folds the weight load into the instruction as its memory operand
+  and the broadcast as ``{1to16}``, so the budget is the fp32 template's). Each step of the
+  reduction issues ``accumulators`` instructions: the same registers and loads per
+  instruction as fp32, two (bf16) or four (int8) times the work.
+
+The epilogue (bias, residual, activation, the rounding to a bf16 output) runs on the 32-bit
+tile. TVM ships no usable intrinsic for either instruction: its bf16 legalization lowers
+``bfloat16x32`` values to ``<32 x float>`` (and promotes internal bf16 buffers to fp32
+storage), which LLVM refuses as the intrinsic's operand, and its ``dot_16x4_vnni`` passes
+``<16 x i32>`` where LLVM 22 declares ``<64 x i8>``. So the tensor intrinsic hands the
+operands' *addresses* to a few lines of LLVM IR (:func:`DotStep.llvm_ir`), imported into the
+module (``pragma_import_llvm``) and inlined, that load them with the types LLVM declares.
+A raw pointer use also keeps TVM from promoting the bf16 buffer it points into.
+
+Shapes these templates do not take (grouped, channel counts off the instruction's blocks,
+CPUs without the instruction) go to the fp32 templates run on the same data (bf16: a 16-bit
+shift to fp32, fp32 FMAs) or to ``cpu.generic`` (int8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from convgen.knobs import Config, Space, divisors
+from convgen.spec import ConvSpec
+from convgen.target import Target
+
+from .base import Template, register
+from .common import vectorize_inner
+from .cpu import direct_loops, partition_config, pixel_tiles, register_fit, tile_knobs
+
+
+@dataclass(frozen=True)
+class DotStep:
+    """One dot-product instruction as data: its operands' dtypes, how many input channels it
+    sums per lane (``depth``), the CPU flag and LLVM feature that provide it, and LLVM's name."""
+
+    instruction: str  # the mnemonic, for messages
+    flag: str  # /proc/cpuinfo's name for the feature
+    mattr: str  # LLVM's
+    data: str  # dtype of a (broadcast from one pixel)
+    weight: str  # dtype of b (16 output channels x depth)
+    acc: str  # dtype of the 16 lanes
+    depth: int  # input channels per lane per instruction
+    llvm_name: str  # the LLVM intrinsic
+    llvm_element: str  # LLVM's element type of a and b
+    lanes: int = 16  # 512-bit accumulators
+
+    @property
+    def function(self) -> str:
+        """The wrapper's name in the module."""
+        return f"convgen_{self.instruction}"
+
+    @property
+    def intrin(self) -> str:
+        """The tensor intrinsic's registered name."""
+        return f"convgen.x86.{self.instruction}_{self.lanes}x{self.depth}"
+
+    def llvm_ir(self) -> str:
+        """``acc = f(acc, a_base, a_offset, b_base, b_offset)`` (offsets in elements): the
+        ``depth`` elements at ``a`` (32 bits) broadcast to every lane, ``lanes x depth``
+        elements at ``b``, the intrinsic on them."""
+        acc = "float" if self.acc == "float32" else "i32"
+        n = self.lanes * self.depth
+        bits = 512 // n  # bits per element: 16 (bf16) or 8 (int8)
+        vec, elem = f"<{self.lanes} x {acc}>", f"<{n} x {self.llvm_element}>"
+        return f"""
+declare {vec} @{self.llvm_name}({vec}, {elem}, {elem})
+define {vec} @{self.function}({vec} %acc, ptr %abase, i64 %aoff, ptr %bbase, i64 %boff) alwaysinline {{
+  %a = getelementptr i{bits}, ptr %abase, i64 %aoff
+  %b = getelementptr i{bits}, ptr %bbase, i64 %boff
+  %a32 = load i32, ptr %a, align 1
+  %a1 = insertelement <{self.lanes} x i32> poison, i32 %a32, i64 0
+  %aa = shufflevector <{self.lanes} x i32> %a1, <{self.lanes} x i32> poison, <{self.lanes} x i32> zeroinitializer
+  %av = bitcast <{self.lanes} x i32> %aa to {elem}
+  %bv = load {elem}, ptr %b, align 1
+  %r = call {vec} @{self.llvm_name}({vec} %acc, {elem} %av, {elem} %bv)
+  ret {vec} %r
+}}
+"""
+
+    def available(self, target: Target) -> bool:
+        """Does the target's code have the instruction?"""
+        return self.flag in target.cpu_flags and self.mattr in target.tvm.get("mattr", ())
+
+    def tensor_intrin(self) -> str:
+        """Register (once) and name the tensor intrinsic: ``lanes`` accumulators += ``lanes x
+        depth`` products. ``A``: ``depth`` input channels of one pixel; ``B``: ``lanes`` output
+        channels x the same input channels, contiguous; ``C``: the accumulators. Buffers ask
+        for element alignment only (the input may be the caller's array, read in place)."""
+        from tvm.s_tir import TensorIntrin
+        from tvm.script import tirx as T
+
+        if TensorIntrin.get(self.intrin, allow_missing=True) is not None:
+            return self.intrin
+        lanes, depth, acc = self.lanes, self.depth, self.acc
+        data, weight, function = self.data, self.weight, self.function
+        acc_vector = f"{acc}x{lanes}"
+
+        @T.prim_func(s_tir=True)
+        def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (depth,), data, offset_factor=1, align=1)
+            B = T.match_buffer(b, (lanes, depth), weight, offset_factor=1, align=1)
+            C = T.match_buffer(c, (lanes,), acc, offset_factor=1, align=4)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+                T.writes(C[0:lanes])
+                for i, k in T.grid(lanes, depth):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], acc) * T.cast(B[vi, vk], acc)
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (depth,), data, offset_factor=1, align=1)
+            B = T.match_buffer(b, (lanes, depth), weight, offset_factor=1, align=1)
+            C = T.match_buffer(c, (lanes,), acc, offset_factor=1, align=4)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
+                T.writes(C[0:lanes])
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_extern(
+                    acc_vector, function, C.vload([0], acc_vector),
+                    A.data, T.Cast("int64", A.elem_offset), B.data, T.Cast("int64", B.elem_offset))
+
+        TensorIntrin.register(self.intrin, desc, impl)
+        return self.intrin
+
+
+#: AVX512_BF16 (Zen 4+, Cooper Lake, Sapphire Rapids): bf16 pairs into fp32
+VDPBF16PS = DotStep("vdpbf16ps", "avx512_bf16", "+avx512bf16", "bfloat16", "bfloat16", "float32", 2,
+                    "llvm.x86.avx512bf16.dpbf16ps.512", "bfloat")
+#: AVX512_VNNI (Ice Lake+, Zen 4+): u8 x s8 quads into s32, exact (no int16 saturation, as
+#: ``vpmaddubsw`` has)
+VPDPBUSD = DotStep("vpdpbusd", "avx512_vnni", "+avx512vnni", "uint8", "int8", "int32", 4,
+                   "llvm.x86.avx512.vpdpbusd.512", "i8")
+
+
+class DotX86(Template):
+    """The direct convolution on a :class:`DotStep`: input channels ``depth`` at a time,
+    output channels in 16 32-bit lanes, a register tile of pixels (module docstring). A
+    subclass names its step; ``use_instruction=False`` keeps the loop nest and layouts with
+    the step as plain loops, compilable and checkable on a CPU without the instruction."""
+
+    step: DotStep
+
+    def __init__(self, use_instruction: bool = True) -> None:
+        self.use_instruction = use_instruction
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        step = self.step
+        if self.use_instruction and not step.available(target):
+            return f"target {target.name} has no {step.flag.upper()} ({step.instruction})"
+        if spec.filter_dtype != step.weight:
+            return f"{spec.filter_dtype} weights ({step.instruction} takes {step.weight})"
+        if spec.groups != 1:
+            return "grouped convolution"
+        if spec.in_channels % step.depth:
+            return f"input channels ({spec.in_channels}) not a multiple of {step.depth}: {step.instruction} takes " \
+                   f"them {step.depth} at a time"
+        if spec.out_channels % step.lanes:
+            return f"output channels ({spec.out_channels}) not a multiple of {step.lanes} lanes"
+        return None
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        regs, lanes, depth = target.registers, self.step.lanes, self.step.depth
+        tile_oc = tuple(m for m in (lanes, 2 * lanes, 4 * lanes) if spec.out_channels % m == 0)
+        tile_ic = tuple(d for d in divisors(spec.in_channels, upto=16 * depth) if d % depth == 0)
+        tile_ow = pixel_tiles(spec.out_width, regs - 2)
+        tile_oh = pixel_tiles(spec.out_height, 4, least=2)
+
+        def fits(config: Config) -> str | None:
+            vec = config["tile_oc"] // lanes
+            return register_fit(target, config["tile_oh"] * config["tile_ow"] * vec, vec)
+
+        return Space(self.name, self.version, tile_knobs(tile_oc, tile_ic, tile_ow, tile_oh), fits)
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        space, lanes = self.space(spec, target), self.step.lanes
+
+        # as x86.direct's default: the most instructions per load, v*p / (v + p), within the
+        # registers without the memory operand (AVX-512: 4 vectors x 2x2 pixels, or 2 x 7)
+        def score(c: Config) -> tuple:
+            v, p = c["tile_oc"] // lanes, c["tile_oh"] * c["tile_ow"]
+            return (v * p / (v + p), -abs(c["tile_oh"] - c["tile_ow"]), c["tile_ow"])
+
+        tiles = [c for c in space if c["reduce_order"] == "ic_kh_kw" and c["unroll_kw"]
+                 and c["tile_ic"] == space["tile_ic"].values[-1]
+                 and register_fit(target, c["tile_oh"] * c["tile_ow"] * c["tile_oc"] // lanes, c["tile_oc"] // lanes,
+                                  memory_operand=False) is None]
+        return dict(max(tiles, key=score), unroll_kw=spec.kernel[1] <= 3)
+
+    def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
+        return config["tile_oc"]
+
+    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
+        return config["tile_oc"], config["tile_ic"]
+
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        ob, ib, depth = config["tile_oc"], config["tile_ic"], self.step.depth
+
+        def blocked(o, i, h, w):
+            if ib == depth:  # no ib/depth axis: an axis of extent 1 makes the index map degenerate
+                return (o // ob, i // depth, h, w, o % ob, i % depth)
+            return (o // ob, i // ib, h, w, i % ib // depth, o % ob, i % depth)
+
+        if spec.layout == "NCHW":
+            return blocked
+        return lambda h, w, i, o: blocked(o, i, h, w)
+
+    def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        return partition_config(spec, config)
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        # the shared CPU loop nest with the instruction's lanes x depth block innermost
+        step = self.step
+        loops = direct_loops(sch, spec, config, pack_map=self.weight_pack(spec, target, config),
+                             data_lanes=step.lanes * step.depth,  # a zmm of data
+                             oc_parts=(config["tile_oc"] // step.lanes, step.lanes),
+                             ic_parts=(config["tile_ic"] // step.depth, step.depth))
+        ocv, oc_lanes = loops["oc"]
+        sch.unroll(ocv)
+        vectorize_inner(sch, sch.get_sblock("out"), step.lanes)
+        outer = sch.get_loops(sch.get_sblock("conv"))[0]
+        init = sch.decompose_reduction(sch.get_sblock("conv"), loops["reduction"][0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        if self.use_instruction:
+            # the LLVM function the intrinsic calls, imported once around the whole nest
+            sch.annotate(outer, "pragma_import_llvm", step.llvm_ir())
+            sch.tensorize(oc_lanes, step.tensor_intrin())
+
+
+class DirectBF16X86(DotX86, name="x86.direct_bf16", version=1, families=("x86",), dtypes=("bfloat16",),
+                    priority=30):
+    """bf16 direct convolution on ``vdpbf16ps`` (AVX512_BF16): input channels in pairs."""
+
+    step = VDPBF16PS
+
+
+class DirectVNNIX86(DotX86, name="x86.direct_vnni", version=1, families=("x86",), dtypes=("uint8",), priority=30):
+    """u8 x s8 -> s32 direct convolution on ``vpdpbusd`` (AVX512_VNNI): input channels in
+    fours, exact integer sums."""
+
+    step = VPDPBUSD
+
+
+register(DirectBF16X86())
+register(DirectVNNIX86())

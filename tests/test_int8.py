@@ -1,0 +1,137 @@
+"""8-bit convolutions on x86: exact s32 results against the numpy reference.
+
+u8 activations x s8 weights -> s32 sums (``x86.direct_vnni`` on ``vpdpbusd``; ``cpu.generic``
+elsewhere), compared bit for bit with numpy's int64 arithmetic on *full-range* data: 0..255
+and -128..127, where ``vpmaddubsw``'s int16 pair sums would saturate and show it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import convgen
+from convgen import ConvSpec
+from convgen.reference import conv2d_reference
+from convgen.schedules import get_template
+from convgen.schedules.x86_dot import DirectVNNIX86
+
+VNNI_TARGET = convgen.get_target("x86-avx512-bf16")
+SPECS = [
+    ConvSpec(in_channels=32, out_channels=32, height=9, width=9, kernel=3, padding=1, layout="NHWC", dtype="uint8",
+             bias=True, residual=True, activation="relu"),
+    ConvSpec(in_channels=16, out_channels=48, height=7, width=10, kernel=3, padding=1, stride=2, layout="NCHW",
+             dtype="uint8", bias=True),
+    ConvSpec(in_channels=64, out_channels=32, height=8, width=8, kernel=1, layout="NHWC", dtype="uint8"),
+]
+
+
+def full_range(spec: ConvSpec, seed: int) -> list[np.ndarray]:
+    """Inputs over the whole u8 / s8 range (bias and residual: moderate s32)."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 256, size=spec.input_shape).astype(np.uint8),
+              rng.integers(-128, 128, size=spec.weight_shape).astype(np.int8)]
+    if spec.bias:
+        arrays.append(rng.integers(-(1 << 16), 1 << 16, size=spec.bias_shape).astype(np.int32))
+    if spec.residual:
+        arrays.append(rng.integers(-(1 << 16), 1 << 16, size=spec.residual_shape).astype(np.int32))
+    return arrays
+
+
+def check(kernel, spec, seed=0):
+    arrays = full_range(spec, seed)
+    want = conv2d_reference(spec, *arrays)
+    got = kernel(*arrays)
+    assert got.dtype == np.int32 and want.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+    # worst case magnitude: the test must reach where int16 pair sums overflow
+    assert np.abs(want.astype(np.int64)).max() > 1 << 15 or spec.in_channels * np.prod(spec.kernel) < 64
+    return arrays
+
+
+def x86_host():
+    host = convgen.get_target("host")
+    if host.family != "x86":
+        pytest.skip(f"x86 templates; the host target is {host.name}")
+    return host
+
+
+def test_int8_specs_default_to_s8_weights_and_s32_outputs():
+    spec = SPECS[0]
+    assert (spec.filter_dtype, spec.acc_dtype, spec.out_dtype) == ("int8", "int32", "int32")
+    with pytest.raises(convgen.SpecError, match="weight_dtype"):
+        spec.replace(weight_dtype="uint8")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_the_vnni_loop_nest_without_the_instruction_is_exact(spec):
+    """The template's loop nest, layouts and packing, with the 16 x 4 step as plain loops:
+    runs on any x86 (the x86-avx2 target's code)."""
+    x86_host()
+    from convgen import builder
+    from convgen.runtime import Kernel
+
+    tmpl = DirectVNNIX86(use_instruction=False)
+    target = convgen.get_target("x86-avx2")
+    configs = [tmpl.default(spec, VNNI_TARGET)] + tmpl.space(spec, VNNI_TARGET).sample(random.Random(3), 2)
+    for config in configs:
+        if config["tile_oc"] * config["tile_oh"] * config["tile_ow"] > 16 * 12:
+            continue  # an AVX-512 tile spills on AVX2's 16 registers: correct, only slow to build
+        executable, packed = builder.compile_module(spec, target, tmpl, config, with_packed_shape=True)
+        meta = builder.metadata(spec, target, tmpl, config, "given")
+        meta["packed_weight_shape"] = packed
+        k = Kernel(meta, executable.mod)
+        arrays = check(k, spec)
+        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]),
+                                      conv2d_reference(spec, *arrays))
+
+
+@pytest.mark.skipif(not VNNI_TARGET.runs_here(), reason="this CPU has no AVX512_VNNI (vpdpbusd)")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_vpdpbusd_kernels_are_exact_on_full_range_data(spec):
+    tmpl = get_template("x86.direct_vnni")
+    assert tmpl.serves(spec, VNNI_TARGET) is None
+    for config in [tmpl.default(spec, VNNI_TARGET)] + tmpl.space(spec, VNNI_TARGET).sample(random.Random(1), 3):
+        k = convgen.build(spec, VNNI_TARGET, config, template="x86.direct_vnni")
+        arrays = check(k, spec, seed=2)
+        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]),
+                                      conv2d_reference(spec, *arrays))
+    assert convgen.build(spec, VNNI_TARGET, builtin_records=False).template == "x86.direct_vnni"
+    from convgen.builder import compile_module
+
+    assert "vpdpbusd" in compile_module(spec, VNNI_TARGET, tmpl, tmpl.default(spec, VNNI_TARGET)).mod.inspect_source("asm")
+
+
+@pytest.mark.parametrize("spec", [SPECS[1], SPECS[0].replace(dtype="int8", residual=False),
+                                  SPECS[1].replace(in_channels=6, out_channels=10)],
+                         ids=lambda s: s.describe())
+def test_every_x86_target_serves_8_bit_data_exactly(spec):
+    """Where no dot-product template serves (AVX2, s8 data, odd channel counts) the generic
+    template does: slower, never wrong."""
+    x86_host()
+    for name in ("x86-avx2", "x86-avx512", "x86-avx512-bf16"):
+        target = convgen.get_target(name)
+        if not target.runs_here():
+            continue
+        k = convgen.build(spec, target, builtin_records=False)
+        rng = np.random.default_rng(4)
+        data = (rng.integers(-128, 128, size=spec.input_shape) if spec.dtype == "int8"
+                else rng.integers(0, 256, size=spec.input_shape)).astype(spec.dtype)
+        arrays = [data, rng.integers(-128, 128, size=spec.weight_shape).astype(np.int8)]
+        arrays += [rng.integers(-1000, 1000, size=s).astype(np.int32) for s in
+                   ([spec.bias_shape] if spec.bias else []) + ([spec.residual_shape] if spec.residual else [])]
+        np.testing.assert_array_equal(k(*arrays), conv2d_reference(spec, *arrays))
+
+
+def test_a_vnni_kernel_is_refused_clearly_where_the_cpu_lacks_the_feature(tmp_path, monkeypatch):
+    import convgen.target as target_module
+
+    spec = SPECS[0]
+    path = str(tmp_path / "vnni.so")
+    convgen.build(spec, VNNI_TARGET, template="x86.direct_vnni").export(path)  # builds anywhere
+    monkeypatch.setattr(target_module, "host_cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    k = convgen.load(path)
+    with pytest.raises(convgen.KernelError, match="avx512_vnni"):
+        k(*full_range(spec, 0))
