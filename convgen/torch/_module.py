@@ -247,18 +247,26 @@ class Conv2d(nn.Module):
         unbatched (as ``nn.Conv2d`` takes it; the result is unbatched too)."""
         if (residual is not None) != self.residual:
             raise TypeError(f"this convgen.torch.Conv2d {'needs' if self.residual else 'takes no'} residual input")
+        # the parameters straight from their dict: nn.Module.__getattr__ costs ~0.3 us a read,
+        # and a layer's call is worth a few us beside kernels of 10-50 us
+        params = self._parameters
+        weight, bias = params["weight"], params.get("bias")
+        if x.dim() == 4 and _direct(x, weight, bias, residual):  # the eager inference path
+            y = self._run(x, weight, bias, residual)
+            if y is not None:
+                return y
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
             residual = residual.unsqueeze(0) if residual is not None else None
         dtype = self.spec.out_dtype if self.spec.dtype != "float32" else ""  # "": as the input
-        if _direct(x, self.weight, self.bias, residual):
-            y = self._run(x, self.weight, self.bias, residual)
+        if _direct(x, weight, bias, residual):
+            y = self._run(x, weight, bias, residual)
             if y is None:
-                y = _on_torch(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
+                y = _on_torch(x, weight, bias, residual, self.stride, self.padding, self.dilation,
                               self.groups, self.activation, self.layout, dtype)
         else:
-            y = torch.ops.convgen.conv2d(x, self.weight, self.bias, residual, self.stride, self.padding,
+            y = torch.ops.convgen.conv2d(x, weight, bias, residual, self.stride, self.padding,
                                          self.dilation, self.groups, self.activation, self.layout, self._handle,
                                          dtype)
         return y.squeeze(0) if unbatched else y
@@ -346,8 +354,10 @@ class Conv2d(nn.Module):
             plan = self._plans[key] = self._plan(x, nhwc)
         if plan is None or weight.dtype not in plan.weight_dtypes:
             return None
-        packed = self._pack(plan.key, plan.kernel, weight)
-        x = x.detach()
+        held = self._packed.get(plan.key)
+        packed = held[1] if held is not None and not held[0].changed(weight) else self._pack(plan.key, plan.kernel,
+                                                                                               weight)
+        # (no detach: this runs where nothing is differentiated, or inside the custom op)
         if x.dtype != plan.dtype:  # an fp32 activation into a bf16 layer (the network's input, say)
             x = x.to(plan.dtype)
         if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
@@ -355,12 +365,11 @@ class Conv2d(nn.Module):
         else:
             args = [x.contiguous(), packed.tensor]
         if bias is not None:
-            args.append(self._bias_as(bias, plan.out_dtype))
+            args.append(bias if bias.dtype == plan.out_dtype else self._bias_as(bias, plan.out_dtype))
         if residual is not None:
-            r = residual.detach()
-            r = r if r.dtype == plan.out_dtype else r.to(plan.out_dtype)
+            r = residual if residual.dtype == plan.out_dtype else residual.to(plan.out_dtype)
             args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
-        out = torch.empty(plan.out_shape, dtype=plan.out_dtype, device=x.device)
+        out = torch.empty(plan.out_shape, dtype=plan.out_dtype, device=plan.device)
         plan.launch(*args, out)
         return out.permute(0, 3, 1, 2) if nhwc else out
 
@@ -385,7 +394,9 @@ class Conv2d(nn.Module):
         kernel = self.kernel_for(spec)
         if isinstance(kernel, Exception):
             return None
-        return _Plan(key, kernel, kernel.launcher(prepacked=True), tuple(spec.output_shape), spec)
+        plan = _Plan(key, kernel, kernel.launcher(prepacked=True), tuple(spec.output_shape), spec)
+        plan.device = x.device
+        return plan
 
 
 class _Plan:
@@ -393,12 +404,13 @@ class _Plan:
     entry point, the output's shape (in the kernel's layout) and the torch dtypes of its
     input and output, and those of weights it takes (packed in the kernel's)."""
 
-    __slots__ = ("key", "kernel", "launch", "out_shape", "dtype", "out_dtype", "weight_dtypes")
+    __slots__ = ("key", "kernel", "launch", "out_shape", "dtype", "out_dtype", "weight_dtypes", "device")
 
     def __init__(self, key: tuple, kernel: Any, launch: Any, out_shape: tuple, spec: ConvSpec) -> None:
         self.key, self.kernel, self.launch, self.out_shape = key, kernel, launch, out_shape
         self.dtype, self.out_dtype = getattr(torch, spec.dtype), getattr(torch, spec.out_dtype)
         self.weight_dtypes = {torch.float32, getattr(torch, spec.filter_dtype)}
+        self.device = None  # the input's, set by Conv2d._plan (a plan is per device)
 
 
 _UNPLANNED = object()
