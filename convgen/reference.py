@@ -102,6 +102,7 @@ def tolerance(spec: ConvSpec) -> float:
 
 def relative_tolerance(spec: ConvSpec) -> float:
     """The part of the tolerance proportional to the result: a bf16 output is rounded to 8
-    significant bits (half a unit of the last is 2**-9 of the value; 2**-8 allows the
-    reference's and the kernel's roundings to differ by one unit). 0 for other outputs."""
-    return 2.0**-8 if spec.out_dtype == "bfloat16" else 0.0
+    significant bits, and the reference's and the kernel's fp32 sums (added in other orders)
+    may round to neighbouring bf16 values: one unit in the last place, which is up to 2**-7
+    of the value (just above a power of two). 0 for other outputs."""
+    return 2.0**-7 if spec.out_dtype == "bfloat16" else 0.0

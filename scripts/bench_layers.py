@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-builtin-records", action="store_true", help="ignore the records shipped with convgen")
     ap.add_argument("--peer-precision", choices=("f32", "bf16"), default="f32",
                     help="OpenVINO's INFERENCE_PRECISION_HINT (default f32; bf16 runs on a CPU with bf16)")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                    help="convgen's precision (optimize(precision=...)); pair bfloat16 with --peer-precision bf16")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table instead of the text one")
     ap.add_argument("--csv", metavar="PATH", default=None, help="also write the rows to a CSV file")
     args = ap.parse_args(argv)
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     usable, notes = peers.available(("openvino",))
     header = (f"{args.model} batch {args.batch} input {tuple(x.shape)}: {host_cpu_name()}, {threads} threads, "
-              f"target {get_target('host').name}; convgen {convgen.__version__}; "
+              f"target {get_target('host').name}; convgen {convgen.__version__} ({args.precision}); "
               + (f"OpenVINO {peers.installed()['openvino']} ({args.peer_precision})" if usable else "no OpenVINO")
               + f"; mean of {args.rounds} rounds")
     print("# " + header, flush=True)
@@ -284,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         want = model(x)
         fast = ct.optimize(model, x, records=args.records, builtin_records=not args.no_builtin_records,
-                           num_threads=threads)
+                           num_threads=threads, precision=args.precision)
         err = peers.relative_error(fast(x), want)
-        if err > 2e-3:
+        if err > (2e-3 if args.precision == "float32" else 2e-2):
             print(f"WARNING convgen: relative error {err:.1e} vs eager", file=sys.stderr)
     rows = conv_rows(model, fast, x)
     timer = ConvTimer(fast, [r.path for r in rows])
