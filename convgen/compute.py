@@ -68,36 +68,39 @@ def pad_data(spec: ConvSpec, data: te.Tensor, padding: tuple[int, int, int, int]
 
 def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> tuple[list[te.Tensor], te.Tensor]:
     """The ``out`` stage over ``conv`` (the reduction's result in the output's layout; it may
-    hold padded channels, of which only the real ones are read): ``+ bias``, ``+ residual``,
-    activation, then the cast to the spec's output dtype. Returns the extra inputs it reads
-    (``[bias], [residual]``, in argument order) and ``out``."""
+    hold padded channels, of which only the real ones are read): ``* scale`` (a
+    :attr:`ConvSpec.scaled` spec, the sums then taken to float32), ``+ bias``,
+    ``+ residual``, activation, then the cast to the spec's output dtype (rounded and
+    clamped for an 8-bit one). Returns the extra inputs it reads (``spec.extra_inputs()``, in
+    argument order) and ``out``."""
     nchw = spec.layout == "NCHW"
     acc = acc_dtype or spec.acc_dtype
-    inputs = []
-    bias = residual = None
-    if spec.bias:
-        bias = te.placeholder(spec.bias_shape, spec.out_dtype, name="bias")
-        inputs.append(bias)
-    if spec.residual:
-        residual = te.placeholder(spec.residual_shape, spec.out_dtype, name="residual")
-        inputs.append(residual)
+    inputs = {name: te.placeholder(shape, dtype, name=name) for name, shape, dtype in spec.extra_inputs()}
+    scale, bias, residual = inputs.get("scale"), inputs.get("bias"), inputs.get("residual")
+    math = "float32" if scale is not None else acc  # the epilogue's arithmetic
 
     def cast(x):
-        return x if x.dtype == acc else x.astype(acc)
+        return x if x.dtype == math else x.astype(math)
 
     def body(*idx):
-        y = conv[idx]
+        channel = idx[1] if nchw else idx[3]
+        y = cast(conv[idx])
+        if scale is not None:
+            y = y * scale[channel]
         if bias is not None:
-            y = y + cast(bias[idx[1] if nchw else idx[3]])
+            y = y + cast(bias[channel])
         if residual is not None:
             y = y + cast(residual[idx])
         if spec.activation in ("relu", "relu6"):
-            y = tirx.max(y, tirx.const(0, acc))
+            y = tirx.max(y, tirx.const(0, math))
         if spec.activation == "relu6":  # MobileNet's clipped ReLU
-            y = tirx.min(y, tirx.const(6, acc))
-        return y if acc == spec.out_dtype else y.astype(spec.out_dtype)
+            y = tirx.min(y, tirx.const(6, math))
+        if spec.out_dtype in ("uint8", "int8") and scale is not None:  # requantize: round half to even
+            info = {"uint8": (0, 255), "int8": (-128, 127)}[spec.out_dtype]
+            y = tirx.min(tirx.max(tirx.round(y), tirx.const(info[0], math)), tirx.const(info[1], math))
+        return y if math == spec.out_dtype else y.astype(spec.out_dtype)
 
-    return inputs, te.compute(spec.output_shape, body, name="out")
+    return list(inputs.values()), te.compute(spec.output_shape, body, name="out")
 
 
 def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1,

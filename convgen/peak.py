@@ -118,7 +118,11 @@ def reference_peak(target: Target, threads: int, dtype: str = "float32", *, here
     """``(GFLOP/s, "measured" | "nominal")``: the peak "% of peak" is against, chosen the same
     way everywhere (``convgen run``, the tuner's progress line and summary). Measured on
     this machine for float32 kernels that run here (``here``: not on a remote device), else
-    the target's nominal figure: per core x ``threads`` on CPUs, the whole chip on GPUs."""
-    if target.is_cpu and here and dtype == "float32" and target.runs_here():
-        return measured_peak_gflops(target, threads), "measured"
+    the target's nominal figure: per core x ``threads`` on CPUs, the whole chip on GPUs. A
+    CPU's bf16 and 8-bit peaks are the measured fp32 one times the target's nominal ratio
+    (2 for ``vdpbf16ps``, 4 for ``vpdpbusd``: they issue at the FMA's rate; 1 where the
+    target has no such instruction): the clock the nominal figure assumes cancels out."""
+    if target.is_cpu and here and target.runs_here():
+        ratio = target.nominal_peak_gflops(1, dtype) / (target.nominal_peak_gflops(1, "float32") or 1)
+        return measured_peak_gflops(target, threads) * (ratio or 1), "measured"
     return target.nominal_peak_gflops(threads if target.is_cpu else 1, dtype), "nominal"

@@ -21,15 +21,18 @@ from .spec import ConvSpec
 
 
 def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extras: np.ndarray,
-                     bias: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
-    """``spec``'s convolution of ``data`` by ``weight`` (+ ``bias``, + ``residual``, activation),
-    in ``spec.layout``. The spec's bias and residual come positionally, in that order, as
-    :func:`random_inputs` returns them, or by keyword."""
-    names = [n for n, on in (("bias", spec.bias), ("residual", spec.residual)) if on]
+                     scale: np.ndarray | None = None, bias: np.ndarray | None = None,
+                     residual: np.ndarray | None = None) -> np.ndarray:
+    """``spec``'s convolution of ``data`` by ``weight`` (``* scale``, + ``bias``, + ``residual``,
+    activation), in ``spec.layout``. The spec's extra inputs (``spec.extra_inputs()``) come
+    positionally, in that order, as :func:`random_inputs` returns them, or by keyword."""
+    names = [name for name, _, _ in spec.extra_inputs()]
     if len(extras) > len(names):
         raise TypeError(f"{spec.describe()} takes {2 + len(names)} inputs, got {2 + len(extras)}")
     given = dict(zip(names, extras))
-    bias, residual = given.get("bias", bias), given.get("residual", residual)
+    scale, bias, residual = given.get("scale", scale), given.get("bias", bias), given.get("residual", residual)
+    if spec.scaled and scale is None:
+        raise TypeError(f"{spec.describe()} needs scale")
     if spec.layout == "NHWC":
         data = np.transpose(data, (0, 3, 1, 2))  # -> NCHW
         weight = np.transpose(weight, (3, 2, 0, 1))  # HWIO -> OIHW
@@ -52,6 +55,9 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
             window = x[:, :, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
             y += np.einsum("ngchw,gkc->ngkhw", window, w[:, :, :, i, j])
     y = y.reshape(n, spec.out_channels, oh, ow)
+    if spec.scaled:  # the kernel's float32 epilogue, operation by operation (see ConvSpec.scaled)
+        y = y.astype(np.float32) * scale.astype(np.float32).reshape(1, -1, 1, 1)
+        wide = np.float32
     if bias is not None:
         y = y + bias.astype(wide).reshape(1, -1, 1, 1)
     if residual is not None:
@@ -61,14 +67,18 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
         y = np.maximum(y, 0)
     if spec.activation == "relu6":
         y = np.minimum(y, 6)
+    if spec.scaled and spec.out_dtype in ("uint8", "int8"):
+        info = np.iinfo(spec.out_dtype)
+        y = np.clip(np.rint(y), info.min, info.max)  # round half to even, as the kernel
     if spec.layout == "NHWC":
         y = np.transpose(y, (0, 2, 3, 1))
     return np.ascontiguousarray(y.astype(numpy_dtype(spec.out_dtype)))
 
 
 def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
-    """Random data, weight (and bias, residual) for ``spec``, in argument order: uniform in
-    [-1, 1), small ints for int8."""
+    """Random data, weight (and scale, bias, residual) for ``spec``, in argument order:
+    uniform in [-1, 1), small ints for 8-bit data; a scale that maps the integer sums to
+    tens (so an 8-bit output spans its range, clamped at the ends)."""
     rng = np.random.default_rng(seed)
 
     def draw(shape, dtype):
@@ -79,10 +89,14 @@ def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
         return rng.uniform(-1, 1, size=shape).astype(numpy_dtype(dtype))
 
     arrays = [draw(spec.input_shape, spec.dtype), draw(spec.weight_shape, spec.filter_dtype)]
-    if spec.bias:
-        arrays.append(draw(spec.bias_shape, spec.out_dtype))
-    if spec.residual:
-        arrays.append(draw(spec.residual_shape, spec.out_dtype))
+    terms = spec.in_per_group * spec.kernel[0] * spec.kernel[1]
+    for name, shape, dtype in spec.extra_inputs():
+        if name == "scale":  # a sum's spread is about sqrt(terms) * 8 * 8
+            arrays.append((rng.uniform(0.5, 1.5, size=shape) * 64 / (8 * 8 * terms**0.5)).astype(np.float32))
+        elif spec.scaled:  # bias and residual in the output's units
+            arrays.append(rng.uniform(-8, 8, size=shape).astype(np.float32))
+        else:
+            arrays.append(draw(shape, dtype))
     return arrays
 
 
@@ -94,6 +108,8 @@ def tolerance(spec: ConvSpec) -> float:
     still catches any indexing error (those are O(1)).
     """
     terms = spec.in_per_group * spec.kernel[0] * spec.kernel[1]
+    if spec.scaled:  # exact sums, a float32 epilogue whose multiply-add LLVM may fuse
+        return 1.0 if spec.out_dtype in ("uint8", "int8") else 1e-5  # (8 bits: one step of rounding)
     if spec.acc_dtype == "int32":
         return 0.0  # integer sums are exact
     eps = {"float32": 1e-5, "float16": 2e-3}[spec.acc_dtype]  # bf16 data: fp32 sums of exact products
@@ -105,4 +121,6 @@ def relative_tolerance(spec: ConvSpec) -> float:
     significant bits, and the reference's and the kernel's fp32 sums (added in other orders)
     may round to neighbouring bf16 values: one unit in the last place, which is up to 2**-7
     of the value (just above a power of two). 0 for other outputs."""
+    if spec.scaled and spec.out_dtype == "float32":
+        return 1e-6  # a few float32 roundings of the epilogue
     return 2.0**-7 if spec.out_dtype == "bfloat16" else 0.0

@@ -339,10 +339,7 @@ class Kernel:
         packed = meta.get("packed_weight_shape")
         self._packed_shape: tuple[int, ...] | None = tuple(int(d) for d in packed) if packed else None
         specs = [("data", tuple(s.input_shape), s.dtype), ("weight", tuple(s.weight_shape), s.filter_dtype)]
-        if s.bias:
-            specs.append(("bias", tuple(s.bias_shape), s.out_dtype))
-        if s.residual:
-            specs.append(("residual", tuple(s.residual_shape), s.out_dtype))
+        specs += [(name, tuple(shape), dtype) for name, shape, dtype in s.extra_inputs()]
         self._arg_specs: tuple[tuple[str, tuple[int, ...], str], ...] = tuple(
             specs + [("out", tuple(s.output_shape), s.out_dtype)])
         # the data alignment the kernel's arguments declare: kernels built by this convgen
@@ -426,34 +423,38 @@ class Kernel:
         return list(self._arg_specs)
 
     # -- calling --------------------------------------------------------------------------
-    def __call__(self, data: Any, weight: Any, *extras: Any, bias: Any = None, residual: Any = None,
-                 out: Any = None) -> Any:
+    def __call__(self, data: Any, weight: Any, *extras: Any, scale: Any = None, bias: Any = None,
+                 residual: Any = None, out: Any = None) -> Any:
         """Run the convolution; returns ``out`` (allocated if not given) in the input's kind.
 
-        The spec's extra inputs follow, positionally in argument order (``k(x, w, b)``,
+        The spec's extra inputs (``spec.extra_inputs()``: ``scale`` of a scaled 8-bit spec,
+        ``bias``, ``residual``) follow, positionally in argument order (``k(x, w, b)``,
         ``k(x, w, r)``, ``k(x, w, b, r)``, as :func:`convgen.reference.random_inputs` returns
-        them) or by keyword (``bias=``, ``residual=``). ``out`` must not overlap an input:
-        the kernel reads its inputs while it writes, so an aliased output would be read
-        half-written.
+        them) or by keyword (``bias=``, ...). ``out`` must not overlap an input: the kernel
+        reads its inputs while it writes, so an aliased output would be read half-written.
         """
         s = self.spec
-        wanted = [n for n, on in (("bias", s.bias), ("residual", s.residual)) if on]
-        given = {"bias": bias, "residual": residual}
+        everything = ("scale", "bias", "residual")
+        wanted = [name for name, _, _ in s.extra_inputs()]
+        given = {"scale": scale, "bias": bias, "residual": residual}
         if len(extras) > len(wanted):
-            missing = " and ".join(n for n in ("bias", "residual") if n not in wanted)
-            raise ValueError(f"this kernel was built without {missing}: it takes data, weight"
-                             f"{''.join(', ' + n for n in wanted)}, got {2 + len(extras)} inputs "
-                             f"(rebuild with {missing.split(' ')[0]}=True to pass one)")
+            missing = [n for n in ("bias", "residual") if n not in wanted]
+            hint = f" (rebuild with {missing[0]}=True to pass one)" if missing else ""
+            raise ValueError(f"this kernel was built without {' and '.join(missing) or 'more inputs'}: it takes "
+                             f"data, weight{''.join(', ' + n for n in wanted)}, got {2 + len(extras)} inputs{hint}")
         for name, value in zip(wanted, extras):
             if given[name] is not None:
                 raise TypeError(f"{name} given both by position and by keyword")
             given[name] = value
-        for name, shape in (("bias", s.bias_shape), ("residual", s.residual_shape)):
+        shapes = {"scale": s.bias_shape, "bias": s.bias_shape, "residual": s.residual_shape}
+        for name in everything:
             if name in wanted and given[name] is None:
-                raise ValueError(f"this kernel was built with {name}=True: pass {name} of shape {shape}")
+                how = "is scaled" if name == "scale" else f"was built with {name}=True"
+                raise ValueError(f"this kernel {how}: pass {name} of shape {shapes[name]}")
             if given[name] is not None and name not in wanted:
-                raise ValueError(f"this kernel was built without {name}: rebuild with {name}=True to pass one")
-        bias, residual = given["bias"], given["residual"]
+                how = "takes no scale (only 8-bit data with a float32 or 8-bit output does)" if name == "scale" \
+                    else f"was built without {name}: rebuild with {name}=True to pass one"
+                raise ValueError(f"this kernel {how}")
         if self._runs_here is not True:
             self._require_runnable()
         if self._is_cpu and self.num_threads != getattr(_thread_state, "num_threads", None):
@@ -472,11 +473,8 @@ class Kernel:
         else:
             w_t = io.to_tvm(weight, *specs[1])
         tensors = [io.to_tvm(data, *specs[0], kind=kind), w_t]
-        i = 2
-        for extra in (bias, residual):
-            if extra is not None:
-                tensors.append(io.to_tvm(extra, *specs[i]))
-                i += 1
+        for i, name in enumerate(wanted, start=2):
+            tensors.append(io.to_tvm(given[name], *specs[i]))
         name, shape, dtype = specs[-1]
         if out is None:
             out_t, finish = io.allocate(kind, shape, dtype, data)
@@ -499,7 +497,7 @@ class Kernel:
     def launcher(self, prepacked: bool = True) -> Any:
         """The kernel's entry point, bare, for a caller that checks its arguments itself.
 
-        ``launch(data, weight, [bias], [residual], out)`` takes DLPack tensors (torch, numpy)
+        ``launch(data, weight, [scale], [bias], [residual], out)`` takes DLPack tensors (torch, numpy)
         or tvm Tensors exactly as the kernel's arguments: the spec's shapes (in its layout) and
         dtypes, on the kernel's device, C-contiguous, ``out`` not overlapping an input, and
         with ``prepacked`` the weights as :meth:`pack_weights` returns them

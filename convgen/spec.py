@@ -37,9 +37,11 @@ DTYPE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     # bf16 data and weights, fp32 products summed in fp32 (AVX512_BF16's vdpbf16ps, AMX's
     # tdpbf16ps); the output rounded to bf16 for the next layer, or kept in fp32
     "bfloat16": (("bfloat16",), ("bfloat16", "float32"), "float32"),
-    # 8-bit data, 8-bit signed weights, int32 sums (issue: int8 on x86 builds on these)
-    "int8": (("int8",), ("int32",), "int32"),
-    "uint8": (("int8",), ("int32",), "int32"),
+    # 8-bit data, 8-bit signed weights, exact int32 sums; the output the sums themselves, or
+    # scaled per output channel (a ``scale`` input): dequantized to float32, or requantized
+    # to 8 bits (see ConvSpec.scaled)
+    "int8": (("int8",), ("int32", "float32", "uint8", "int8"), "int32"),
+    "uint8": (("int8",), ("int32", "float32", "uint8", "int8"), "int32"),
 }
 ACTIVATIONS = (None, "relu", "relu6")
 #: bytes per element of every dtype a kernel reads or writes (the one table: the runtime's
@@ -243,8 +245,39 @@ class ConvSpec:
     @property
     def out_dtype(self) -> str:
         """The output's dtype (``output_dtype``, or the default for ``dtype``: int32 for 8-bit
-        data, else ``dtype``); bias and residual have it too."""
+        data, else ``dtype``); bias and residual have it too, but where :attr:`scaled`."""
         return self.output_dtype or DTYPE_RULES[self.dtype][1][0]
+
+    @property
+    def scaled(self) -> bool:
+        """Does the kernel scale its integer sums per output channel? For 8-bit data with a
+        float32 or 8-bit output it takes a ``scale`` input (float32, one per output channel)
+        and computes, in float32::
+
+            y = act(sum * scale[k] + bias[k] + residual)
+            out = y                                     (float32: dequantized)
+            out = clamp(round_half_even(y), lo, hi)     (uint8 / int8: requantized)
+
+        The caller folds the quantization parameters in: ``scale = s_x * s_w[k] / s_out``,
+        bias and residual in the output's units, a data zero point's term ``-z_x * sum(w[k])
+        * scale[k]`` into the bias. An 8-bit output has zero point 0 (int8: symmetric; uint8:
+        from 0, as a ReLU's output is)."""
+        return self.acc_dtype == "int32" and self.out_dtype != "int32"
+
+    @property
+    def epilogue_dtype(self) -> str:
+        """The dtype of bias and residual: the output's, float32 for a :attr:`scaled` one."""
+        return "float32" if self.scaled else self.out_dtype
+
+    def extra_inputs(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """``(name, shape, dtype)`` of the inputs after data and weight, in argument order:
+        ``scale`` (a :attr:`scaled` spec), ``bias``, ``residual``, each where the spec has it."""
+        extras = [("scale", self.bias_shape, "float32")] if self.scaled else []
+        if self.bias:
+            extras.append(("bias", self.bias_shape, self.epilogue_dtype))
+        if self.residual:
+            extras.append(("residual", self.residual_shape, self.epilogue_dtype))
+        return extras
 
     @property
     def acc_dtype(self) -> str:

@@ -8,13 +8,12 @@ round so that machine noise hits every candidate alike:
 - ``bf16``: convgen on bf16 data and weights, fp32 sums (``x86.direct_bf16``'s ``vdpbf16ps``
   where the CPU has AVX512_BF16), bf16 output; its relative error is against the fp32
   reference on the same (unrounded) inputs;
-- ``int8``: convgen u8 x s8 -> s32 (``x86.direct_vnni``'s ``vpdpbusd`` where the CPU has
-  AVX512_VNNI), exact;
+- ``int8``: convgen u8 x s8, s32 sums, requantized to u8 in the epilogue (per-channel scale
+  and a bias: ``x86.direct_vnni``'s ``vpdpbusd`` where the CPU has AVX512_VNNI);
 - ``torch bf16``: ``F.conv2d`` on channels_last bf16 tensors (oneDNN, which reorders the
   weights in every call);
 - ``torch.ao int8``: ``torch.ao.nn.quantized.Conv2d`` (quantized engine ``x86``: oneDNN/FBGEMM,
-  weights prepacked), quint8 in, quint8 out (it requantizes: it writes a quarter of the bytes
-  convgen's s32 output does).
+  weights prepacked, a bias), quint8 in, quint8 out: the same work as convgen's.
 
 Printed: each candidate's median ms; speed-ups over convgen fp32 (``bf16 x``, ``int8 x``) and
 against torch's (``vs torch``: torch's time / convgen's, > 1 = convgen faster), the median
@@ -70,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     gains: dict[str, list[float]] = {"bf16": [], "int8": [], "bf16_torch": [], "int8_torch": []}
     for name in args.layers:
         fp32 = workloads.layer(name).replace(layout="NHWC")
-        bf16, u8 = fp32.replace(dtype="bfloat16"), fp32.replace(dtype="uint8")
+        bf16 = fp32.replace(dtype="bfloat16")
+        u8 = fp32.replace(dtype="uint8", output_dtype="uint8", bias=True)  # requantized, as torch.ao
         x = rng.uniform(0, 1, fp32.input_shape).astype(np.float32)  # post-ReLU activations
         w = rng.uniform(-1, 1, fp32.weight_shape).astype(np.float32)  # HWIO
         k = {s.dtype: convgen.build(s, target, num_threads=threads) for s in (fp32, bf16, u8)}
         xq, wq = (x * 255).round().astype(np.uint8), (w * 127).round().astype(np.int8)
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        k_out = fp32.out_channels
+        scale = torch.full((k_out,), 1 / (255 * 127 * 0.05), dtype=torch.float32)  # s_x s_w / s_y, as torch.ao
         arrays = {"float32": (tx, tw), "bfloat16": (tx.bfloat16(), tw.bfloat16()),
-                  "uint8": (torch.from_numpy(xq), torch.from_numpy(wq))}
+                  "uint8": (torch.from_numpy(xq), torch.from_numpy(wq), scale, torch.zeros(k_out))}
         packed = {d: k[d].pack_weights(arrays[d][1]) for d in k}
         want = k["float32"](tx, packed["float32"]).numpy().astype(np.float64)
         got = k["bfloat16"](arrays["bfloat16"][0], packed["bfloat16"]).float().numpy()
@@ -88,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         cw = tw.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last).bfloat16()
         qconv = torch.ao.nn.quantized.Conv2d(fp32.in_channels, fp32.out_channels, fp32.kernel, **kw)
         qconv.set_weight_bias(torch.quantize_per_channel(tw.permute(3, 2, 0, 1).contiguous(), torch.full(
-            (fp32.out_channels,), 1 / 127), torch.zeros(fp32.out_channels, dtype=torch.long), 0, torch.qint8), None)
+            (fp32.out_channels,), 1 / 127), torch.zeros(fp32.out_channels, dtype=torch.long), 0, torch.qint8),
+            torch.zeros(fp32.out_channels))
         qconv.scale, qconv.zero_point = 0.05, 0
         qx = torch.quantize_per_tensor(tx.permute(0, 3, 1, 2), 1 / 255, 0, torch.quint8)
-        fns = {d: (lambda d=d: k[d](arrays[d][0], packed[d])) for d in k}
+        fns = {d: (lambda d=d: k[d](arrays[d][0], packed[d], *arrays[d][2:])) for d in k}
         with torch.no_grad():
             fns["torch_bf16"] = lambda: F.conv2d(cx, cw, **kw)
             fns["torch_ao"] = lambda: qconv(qx)

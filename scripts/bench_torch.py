@@ -38,6 +38,7 @@ CPU build of torch 2.13), random weights, BatchNorm statistics randomized.
     python scripts/bench_torch.py --models regnet_block convnext_block deeplab_head --batches 1 --no-compile
     python scripts/bench_torch.py --models mobilenet_v2 --batches 1 --peer-precision bf16   # OpenVINO in bf16
     python scripts/bench_torch.py --models resnet50 --batches 1 --precision bfloat16        # both in bf16
+    python scripts/bench_torch.py --models resnet50 --batches 1 --precision int8            # int8, peers on QDQ
 
 With ``--precision bfloat16`` convgen runs ``optimize(..., precision="bfloat16")`` and the peers
 their bf16 (OpenVINO's ``INFERENCE_PRECISION_HINT=bf16``; ONNX Runtime has no bf16 switch on
@@ -71,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", nargs="*", default=None, help="tuning logs for 'convgen tuned' (default: shipped)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on 2 cores)")
     ap.add_argument("--no-peers", action="store_true", help="skip OpenVINO and ONNX Runtime")
-    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                    help="what convgen's convolutions compute in (optimize(..., precision=))")
+    ap.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                    help="what convgen's convolutions compute in (optimize(..., precision=)); int8: 8 random "
+                         "calibration batches for convgen and for the peers' QDQ network (ONNX Runtime's "
+                         "static quantizer, run by both peers)")
     ap.add_argument("--peer-precision", choices=("f32", "bf16"), default=None,
                     help="OpenVINO's INFERENCE_PRECISION_HINT (default: as --precision; ONNX Runtime always runs f32)")
     ap.add_argument("--threads", type=int, default=None,
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {note}", flush=True)
     header = (f"{host_cpu_name()}, {threads} threads, target {target.name}; torch {torch.__version__} "
               f"(oneDNN; inductor for compile), convgen {convgen.__version__} ({args.precision}); "
-              + ("peers off (--no-peers)" if args.no_peers else peers.describe(args.peer_precision)))
+              + ("peers off (--no-peers)" if args.no_peers
+                 else peers.describe("int8 QDQ" if args.precision == "int8" else args.peer_precision)))
     print("# " + header, flush=True)
     rows = []
     for name in args.models:
@@ -120,16 +124,24 @@ def main(argv: list[str] | None = None) -> int:
                     compiled(x)
                     build_s["compile"] = time.perf_counter() - t0
                     fns["compile"] = lambda m=compiled: m(x)
+                # int8: the same 8 random calibration batches for convgen and the peers' quantizer
+                calibration = [torch.randn_like(x) for _ in range(8)] if args.precision == "int8" else None
                 for label, kw in zip(CONVGEN, ({"builtin_records": False}, {"records": args.records})):
                     t0 = time.perf_counter()
-                    fast = ct.optimize(model, x, num_threads=threads, precision=args.precision, **kw)
+                    fast = ct.optimize(model, x, num_threads=threads, precision=args.precision,
+                                       calibration=calibration, **kw)
                     fast(x)
                     build_s[label] = time.perf_counter() - t0
                     err = errs[label] = peers.relative_error(fast(x), want)
-                    if err > (2e-3 if args.precision == "float32" else 5e-2):
+                    if err > {"float32": 2e-3, "bfloat16": 5e-2}.get(args.precision, 1e-1):
                         print(f"  WARNING {name} n{batch} {label}: relative error {err:.1e} vs eager", file=sys.stderr)
                     fns[label] = lambda m=fast: m(x)
-                found, notes = peers.make_peers(model, x, threads, args.peer_precision, engines)
+                if not engines:
+                    found, notes = [], []
+                elif args.precision == "int8":
+                    found, notes = peers.int8_peers(model, x, threads, calibration)
+                else:
+                    found, notes = peers.make_peers(model, x, threads, args.peer_precision, engines)
                 for note in notes:
                     print(f"  note: {name} n{batch}: {note}", flush=True)
                 for peer in found:

@@ -11,6 +11,11 @@ Runtime on the CPU, each given the same threads as convgen, float32 unless asked
   ``ORT_ENABLE_ALL`` on the ``CPUExecutionProvider``; ``sess.run(None, {name: x.numpy()})``.
   ONNX Runtime's CPU provider has no bf16 switch: it always runs float32.
 
+For int8 (:func:`int8_peers`), as the peers' users quantize: the exported float32 ONNX model
+through ONNX Runtime's static quantizer (``quantize_static``: QDQ format, per-channel s8
+weights, u8 activations, its default MinMax calibration on the given batches), then that one
+QDQ file run by both ONNX Runtime and OpenVINO (which executes QDQ networks in int8).
+
 Both are optional: :func:`make_peers` leaves out an engine that is not installed or that
 fails on a model, and says so in one line (``notes``), never with a traceback.
 """
@@ -26,13 +31,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16")  # OpenVINO's INFERENCE_PRECISION_HINT; int8 is a QDQ model (int8_peers)
 ENGINES = ("openvino", "onnxruntime")
 LABELS = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
 LEGACY_EXPORTER = "the TorchScript exporter (dynamo=False)"
 # relative error (vs eager torch) above which a peer's output is reported: bf16 keeps 8 bits
 # of mantissa, so its results differ from float32 by ~1e-2 by design
-TOLERANCE = {"f32": 2e-3, "bf16": 5e-2, "f16": 5e-2}
+TOLERANCE = {"f32": 2e-3, "bf16": 5e-2, "f16": 5e-2, "int8": 1e-1}
 
 
 @dataclass
@@ -195,7 +200,8 @@ def describe(precision: str, engines: tuple[str, ...] = ENGINES) -> str:
     if "openvino" in usable:
         parts.append(f"OpenVINO {have['openvino']} ({precision})")
     if "onnxruntime" in usable:
-        parts.append(f"ONNX Runtime {have['onnxruntime']} (f32, ONNX opset 17)")
+        runs = precision if precision.startswith("int8") else "f32"  # no bf16 switch on its CPU provider
+        parts.append(f"ONNX Runtime {have['onnxruntime']} ({runs}, ONNX opset 17)")
     return "peers: " + (", ".join(parts) if parts else "none available")
 
 
@@ -305,3 +311,61 @@ def _importable(name: str) -> bool:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def int8_peers(model: Any, x: Any, threads: int, calibration: list[Any]) -> tuple[list[Peer], list[str]]:
+    """ONNX Runtime and OpenVINO on the QDQ network ONNX Runtime's static quantizer makes of
+    ``model`` (per-channel s8 weights, u8 activations, MinMax over ``calibration``), and
+    one-line notes on what could not run."""
+    usable, notes = available()
+    if "onnxruntime" not in usable:
+        return [], notes + ["int8 peers need ONNX Runtime's quantizer: left out"]
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    peers: list[Peer] = []
+    with tempfile.TemporaryDirectory(prefix="convgen-qdq-") as folder:
+        fp32, qdq = os.path.join(folder, "model.onnx"), os.path.join(folder, "model.qdq.onnx")
+        t0 = time.perf_counter()
+        try:
+            onnx_export(model, x, fp32)
+            name = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self.batches = iter([{name: b.numpy()} for b in calibration])
+
+                def get_next(self) -> dict | None:
+                    return next(self.batches, None)
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(fp32, qdq, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        except Exception as e:  # noqa: BLE001
+            return [], notes + [f"the int8 (QDQ) model could not be made: {type(e).__name__}: {_first_line(e)}"]
+        made_s = time.perf_counter() - t0
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(qdq, options, providers=["CPUExecutionProvider"])
+        feed = {name: x.numpy()}
+        peers.append(Peer("onnxruntime", installed()["onnxruntime"] or "?", lambda: session.run(None, feed)[0],
+                          made_s, "int8", extra={"session": session}))
+        if "openvino" in usable:
+            try:
+                import openvino as ov
+
+                compiled = ov.Core().compile_model(qdq, "CPU", openvino_config(threads, "f32"))
+                req = compiled.create_infer_request()
+                data = x.numpy()
+
+                def run_ov() -> Any:
+                    req.infer({0: data})
+                    return req.get_output_tensor(0).data
+
+                peers.append(Peer("openvino", installed()["openvino"] or "?", run_ov, made_s, "int8",
+                                  extra={"compiled": compiled, "request": req}))
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"OpenVINO failed on the QDQ model, left out: {type(e).__name__}: {_first_line(e)}")
+    return peers, notes

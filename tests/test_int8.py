@@ -135,3 +135,83 @@ def test_a_vnni_kernel_is_refused_clearly_where_the_cpu_lacks_the_feature(tmp_pa
     k = convgen.load(path)
     with pytest.raises(convgen.KernelError, match="avx512_vnni"):
         k(*full_range(spec, 0))
+
+
+# ---- scaled outputs: dequantized to float32, requantized to 8 bits ---------------------------
+SCALED = [
+    ConvSpec(in_channels=32, out_channels=32, height=9, width=9, kernel=3, padding=1, layout="NHWC", dtype="uint8",
+             output_dtype="float32", bias=True, residual=True, activation="relu"),
+    ConvSpec(in_channels=64, out_channels=48, height=8, width=8, kernel=1, layout="NCHW", dtype="uint8",
+             output_dtype="uint8", bias=True, activation="relu6"),
+    ConvSpec(in_channels=16, out_channels=32, height=7, width=7, kernel=3, padding=1, stride=2, layout="NHWC",
+             dtype="uint8", output_dtype="int8", bias=True),
+]
+
+
+def test_a_scaled_spec_takes_a_per_channel_scale_and_float_side_inputs():
+    spec = SCALED[0]
+    assert spec.scaled and not SPECS[0].scaled
+    assert [(n, d) for n, _, d in spec.extra_inputs()] == [("scale", "float32"), ("bias", "float32"),
+                                                           ("residual", "float32")]
+    assert spec.key.endswith("_ofloat32_bias_residual_relu") and ConvSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("spec", SCALED, ids=lambda s: s.describe())
+def test_scaled_outputs_match_the_reference(spec):
+    """Every x86 template that serves the spec (the VNNI one where the CPU has it, the
+    generic one everywhere): float32 within float32 rounding, 8-bit within one step (a fused
+    multiply-add may round the other way at a half), exact on most elements."""
+    host = x86_host()
+    from convgen.reference import random_inputs, relative_tolerance, tolerance
+
+    templates = ["cpu.generic"] + (["x86.direct_vnni"] if VNNI_TARGET.runs_here() else [])
+    for name in templates:
+        target = VNNI_TARGET if name == "x86.direct_vnni" else host
+        k = convgen.build(spec, target, template=name, builtin_records=False)
+        arrays = random_inputs(spec, seed=11)
+        want = conv2d_reference(spec, *arrays).astype(np.float64)
+        got = k(*arrays)
+        assert got.dtype == np.dtype(spec.out_dtype)
+        np.testing.assert_allclose(got.astype(np.float64), want, atol=tolerance(spec), rtol=relative_tolerance(spec))
+        if spec.out_dtype != "float32":
+            assert (got.astype(np.float64) == want).mean() > 0.99
+            assert want.min() < want.max()  # a test that spans values, not one clamped end
+
+
+def test_a_scaled_kernel_asks_for_its_scale():
+    x86_host()
+    spec = SCALED[1]
+    k = convgen.build(spec, "host", template="cpu.generic", builtin_records=False)
+    from convgen.reference import random_inputs
+
+    x, w, scale, b = random_inputs(spec)
+    with pytest.raises(ValueError, match="scale"):
+        k(x, w, bias=b)
+    np.testing.assert_array_equal(k(x, w, scale=scale, bias=b), k(x, w, scale, b))
+
+
+# ---- the model path ------------------------------------------------------------------------------
+def test_optimize_in_int8_is_close_to_fp32_and_chains_u8_between_convolutions(tmp_path):
+    torch = pytest.importorskip("torch")
+    import convgen.torch as ct
+    from convgen.torch.models import randomize_batchnorm
+
+    from .torch_models import tiny_resnet
+
+    x86_host()
+    torch.manual_seed(0)
+    model = randomize_batchnorm(tiny_resnet().eval())
+    x = torch.randn(2, 3, 32, 32)
+    calibration = [torch.randn(2, 3, 32, 32) for _ in range(8)]
+    with pytest.raises(ValueError, match="calibration"):
+        ct.optimize(model, x, precision="int8", cache=str(tmp_path))
+    fast = ct.optimize(model, x, precision="int8", calibration=calibration, cache=str(tmp_path),
+                       builtin_records=False)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    assert got.dtype == torch.float32
+    assert float((got - want).norm() / want.norm()) < 8e-2
+    text = ct.explain(fast)
+    assert "int8: input quantized" in text and "float32 (int8 not served" in text  # the 3-channel stem
+    layers = ct.conv_layers(model, x, precision="int8")
+    assert any(s.dtype == "uint8" for s in layers.values())

@@ -222,8 +222,10 @@ def add_model_args(p: Any) -> None:
     g.add_argument("--input-shape", type=_shape, metavar="N,C,H,W", help="the model's input shape, e.g. 1,3,224,224")
     g.add_argument("--nchw", action="store_true",
                    help="NCHW kernels, as convgen.torch.optimize(..., channels_last=False) runs (default: NHWC)")
-    g.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="the dtype the model's convolutions compute in, as optimize(..., precision=) runs them")
+    g.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                   help="what the model's convolutions compute in, as optimize(..., precision=) runs them "
+                        "(int8: u8 data, s8 weights, a float32 output; the u8 outputs of chained layers are "
+                        "decided by calibration, in optimize)")
 
 
 def _shape(text: str) -> tuple[int, ...]:

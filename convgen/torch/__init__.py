@@ -36,25 +36,31 @@ from ..spec import ConvSpec
 from ..target import Target, get_target
 from ..workloads import ConvLayers
 from ._graph import Site, TraceError, site_spec, sites, trace
-from ._module import Conv2d, Linear, conv2d, torch_conv2d
+from ._module import Conv2d, Linear, QConv2d, conv2d, torch_conv2d
 from .threads import configure_threads, torch_single_threaded_forward
 
 __all__ = ["conv_layers", "optimize", "explain", "refresh", "PRECISIONS", "Conv2d", "Linear", "ConvLayers", "TraceError", "conv2d",
            "configure_threads", "torch_conv2d", "model_from_factory", "import_layers"]
 
 
-PRECISIONS = ("float32", "bfloat16")
-"""What :func:`optimize` and :func:`conv_layers` take as ``precision``: the dtype the
-convolutions compute in (bfloat16: bf16 data and weights, fp32 sums, bf16 activations
-between them; the model's inputs and outputs keep their dtype)."""
+PRECISIONS = ("float32", "bfloat16", "int8")
+"""What :func:`optimize` and :func:`conv_layers` take as ``precision``: what the convolutions
+compute in. bfloat16: bf16 data and weights, fp32 sums, bf16 activations between them. int8:
+u8 activations, s8 weights, s32 sums, a float32 epilogue (post-training quantization from
+calibration batches, see :mod:`convgen.torch._quant`). The model's inputs and outputs keep
+their dtype either way."""
 
 
-def _in_precision(spec: ConvSpec, precision: str) -> ConvSpec:
-    """``spec`` computed in ``precision`` (a float32 spec of the model, otherwise as it is)."""
+def _in_precision(spec: ConvSpec, precision: str, linear: bool = False) -> ConvSpec:
+    """``spec`` computed in ``precision`` (a float32 spec of the model, otherwise as it is).
+    int8: u8 data, a float32 (dequantized) output, and a bias (where the input's zero point
+    is folded in); linear layers stay float32 in int8."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32" or spec.dtype != "float32":
         return spec
+    if precision == "int8":
+        return spec if linear else spec.replace(dtype="uint8", output_dtype="float32", bias=True)
     return spec.replace(dtype=precision)
 
 
@@ -77,7 +83,7 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
         spec = site_spec(site, fused=fused)
         if site.why_not or isinstance(spec, str):
             continue
-        spec = _in_precision(spec, precision)
+        spec = _in_precision(spec, precision, site.linear)
         out.add(site.path, spec.replace(layout="NHWC") if channels_last else spec)
     return out
 
@@ -85,7 +91,7 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
 def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Target = "host", records: Any = None,
              builtin_records: bool = True, num_threads: int | None = None, cache: str | None = None,
              parallel: int | None = None, threads: bool = True, channels_last: bool = True,
-             precision: str = "float32") -> torch.fx.GraphModule:
+             precision: str = "float32", calibration: Any = None) -> torch.fx.GraphModule:
     """A copy of ``model`` whose convolutions run convgen kernels (``model`` is untouched).
 
     ``example_inputs`` fix the shapes kernels are built for now (other batch sizes, image
@@ -107,6 +113,11 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     elsewhere), the activations between them are bf16 (half the memory traffic), the
     model's inputs and outputs keep their dtype; a layer convgen cannot serve in bf16 runs
     its fp32 kernel, and :func:`explain` says which and why.
+    ``precision="int8"`` with ``calibration`` (an iterable of inputs as the model takes them,
+    8 or more representative batches): post-training static quantization
+    (:mod:`convgen.torch._quant`): each convolution a fast 8-bit template serves runs u8 x s8
+    with a float32 epilogue, consecutive ones pass u8 between them where the graph allows;
+    the rest stays float32, and :func:`explain` says which and why.
 
     Raises :class:`TraceError` (a ``ValueError``) when torch.fx cannot trace the model or
     the model fails on the example inputs.
@@ -121,14 +132,23 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     report: dict[str, str] = {}
     runs_here = target.runs_here()
     fell_back: dict[str, str] = {}  # layers that run fp32 although the precision asked for less
+    observers: dict[str, Any] = {}
+    if precision == "int8":
+        from ._quant import calibrate
+
+        observers = calibrate(gm, [site for site in found if not site.why_not], calibration)
     for site in found:
         spec = site_spec(site)
         why = site.why_not or (spec if isinstance(spec, str) else None)
         if why is None and not runs_here:
             why = f"target {target.name} does not run on this machine"
         if why is None:
-            wanted = _in_precision(spec, precision)
+            wanted = _in_precision(spec, precision, site.linear)
             reason = _cannot_serve(wanted, target) if wanted is not spec else None
+            if reason is None and wanted.dtype == "uint8" and not observers[site.path].seen:
+                reason = "no calibration batch reached it"
+            if precision == "int8" and site.linear:
+                reason = "linear layers stay float32 in int8"
             if reason:
                 fell_back[site.path] = f"float32 ({precision} not served: {reason})"
             else:
@@ -142,6 +162,9 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
             served.append((site, spec))
         else:
             report[site.path] = why
+    quant: dict[str, dict[str, Any]] = {}  # int8 sites: how each quantizes its input and output
+    if precision == "int8":
+        served, quant = _int8_plan(found, served, observers)
     t0 = time.perf_counter()
     if channels_last and target.is_cpu:
         served = [(site, spec.replace(layout="NHWC")) for site, spec in served]
@@ -149,7 +172,7 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     replaced: dict[torch.fx.Node, torch.fx.Node] = {}
     layout = "NHWC" if channels_last and target.is_cpu else "NCHW"
     for (site, spec), kernel in zip(served, built):
-        module = _convgen_module(site, spec, target, build, layout)
+        module = _convgen_module(site, spec, target, build, layout, quant.get(site.path))
         module.kernels[(spec.batch, spec.height, spec.width, spec.layout)] = kernel
         _rewrite(gm, site, module, replaced)
     if served:
@@ -158,7 +181,8 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.convgen_torch_convs = report  # the convolutions left to torch, and why
-    gm.convgen_precision = {"asked": precision, "fell_back": fell_back}
+    gm.convgen_precision = {"asked": precision, "fell_back": fell_back,
+                            "int8": {path: q["note"] for path, q in quant.items()}}
     gm.convgen_build_seconds = time.perf_counter() - t0
     with torch.no_grad():  # pack the weights of the kernels just built
         for module in gm.modules():
@@ -174,12 +198,46 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
 
 
 def _cannot_serve(spec: ConvSpec, target: Target) -> str | None:
-    """Why no template serves ``spec`` on ``target`` (``None``: one does)."""
+    """Why no template serves ``spec`` on ``target`` (``None``: one does). 8-bit data needs a
+    fast template: the generic loop nest would be slower than the float32 kernel."""
     if spec.dtype not in target.dtypes:
         return f"{target.name} kernels take {', '.join(target.dtypes)}"
     from ..schedules import candidates
 
-    return None if candidates(spec, target) else f"no {target.name} template serves {spec.describe()}"
+    found = candidates(spec, target)
+    if spec.acc_dtype == "int32":
+        found = [t for t in found if not t.fallback]
+        if not found:
+            return f"no fast 8-bit {target.name} template serves {spec.describe()}"
+    return None if found else f"no {target.name} template serves {spec.describe()}"
+
+
+def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
+               observers: dict[str, Any]) -> tuple[list[tuple[Site, ConvSpec]], dict[str, dict[str, Any]]]:
+    """The int8 sites' quantization: each one's input scale and zero point (its observer),
+    and, where a site writes u8 for the next (:func:`convgen.torch._quant.chained`), a uint8
+    output at that one's scale. Returns the served list with those outputs and, per path,
+    the :class:`~convgen.torch._module.QConv2d` arguments and a note for :func:`explain`."""
+    from ._quant import chained
+
+    int8 = {site.path for site, spec in served if spec.dtype == "uint8"}
+    chain = chained(found, int8, observers)
+    feeds = {consumer: producer for producer, consumer in chain.items()}
+    quant: dict[str, dict[str, Any]] = {}
+    out = []
+    for site, spec in served:
+        if site.path in int8:
+            scale, zero = observers[site.path].params()
+            q: dict[str, Any] = {"in_scale": scale, "in_zero": zero, "out_scale": None}
+            source = f"u8 from {feeds[site.path]}" if site.path in feeds else f"input quantized (scale {scale:.3g}, " \
+                                                                               f"zero point {zero})"
+            if site.path in chain:
+                q["out_scale"] = observers[chain[site.path]].params()[0]
+                spec = spec.replace(output_dtype="uint8")
+            q["note"] = f"int8: {source}, output " + (f"u8 for {chain[site.path]}" if site.path in chain else "float32")
+            quant[site.path] = q
+        out.append((site, spec))
+    return out, quant
 
 
 def _outputs_as_before(gm: torch.fx.GraphModule, *, layout: bool) -> None:
@@ -237,7 +295,8 @@ def model_from_factory(text: str) -> nn.Module:
     return model.eval()
 
 
-def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict, layout: str) -> Conv2d:
+def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict, layout: str,
+                    quant: dict[str, Any] | None = None) -> Conv2d:
     conv = site.conv
     if site.linear:  # weights [K, C] as K filters of C x 1 x 1
         return Linear(conv.weight[:, :, None, None], conv.bias, stride=(1, 1), padding=(0, 0, 0, 0),
@@ -249,11 +308,12 @@ def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict, lay
 
         conv = fuse_conv_bn_eval(conv, site.bn)
     rows, cols = site.taps()  # the taps that read only padding are cut off (spec and weights alike)
-    return Conv2d(conv.weight[:, :, rows, cols], conv.bias, stride=spec.stride, padding=spec.padding,
-                  dilation=spec.dilation,
-                  groups=spec.groups, activation=site.activation, residual=site.residual is not None,
-                  spec=spec.replace(layout="NCHW"), target=target, build=build, fused=tuple(site.fused),
-                  layout=layout)
+    kind, extra = (Conv2d, {}) if quant is None else (QConv2d, {k: v for k, v in quant.items() if k != "note"})
+    return kind(conv.weight[:, :, rows, cols], conv.bias, stride=spec.stride, padding=spec.padding,
+                dilation=spec.dilation,
+                groups=spec.groups, activation=site.activation, residual=site.residual is not None,
+                spec=spec.replace(layout="NCHW"), target=target, build=build, fused=tuple(site.fused),
+                layout=layout, **extra)
 
 
 def _rewrite(gm: torch.fx.GraphModule, site: Site, module: Conv2d, replaced: dict) -> None:
@@ -304,7 +364,8 @@ def explain(model: nn.Module) -> str:
             fused = f"  [fused {', '.join(m.fused)}]" if m.fused else ""
             where = "convgen" if built or not m.kernels else "torch"
             what = f"linear {m.spec.in_channels}->{m.spec.out_channels}" if isinstance(m, Linear) else m.spec.describe()
-            note = getattr(model, "convgen_precision", {}).get("fell_back", {}).get(path)
+            precision = getattr(model, "convgen_precision", {})
+            note = precision.get("fell_back", {}).get(path) or precision.get("int8", {}).get(path)
             rows.append(f"{path}: {where} {what}{fused}" + (f"  [{note}]" if note else ""))
             for (n, h, w, layout), k in sorted(m.kernels.items(), key=lambda kv: str(kv[0])):
                 shape = f"{n * h * w} rows" if isinstance(m, Linear) else f"n{n} {h}x{w} {layout}"

@@ -355,23 +355,30 @@ class Conv2d(nn.Module):
         if plan is None or weight.dtype not in plan.weight_dtypes:
             return None
         held = self._packed.get(plan.key)
-        packed = held[1] if held is not None and not held[0].changed(weight) else self._pack(plan.key, plan.kernel,
-                                                                                               weight)
+        if held is None or held[0].changed(weight):
+            self._pack(plan.key, plan.kernel, weight)
+            held = self._packed[plan.key]
         # (no detach: this runs where nothing is differentiated, or inside the custom op)
         if x.dtype != plan.dtype:  # an fp32 activation into a bf16 layer (the network's input, say)
-            x = x.to(plan.dtype)
+            x = self._input_as(x, plan.dtype)
         if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
-            args = [x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), packed.tensor]
+            args = [x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), held[1].tensor]
         else:
-            args = [x.contiguous(), packed.tensor]
-        if bias is not None:
-            args.append(bias if bias.dtype == plan.out_dtype else self._bias_as(bias, plan.out_dtype))
+            args = [x.contiguous(), held[1].tensor]
+        if len(held) > 2:  # what the weights' preparation made for the epilogue (int8: scale, bias)
+            args += held[2](bias)
+        elif bias is not None:
+            args.append(bias if bias.dtype == plan.side_dtype else self._bias_as(bias, plan.side_dtype))
         if residual is not None:
-            r = residual if residual.dtype == plan.out_dtype else residual.to(plan.out_dtype)
+            r = residual if residual.dtype == plan.side_dtype else residual.to(plan.side_dtype)
             args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
         out = torch.empty(plan.out_shape, dtype=plan.out_dtype, device=plan.device)
         plan.launch(*args, out)
         return out.permute(0, 3, 1, 2) if nhwc else out
+
+    def _input_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``x`` in the kernel's input dtype (a float32 network input into a bf16 layer)."""
+        return x.to(dtype)
 
     def _bias_as(self, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The bias in the kernel's dtype: converted once, again only when the bias changes."""
@@ -404,11 +411,12 @@ class _Plan:
     entry point, the output's shape (in the kernel's layout) and the torch dtypes of its
     input and output, and those of weights it takes (packed in the kernel's)."""
 
-    __slots__ = ("key", "kernel", "launch", "out_shape", "dtype", "out_dtype", "weight_dtypes", "device")
+    __slots__ = ("key", "kernel", "launch", "out_shape", "dtype", "out_dtype", "side_dtype", "weight_dtypes", "device")
 
     def __init__(self, key: tuple, kernel: Any, launch: Any, out_shape: tuple, spec: ConvSpec) -> None:
         self.key, self.kernel, self.launch, self.out_shape = key, kernel, launch, out_shape
         self.dtype, self.out_dtype = getattr(torch, spec.dtype), getattr(torch, spec.out_dtype)
+        self.side_dtype = getattr(torch, spec.epilogue_dtype)  # bias and residual
         self.weight_dtypes = {torch.float32, getattr(torch, spec.filter_dtype)}
         self.device = None  # the input's, set by Conv2d._plan (a plan is per device)
 
@@ -433,3 +441,67 @@ class Linear(Conv2d):
 
     def extra_repr(self) -> str:
         return "linear, " + super().extra_repr()
+
+
+class QConv2d(Conv2d):
+    """A convolution served by an 8-bit kernel (``optimize(..., precision="int8")``): u8
+    activations, s8 weights quantized per output channel, exact s32 sums, the epilogue in
+    float32 (see :mod:`convgen.torch._quant` for the arithmetic and the observers).
+
+    ``in_scale``/``in_zero``: how a float32 input is quantized (one ``round``/``clamp`` pass);
+    a uint8 input is taken as it comes (its producer quantized it with these). ``out_scale``:
+    ``None`` for a float32 output, else the next layer's input scale (a ``uint8`` output).
+    """
+
+    def __init__(self, *args: Any, in_scale: float, in_zero: int, out_scale: float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_scale, self.in_zero, self.out_scale = float(in_scale), int(in_zero), out_scale
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The kernel's result; where none serves (or something is differentiated, or traced),
+        torch computes the same on the dequantized input, so a u8 chain stays consistent."""
+        if (residual is not None) != self.residual:
+            raise TypeError(f"this convgen.torch.Conv2d {'needs' if self.residual else 'takes no'} residual input")
+        params = self._parameters
+        weight, bias = params["weight"], params.get("bias")
+        if x.dim() == 4 and _direct(x, weight, bias, residual):
+            y = self._run(x, weight, bias, residual)
+            if y is not None:
+                return y
+        xf = (x.float() - self.in_zero) * self.in_scale if x.dtype == torch.uint8 else x
+        y = torch_conv2d(xf, weight, bias, residual, self.stride, self.padding, self.dilation, self.groups,
+                         self.activation)
+        if self.out_scale is not None:  # what the next layer takes: u8 at its scale
+            y = torch.clamp(torch.round(y / self.out_scale), 0, 255).to(torch.uint8)
+        return y
+
+    def _input_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        from ._quant import quantize_input
+
+        return quantize_input(x, self.in_scale, self.in_zero)
+
+    def _pack(self, key: tuple, kernel: Any, weight: torch.Tensor) -> Any:
+        """Quantize and pack the weights; keep the epilogue's ``scale`` and the bias with the
+        zero point's term folded in, both in the output's units."""
+        from ._quant import quantize_weight
+
+        watch = WeightWatch(weight)
+        q, s_w = quantize_weight(weight)
+        out = self.out_scale or 1.0
+        scale = (self.in_scale * s_w / out).float().contiguous()
+        # the input's zero point adds z * sum(q_w[k]) to every sum: taken off through the bias
+        offset = -self.in_zero * q.reshape(q.shape[0], -1).sum(dim=1).float() * scale
+        q = q.permute(2, 3, 1, 0).contiguous() if key[3] == "NHWC" else q.contiguous()
+        folded: dict[str, Any] = {}
+
+        def epilogue_args(bias: torch.Tensor | None) -> list[torch.Tensor]:
+            stamp = None if bias is None else (bias.data_ptr(), _version(bias))
+            if folded.get("stamp", 0) != stamp:  # the bias in the output's units, once per bias
+                b = offset if bias is None else bias.detach().float() / out + offset
+                folded["stamp"], folded["args"] = stamp, [scale, b.contiguous()] if self.spec.bias else [scale]
+            return folded["args"]
+
+        packed = kernel.pack_weights(q)
+        self._packed[key] = (watch, packed, epilogue_args)
+        return packed

@@ -1,0 +1,130 @@
+"""Post-training static quantization for ``optimize(model, x, precision="int8", calibration=...)``.
+
+What runs in int8, and how (the arithmetic of :attr:`convgen.ConvSpec.scaled`):
+
+- **Weights**: per output channel, symmetric: ``s_w[k] = max|w[k]| / 127``, ``q_w = round(w /
+  s_w)`` in ``[-127, 127]`` (-128 unused: a symmetric range). Quantized again whenever the
+  float weights change (the same :class:`~convgen.torch._module.WeightWatch` as packing).
+- **Activations**: per tensor, from the calibration batches, by a min/max observer
+  (:class:`MinMax`): the input of every int8 convolution, its range ``[lo, hi]`` over all
+  batches, widened to contain 0. ``lo >= 0`` (after a ReLU): ``u8 = round(x / s)``,
+  ``s = hi / 255``, zero point 0; otherwise ``s = (hi - lo) / 255`` and a zero point
+  ``z = round(-lo / s)``. Min/max is the plainest observer; values outside the calibrated
+  range clamp (a calibration set that misses a layer's extremes costs accuracy there).
+- **The kernel**: u8 data x s8 weights -> exact s32 sums, then per channel ``y = sum *
+  s_x * s_w[k] + b[k] - z * s_x * s_w[k] * sum(q_w[k])`` (the zero point's term folded into
+  the bias), the residual and activation in float32: a float32 output.
+- **Chains**: a convolution whose only consumer is another int8 convolution's input, with no
+  residual of its own, and whose output the consumer quantizes with zero point 0 (it comes
+  out of a ReLU) writes that u8 tensor itself: its epilogue divides by the consumer's scale
+  and rounds (``uint8`` output). The consumer then skips its quantization. ResNet's
+  bottlenecks chain their 1x1 -> 3x3 -> 1x1; the last one (its residual add) returns float32.
+
+Convolutions no fast int8 template serves (3-channel inputs, depthwise and grouped, channel
+counts off VNNI's blocks of 4 and 16) stay float32 (:func:`convgen.torch.explain` says so).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from ._graph import Site
+
+
+class MinMax:
+    """The range of every tensor it is shown, then the affine u8 parameters that cover it."""
+
+    def __init__(self) -> None:
+        self.lo, self.hi = math.inf, -math.inf
+
+    def __call__(self, t: torch.Tensor) -> None:
+        t = t.detach()
+        if t.numel():
+            self.lo, self.hi = min(self.lo, float(t.min())), max(self.hi, float(t.max()))
+
+    @property
+    def seen(self) -> bool:
+        return self.lo <= self.hi
+
+    def params(self) -> tuple[float, int]:
+        """``(scale, zero_point)`` of the u8 quantization of the range (0 included)."""
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        scale = (hi - lo) / 255 or 1.0  # an all-zero tensor: any scale
+        return scale, min(255, max(0, round(-lo / scale)))
+
+
+def calibrate(gm: torch.fx.GraphModule, found: list[Site], batches: Iterable[Any]) -> dict[str, MinMax]:
+    """Run the traced model (torch's own operators) on each calibration batch and observe
+    the input of every convolution site; returns the observers by site path."""
+    if batches is None:
+        raise ValueError("precision='int8' needs calibration batches: calibration=[x1, x2, ...] "
+                         "(inputs as the model takes them; 8 or more representative ones)")
+    observers = {site.path: MinMax() for site in found}
+    hooks = [site.conv.register_forward_pre_hook(lambda m, args, o=observers[site.path]: o(args[0]))
+             for site in found]
+    count = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                gm(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
+                count += 1
+    finally:
+        for h in hooks:
+            h.remove()
+    if not count:
+        raise ValueError("precision='int8': the calibration iterable was empty (give 8 or more batches)")
+    return observers
+
+
+def chained(found: list[Site], int8: set[str], observers: dict[str, MinMax]) -> dict[str, str]:
+    """Which int8 site writes u8 for which: ``{producer path: consumer path}`` (see the
+    module docstring for the conditions)."""
+    first = {site.node: site for site in found}
+    out = {}
+    for site in found:
+        if site.path not in int8 or site.residual is not None:
+            continue
+        last = site.chain[-1]
+        users = list(last.users)
+        if len(users) != 1 or users[0] not in first:
+            continue
+        consumer = first[users[0]]
+        if consumer.path in int8 and consumer.node.args[0] is last and observers[consumer.path].params()[1] == 0:
+            out[site.path] = consumer.path
+    return out
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric s8 weights and their scales (``weight`` is K x ...)."""
+    w = weight.detach().float()
+    scale = w.reshape(w.shape[0], -1).abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale.reshape(-1, *([1] * (w.dim() - 1)))).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+#: the last tensor quantized, ``(weakref to it, its version, scale, zero point, the u8 tensor)``:
+#: two layers that read one tensor (a ResNet block's first 1x1 and its downsample) observe the
+#: same values, so have the same parameters, and the second reuses the first's u8 copy
+_LAST: list[Any] = [None]
+
+
+def quantize_input(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``x`` as u8: ``round(x / scale) + zero_point`` clamped to [0, 255], in ``x``'s memory
+    format (elementwise ops keep channels_last). The same tensor object (unchanged since:
+    its version) at the same parameters is quantized once."""
+    import weakref
+
+    last = _LAST[0]
+    version = None if x.is_inference() else x._version
+    if last is not None and last[0]() is x and last[1:4] == (version, scale, zero_point) and version is not None:
+        return last[4]
+    q = x * (1.0 / scale)
+    if zero_point:
+        q.add_(zero_point)
+    q = q.round_().clamp_(0, 255).to(torch.uint8)
+    _LAST[0] = (weakref.ref(x), version, scale, zero_point, q)
+    return q
