@@ -256,6 +256,8 @@ def resolve_config(
 def _difference(spec: ConvSpec, tuned: ConvSpec) -> str:
     """How a stand-in's records differ from ``spec``: ``"batch 1, no epilogue"``."""
     parts = []
+    if tuned.out_dtype != spec.out_dtype:
+        parts.append(f"{tuned.out_dtype} output")
     if tuned.batch != spec.batch:
         parts.append(f"batch {tuned.batch}")
     if (tuned.bias, tuned.residual, tuned.activation) != (spec.bias, spec.residual, spec.activation):

@@ -70,8 +70,8 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
     """The ``out`` stage over ``conv`` (the reduction's result in the output's layout; it may
     hold padded channels, of which only the real ones are read): ``* scale`` (a
     :attr:`ConvSpec.scaled` spec, the sums then taken to float32), ``+ bias``,
-    ``+ residual``, activation, then the cast to the spec's output dtype (rounded and
-    clamped for an 8-bit one). Returns the extra inputs it reads (``spec.extra_inputs()``, in
+    ``+ residual``, activation, then the cast to the spec's output dtype (rounded half to
+    even and clamped for an 8-bit output of float arithmetic). Returns the extra inputs it reads (``spec.extra_inputs()``, in
     argument order) and ``out``."""
     nchw = spec.layout == "NCHW"
     acc = acc_dtype or spec.acc_dtype
@@ -95,7 +95,7 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
             y = tirx.max(y, tirx.const(0, math))
         if spec.activation == "relu6":  # MobileNet's clipped ReLU
             y = tirx.min(y, tirx.const(6, math))
-        if spec.out_dtype in ("uint8", "int8") and scale is not None:  # requantize: round half to even
+        if spec.out_dtype in ("uint8", "int8") and math != "int32":  # (re)quantize: round half to even
             info = {"uint8": (0, 255), "int8": (-128, 127)}[spec.out_dtype]
             y = tirx.min(tirx.max(tirx.round(y), tirx.const(info[0], math)), tirx.const(info[1], math))
         return y if math == spec.out_dtype else y.astype(spec.out_dtype)

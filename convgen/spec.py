@@ -32,7 +32,10 @@ DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")
 #: per data dtype: the weight dtypes it pairs with (the first is the default), the output
 #: dtypes a kernel may return (the first is the default) and the accumulator's dtype
 DTYPE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "float32": (("float32",), ("float32",), "float32"),
+    # float32 (and, below, scaled 8-bit) results may be rounded and clamped to 8 bits in the
+    # epilogue: the quantization of the input of an int8 layer next (a depthwise 1x1 of
+    # weights 1/scale and bias zero point is convgen.torch's quantizer)
+    "float32": (("float32",), ("float32", "uint8", "int8"), "float32"),
     "float16": (("float16",), ("float16",), "float16"),
     # bf16 data and weights, fp32 products summed in fp32 (AVX512_BF16's vdpbf16ps, AMX's
     # tdpbf16ps); the output rounded to bf16 for the next layer, or kept in fp32
@@ -266,8 +269,12 @@ class ConvSpec:
 
     @property
     def epilogue_dtype(self) -> str:
-        """The dtype of bias and residual: the output's, float32 for a :attr:`scaled` one."""
-        return "float32" if self.scaled else self.out_dtype
+        """The dtype of bias and residual: the output's, but float32 where the epilogue's
+        arithmetic is float32 and its result goes to 8 bits (:attr:`scaled` sums, a quantized
+        float32 output)."""
+        if self.scaled or (self.out_dtype in ("uint8", "int8") and self.acc_dtype != "int32"):
+            return "float32"
+        return self.out_dtype
 
     def extra_inputs(self) -> list[tuple[str, tuple[int, ...], str]]:
         """``(name, shape, dtype)`` of the inputs after data and weight, in argument order:
@@ -371,12 +378,16 @@ class ConvSpec:
 
     def stand_ins(self) -> list["ConvSpec"]:
         """Workloads whose tuned configs serve this one when it has no records of its own,
-        best first: the same convolution without its epilogue (bias, residual and ReLU add
-        memory traffic, not another loop nest), then the same at batch 1 (tuned layers are
-        batch 1; a larger batch only adds parallel work), then both."""
+        best first: the same convolution with another output dtype of its data (an int8
+        layer that requantizes for the next one is tuned as the float32-output layer
+        ``conv_layers(precision="int8")`` lists), without its epilogue (bias, residual and
+        ReLU add memory traffic, not another loop nest), then the same at batch 1 (tuned
+        layers are batch 1; a larger batch only adds parallel work), then both."""
         bare = dict(bias=False, residual=False, activation=None)
         out: list[ConvSpec] = []
-        for changes in (bare, {"batch": 1}, dict(bare, batch=1)):
+        outputs = [{"output_dtype": o} for o in DTYPE_RULES[self.dtype][1]
+                   if o != self.out_dtype and self.acc_dtype == "int32" and o != "int32"]
+        for changes in (*outputs, bare, {"batch": 1}, dict(bare, batch=1)):
             s = self.replace(**changes)
             if s != self and s not in out:
                 out.append(s)

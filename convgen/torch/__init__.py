@@ -65,7 +65,7 @@ def _in_precision(spec: ConvSpec, precision: str, linear: bool = False) -> ConvS
 
 
 def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = True,
-                channels_last: bool = True, precision: str = "float32") -> ConvLayers:
+                channels_last: bool = True, precision: str = "float32", target: str | Target = "host") -> ConvLayers:
     """The distinct convolution workloads of ``model`` at the example inputs' shapes.
 
     Names are module paths (``layer1.0.conv2``); a workload computed by several modules
@@ -75,7 +75,9 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
     records that match exactly. ``channels_last`` (the default, as :func:`optimize`'s)
     gives NHWC specs; ``False`` the example input's own layout. ``precision``: the dtype the
     convolutions compute in, as :func:`optimize` runs them (so a campaign tunes the kernels
-    the model runs). Convolutions convgen cannot serve (see :func:`explain`) are left out.
+    the model runs; in int8, a layer no fast 8-bit template of ``target`` serves is listed in
+    float32, as :func:`optimize` runs it). Convolutions convgen cannot serve (see
+    :func:`explain`) are left out.
     """
     gm = trace(model, example_inputs)
     out = ConvLayers()
@@ -83,7 +85,10 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
         spec = site_spec(site, fused=fused)
         if site.why_not or isinstance(spec, str):
             continue
-        spec = _in_precision(spec, precision, site.linear)
+        wanted = _in_precision(spec, precision, site.linear)
+        if wanted.dtype == "uint8" and _cannot_serve(wanted.replace(layout="NHWC"), get_target(target)):
+            wanted = spec
+        spec = wanted
         out.add(site.path, spec.replace(layout="NHWC") if channels_last else spec)
     return out
 

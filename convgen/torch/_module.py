@@ -476,10 +476,48 @@ class QConv2d(Conv2d):
             y = torch.clamp(torch.round(y / self.out_scale), 0, 255).to(torch.uint8)
         return y
 
+    def _init_state(self) -> None:
+        super()._init_state()
+        self._quantizers: dict[tuple, Any] = {}  # input shape -> its quantizing kernel (None: torch's ops)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_quantizers", None)
+        return state
+
     def _input_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         from ._quant import quantize_input
 
-        return quantize_input(x, self.in_scale, self.in_zero)
+        key = (x.shape, x.device)
+        kernel = self._quantizers.get(key, _UNPLANNED)
+        if kernel is _UNPLANNED:
+            kernel = self._quantizers[key] = self._quantizer(x)
+        return quantize_input(x, self.in_scale, self.in_zero, kernel if _channels_last(x) else None)
+
+    def _quantizer(self, x: torch.Tensor) -> Any:
+        """``x -> u8`` on a convgen kernel (:func:`convgen.torch._quant.quantizer_spec`), built
+        (or found in the cache) on the first input of this shape; ``None`` (torch's operators)
+        where it cannot be."""
+        from ..cache import kernels
+        from ._quant import quantizer_spec
+
+        if x.device.type != "cpu" or x.dim() != 4:
+            return None
+        spec = quantizer_spec(x)
+        kernel = kernels([spec], self.target, parallel=1, **self._build)[0]
+        if isinstance(kernel, Exception):
+            return None
+        c = spec.in_channels
+        packed = kernel.pack_weights(torch.full((1, 1, 1, c), 1.0 / self.in_scale))
+        bias = torch.full((c,), float(self.in_zero))
+        launch, shape = kernel.launcher(prepacked=True), tuple(spec.output_shape)
+
+        def quantize(t: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(shape, dtype=torch.uint8)
+            launch(t.permute(0, 2, 3, 1), packed.tensor, bias, out)
+            return out.permute(0, 3, 1, 2)
+
+        return quantize
 
     def _pack(self, key: tuple, kernel: Any, weight: torch.Tensor) -> Any:
         """Quantize and pack the weights; keep the epilogue's ``scale`` and the bias with the
