@@ -65,3 +65,19 @@ def test_patterns_have_their_documented_input_shapes():
             out = model(torch.randn(shape))
         assert out.dim() == 4 and out.shape[0] == shape[0], name
         assert factory.__doc__ and "Input" in factory.__doc__, name
+
+
+def test_an_input_read_by_several_layers_becomes_channels_last_once(cache):
+    """Inception's block input feeds four branches and a pooling: converted to channels_last
+    where it enters the graph (one copy, a view for every reader; before, each convolution
+    made its own copy and the pooling ran on NCHW data)."""
+    factory, shape = PATTERNS["inception_block"]
+    model = factory()
+    x = torch.randn(shape)
+    fast = ct.optimize(model, x, cache=cache, builtin_records=False)
+    placeholder = next(n for n in fast.graph.nodes if n.op == "placeholder")
+    (only,) = placeholder.users  # the conversion, and nothing else reads the raw input
+    assert only.op == "call_function" and only.target is ct._module.channels_last_input
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    assert got.is_contiguous() and float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())

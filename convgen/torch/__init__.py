@@ -36,7 +36,7 @@ from ..spec import ConvSpec
 from ..target import Target, get_target
 from ..workloads import ConvLayers
 from ._graph import Site, TraceError, site_spec, sites, trace
-from ._module import Conv2d, Linear, QConv2d, conv2d, torch_conv2d
+from ._module import Conv2d, Linear, QConv2d, channels_last_input, conv2d, torch_conv2d
 from .threads import configure_threads, torch_single_threaded_forward
 
 __all__ = ["conv_layers", "optimize", "explain", "refresh", "PRECISIONS", "Conv2d", "Linear", "ConvLayers", "TraceError", "conv2d",
@@ -108,7 +108,7 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     operators on one thread inside the model's forward, so torch's spinning OpenMP workers
     leave the cores to the kernels (see :mod:`convgen.torch.threads`).
     ``channels_last`` (default): every convolution runs an NHWC kernel, whatever the
-    input's layout: an NCHW input is converted once, at the first convolution, then
+    input's layout: an NCHW input is converted once, where it enters the graph, then
     activations stay channels_last through torch's pooling and adds, and 4-D outputs come
     back in the layout the original model returns. NHWC kernels read 1x1 inputs in place
     and store whole vectors, where NCHW ones re-lay out the data on every call.
@@ -176,12 +176,15 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     built = kernels([spec for _, spec in served], target, parallel=parallel, **build)
     replaced: dict[torch.fx.Node, torch.fx.Node] = {}
     layout = "NHWC" if channels_last and target.is_cpu else "NCHW"
+    read = {site.node.args[0] for site, _ in served}  # (before _rewrite erases the nodes)
     for (site, spec), kernel in zip(served, built):
         module = _convgen_module(site, spec, target, build, layout, quant.get(site.path))
         module.kernels[(spec.batch, spec.height, spec.width, spec.layout)] = kernel
         _rewrite(gm, site, module, replaced)
     if served:
         _outputs_as_before(gm, layout=layout == "NHWC")
+        if layout == "NHWC":
+            _inputs_channels_last(gm, read)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -266,6 +269,25 @@ def _outputs_as_before(gm: torch.fx.GraphModule, *, layout: bool) -> None:
         return arg
 
     output.args = torch.fx.node.map_aggregate(output.args, restore)
+
+
+def _inputs_channels_last(gm: torch.fx.GraphModule, read: set) -> None:
+    """Convert each 4-D floating input of the model that a served convolution reads to
+    channels_last once, where it enters the graph: every layer that reads it (Inception's
+    four branches and its pooling, say) then gets the NHWC data as a view instead of making
+    its own copy. (A channels_last input passes unchanged, an unbatched one too: see
+    :func:`~convgen.torch._module.channels_last_input`.)"""
+    for node in list(gm.graph.nodes):
+        meta = node.meta.get("tensor_meta")
+        if node.op != "placeholder" or node not in read or meta is None or not hasattr(meta, "shape"):
+            continue
+        if len(meta.shape) != 4 or not meta.dtype.is_floating_point:
+            continue
+        users = list(node.users)
+        with gm.graph.inserting_after(node):
+            converted = gm.graph.call_function(channels_last_input, (node,))
+        for user in users:
+            user.replace_input_with(node, converted)
 
 
 def import_layers(source: str, input_shape: tuple[int, ...] | None, channels_last: bool = True,

@@ -45,6 +45,14 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+def channels_last_input(x: Any) -> Any:
+    """A model input as channels_last where it is a 4-D tensor (an unbatched or other input
+    passes as it is): what :func:`convgen.torch.optimize` puts where such an input enters."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _out_hw(h: Any, w: Any, weight_shape: Any, stride: list[int], padding: list[int], dilation: list[int]) -> tuple:
     r, s = weight_shape[2], weight_shape[3]
     oh = (h + padding[0] + padding[2] - dilation[0] * (r - 1) - 1) // stride[0] + 1
