@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from ..spec import ACTIVATIONS, DTYPES, LAYOUTS
+from ..spec import ACTIVATIONS, DTYPE_RULES, DTYPES, LAYOUTS
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the examples' line breaks; shows a default only where there is one worth saying."""
@@ -129,7 +129,10 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dilation", type=_ints, help="dilation: d or dh,dw [1]")
     g.add_argument("--groups", type=int, help="groups (= channels for depthwise) [1]")
     g.add_argument("--layout", choices=LAYOUTS, help="data layout; weights OIHW / HWIO [NCHW]")
-    g.add_argument("--dtype", choices=DTYPES, help="[float32]")
+    g.add_argument("--dtype", choices=DTYPES, help="the data's dtype [float32]")
+    g.add_argument("--output-dtype", choices=sorted({o for _, outs, _ in DTYPE_RULES.values() for o in outs}),
+                   help="the output's, where the data's dtype allows another (bfloat16 -> float32; 8-bit data: "
+                        "int32 sums, or float32/uint8/int8 scaled by a per-channel scale input) [the data's default]")
     g.add_argument("--bias", action="store_true", default=None, help="add a per-channel bias")
     g.add_argument("--residual", action="store_true", default=None,
                    help="add a residual input (the output's shape) before the activation, as ResNet's skip")
@@ -150,7 +153,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     if args.size is not None:
         fields["height"] = fields["width"] = args.size
     for name in ("batch", "in_channels", "out_channels", "height", "width", "kernel", "stride", "padding",
-                 "dilation", "groups", "layout", "dtype", "bias", "residual", "activation", "flip"):
+                 "dilation", "groups", "layout", "dtype", "output_dtype", "bias", "residual", "activation", "flip"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
