@@ -433,9 +433,8 @@ class Kernel:
         them) or by keyword (``bias=``, ...). ``out`` must not overlap an input: the kernel
         reads its inputs while it writes, so an aliased output would be read half-written.
         """
-        s = self.spec
-        everything = ("scale", "bias", "residual")
-        wanted = [name for name, _, _ in s.extra_inputs()]
+        specs = self._arg_specs
+        wanted = [name for name, _, _ in specs[2:-1]]  # the extra inputs, in argument order
         given = {"scale": scale, "bias": bias, "residual": residual}
         if len(extras) > len(wanted):
             missing = [n for n in ("bias", "residual") if n not in wanted]
@@ -446,8 +445,8 @@ class Kernel:
             if given[name] is not None:
                 raise TypeError(f"{name} given both by position and by keyword")
             given[name] = value
-        shapes = {"scale": s.bias_shape, "bias": s.bias_shape, "residual": s.residual_shape}
-        for name in everything:
+        shapes = {name: shape for name, shape, _ in specs[2:-1]}
+        for name in given:
             if name in wanted and given[name] is None:
                 how = "is scaled" if name == "scale" else f"was built with {name}=True"
                 raise ValueError(f"this kernel {how}: pass {name} of shape {shapes[name]}")
@@ -459,7 +458,6 @@ class Kernel:
             self._require_runnable()
         if self._is_cpu and self.num_threads != getattr(_thread_state, "num_threads", None):
             set_num_threads(self.num_threads)
-        specs = self._arg_specs
         func = self._functions.get("main")
         if func is None:
             func = self.function("main")

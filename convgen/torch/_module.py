@@ -259,25 +259,34 @@ class Conv2d(nn.Module):
         # and a layer's call is worth a few us beside kernels of 10-50 us
         params = self._parameters
         weight, bias = params["weight"], params.get("bias")
-        if x.dim() == 4 and _direct(x, weight, bias, residual):  # the eager inference path
-            y = self._run(x, weight, bias, residual)
-            if y is not None:
-                return y
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
             residual = residual.unsqueeze(0) if residual is not None else None
-        dtype = self.spec.out_dtype if self.spec.dtype != "float32" else ""  # "": as the input
-        if _direct(x, weight, bias, residual):
+        if _direct(x, weight, bias, residual):  # eager inference: no op dispatch
             y = self._run(x, weight, bias, residual)
             if y is None:
-                y = _on_torch(x, weight, bias, residual, self.stride, self.padding, self.dilation,
-                              self.groups, self.activation, self.layout, dtype)
+                y = self._torch(x, weight, bias, residual)
+        elif self.through_op:
+            y = torch.ops.convgen.conv2d(x, weight, bias, residual, self.stride, self.padding, self.dilation,
+                                         self.groups, self.activation, self.layout, self._handle, self._op_dtype())
         else:
-            y = torch.ops.convgen.conv2d(x, weight, bias, residual, self.stride, self.padding,
-                                         self.dilation, self.groups, self.activation, self.layout, self._handle,
-                                         dtype)
+            y = self._torch(x, weight, bias, residual)
         return y.squeeze(0) if unbatched else y
+
+    #: traced and differentiated through the custom op ``convgen::conv2d`` (its fake
+    #: implementation and autograd formula take float inputs)
+    through_op = True
+
+    def _op_dtype(self) -> str:
+        """The result's dtype as the op takes it: the spec's output, ``""`` (the input's) for fp32."""
+        return self.spec.out_dtype if self.spec.dtype != "float32" else ""
+
+    def _torch(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               residual: torch.Tensor | None) -> torch.Tensor:
+        """What torch computes where no kernel serves (:func:`_on_torch`)."""
+        return _on_torch(x, weight, bias, residual, self.stride, self.padding, self.dilation, self.groups,
+                         self.activation, self.layout, self._op_dtype())
 
     def refresh(self) -> None:
         """Pack the weights again at the next call. Changes to ``weight`` are noticed by
@@ -466,17 +475,14 @@ class QConv2d(Conv2d):
         super().__init__(*args, **kwargs)
         self.in_scale, self.in_zero, self.out_scale = float(in_scale), int(in_zero), out_scale
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The kernel's result; where none serves (or something is differentiated, or traced),
-        torch computes the same on the dequantized input, so a u8 chain stays consistent."""
-        if (residual is not None) != self.residual:
-            raise TypeError(f"this convgen.torch.Conv2d {'needs' if self.residual else 'takes no'} residual input")
-        params = self._parameters
-        weight, bias = params["weight"], params.get("bias")
-        if x.dim() == 4 and _direct(x, weight, bias, residual):
-            y = self._run(x, weight, bias, residual)
-            if y is not None:
-                return y
+    #: where something is differentiated or traced, torch computes the layer on the dequantized
+    #: input (the op's autograd formula takes float inputs), so a u8 chain stays consistent
+    through_op = False
+
+    def _torch(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               residual: torch.Tensor | None) -> torch.Tensor:
+        """Where no kernel serves: torch's operators on the dequantized input, the output
+        quantized at the next layer's scale where this one writes u8 for it."""
         xf = (x.float() - self.in_zero) * self.in_scale if x.dtype == torch.uint8 else x
         y = torch_conv2d(xf, weight, bias, residual, self.stride, self.padding, self.dilation, self.groups,
                          self.activation)

@@ -27,6 +27,7 @@ counts off VNNI's blocks of 4 and 16) stay float32 (:func:`convgen.torch.explain
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Iterable
 
 import torch
@@ -118,8 +119,6 @@ def quantize_input(x: torch.Tensor, scale: float, zero_point: int, kernel: Any =
     torch's operators otherwise (5 passes, 4-5x slower: its float-to-u8 conversion alone
     costs more than the kernel). The same tensor object (unchanged since: its version) at the
     same parameters is quantized once."""
-    import weakref
-
     last = _LAST[0]
     version = None if x.is_inference() else x._version
     if last is not None and last[0]() is x and last[1:4] == (version, scale, zero_point) and version is not None:
