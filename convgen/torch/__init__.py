@@ -37,6 +37,7 @@ from ..target import Target, get_target
 from ..workloads import ConvLayers
 from ._graph import Site, TraceError, site_spec, sites, trace
 from ._module import Conv2d, Linear, QConv2d, channels_last_input, conv2d, torch_conv2d
+from ._pool import Pool2d, replace_pools
 from .threads import configure_threads, torch_single_threaded_forward
 
 __all__ = ["conv_layers", "optimize", "explain", "refresh", "PRECISIONS", "Conv2d", "Linear", "ConvLayers", "TraceError", "conv2d",
@@ -175,6 +176,7 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         served = [(site, spec.replace(layout="NHWC")) for site, spec in served]
     built = kernels([spec for _, spec in served], target, parallel=parallel, **build)
     replaced: dict[torch.fx.Node, torch.fx.Node] = {}
+    pools: list[str] = []
     layout = "NHWC" if channels_last and target.is_cpu else "NCHW"
     read = {site.node.args[0] for site, _ in served}  # (before _rewrite erases the nodes)
     for (site, spec), kernel in zip(served, built):
@@ -185,6 +187,8 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         _outputs_as_before(gm, layout=layout == "NHWC")
         if layout == "NHWC":
             _inputs_channels_last(gm, read)
+            if runs_here:  # the activations are channels_last: pooling on convgen kernels too
+                pools = replace_pools(gm, target, cache)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -202,6 +206,12 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         configure_threads(num_threads)
         if threads and served:
             torch_single_threaded_forward(gm)
+    if pools:  # build the pooling kernels of the example's shapes and dtypes (known once it runs)
+        with torch.no_grad():
+            try:
+                gm(*example_inputs)
+            except Exception:  # noqa: BLE001 - ran under ShapeProp already; a call that fails raises there again
+                pass
     return gm
 
 
@@ -400,6 +410,13 @@ def explain(model: nn.Module) -> str:
                     rows.append(f"    {shape}: torch (the kernel did not build: {last_line(k)[:300]})")
                 else:
                     rows.append(f"    {shape}: {k.template} {k.config} ({k.meta.get('config_source', '?')} config)")
+        elif isinstance(m, Pool2d):
+            what = "global average pooling" if m.kind == "avg" else \
+                f"max pooling {m.kernel[0]}x{m.kernel[1]}/{m.stride[0]} pad {m.padding[0]}"
+            rows.append(f"{path}: {what}: convgen kernels on channels_last CPU inputs, torch otherwise")
+            for (shape, dtype), k in sorted(m.kernels.items(), key=lambda kv: str(kv[0])):
+                where = f"torch ({last_line(k)[:200]})" if isinstance(k, Exception) else "convgen"
+                rows.append(f"    {tuple(shape)} {str(dtype).removeprefix('torch.')}: {where}")
         elif isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and path in torch_convs):
             counts["linear layers" if isinstance(m, nn.Linear) else "convolutions"][1] += 1
             rows.append(f"{path}: torch ({torch_convs.get(path, 'not optimized by convgen')})")
