@@ -191,6 +191,7 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
                 pools = replace_pools(gm, target, cache)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
+    mark_reused_outputs(gm)
     gm.recompile()
     gm.convgen_torch_convs = report  # the convolutions left to torch, and why
     gm.convgen_precision = {"asked": precision, "fell_back": fell_back,
@@ -256,6 +257,41 @@ def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
             quant[site.path] = q
         out.append((site, spec))
     return out, quant
+
+
+def mark_reused_outputs(gm: torch.fx.GraphModule) -> list[str]:
+    """Let each convgen layer whose output never leaves the forward reuse one output buffer
+    (:attr:`Conv2d.reuse_output`); returns their paths.
+
+    A layer qualifies when the graph calls it once and every reader of its output is a
+    convgen layer called once (a :class:`Conv2d`, as input or residual, or a :class:`Pool2d`):
+    those compute into fresh memory or their own buffers and return nothing that aliases
+    their inputs, so no reference to the buffer survives the forward, and its next write
+    cannot change a tensor anyone holds. A model output, a torch operator (which may return
+    a view: ``flatten``, ``contiguous``) or a shared module keeps fresh outputs. A hook on
+    the layer or on a reader (which could keep the tensor) turns reuse off while it is
+    registered. ResNet-50: 53 of 55 layers (not the stem, read by torch's ReLU/pooling
+    where not fused, nor the classifier)."""
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+
+    def layer(node: torch.fx.Node) -> nn.Module | None:
+        if node.op != "call_module" or calls[node.target] != 1:
+            return None
+        m = gm.get_submodule(node.target)
+        return m if isinstance(m, (Conv2d, Pool2d)) and not isinstance(m, Linear) else None
+
+    marked = []
+    for node in gm.graph.nodes:
+        m = layer(node)
+        readers = [layer(user) for user in node.users]
+        if m is None or not readers or any(r is None for r in readers):
+            continue
+        m.reuse_output, m._readers = True, tuple(readers)
+        marked.append(node.target)
+    return marked
 
 
 def _outputs_as_before(gm: torch.fx.GraphModule, *, layout: bool) -> None:

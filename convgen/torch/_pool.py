@@ -19,9 +19,11 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from ..pool import DTYPES, PoolSpec, pool_kernel
 from ..target import Target
+from ._module import _hooked
 
 
 def _pair(v: Any) -> tuple[int, int] | None:
@@ -45,10 +47,11 @@ class Pool2d(nn.Module):
 
     def _init_state(self) -> None:
         self.kernels: dict[tuple, Any] = {}  # (shape, dtype) -> (function, output shape) or the build's exception
+        self._outs: dict[tuple, tuple] = {}  # (shape, dtype, thread) -> (output buffer, its N,C,H,W view)
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("kernels", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("kernels", "_outs", "_lock")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -70,9 +73,22 @@ class Pool2d(nn.Module):
         if fn is None:
             return self.torch_forward(x)
         f, out_shape = fn
+        if self.reuse_output and not _hooked(self):
+            key = (x.shape, x.dtype, threading.get_ident())
+            held = self._outs.get(key)
+            if held is None:
+                out = torch.empty(out_shape, dtype=x.dtype)
+                held = self._outs[key] = (out, out.permute(0, 3, 1, 2))
+            f(x.permute(0, 2, 3, 1), held[0])
+            increment_version(held[0])
+            return held[1]
         out = torch.empty(out_shape, dtype=x.dtype)
         f(x.permute(0, 2, 3, 1), out)  # channels_last N,C,H,W is N,H,W,C in memory
         return out.permute(0, 3, 1, 2)
+
+    #: as :attr:`convgen.torch.Conv2d.reuse_output`: one output buffer per input shape and thread
+    reuse_output = False
+    _readers: tuple = ()
 
     def _kernel(self, x: torch.Tensor) -> tuple | None:
         """The kernel for ``x`` (built now if new), or ``None`` where torch computes it."""

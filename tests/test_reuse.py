@@ -1,0 +1,157 @@
+"""Reused output buffers and replayed launches in optimized models (Conv2d.reuse_output, _Fast).
+
+An optimized model's inner layers write one buffer per shape and thread and replay their
+last launch when called with the same tensors. None of that may show: every result is
+compared with eager torch (an independent implementation), across calls that change the
+input, the weights, the thread and the hooks between them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import convgen  # noqa: E402
+import convgen.torch as ct  # noqa: E402
+
+from . import torch_models  # noqa: E402
+
+TOL = 2e-3
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("kernels"))
+
+
+@pytest.fixture(scope="module")
+def pair(cache):
+    model = torch_models.tiny_bottleneck()
+    with torch.no_grad():
+        return model, ct.optimize(model, torch.randn(1, 3, 32, 32), cache=cache, builtin_records=False)
+
+
+def rel_err(got, want):
+    return float((got - want).norm() / want.norm())
+
+
+def test_inner_layers_reuse_their_outputs_and_the_rest_do_not(pair):
+    _, fast = pair
+    layers = {path: m for path, m in fast.named_modules() if isinstance(m, (ct.Conv2d, ct.Pool2d))}
+    reused = {path for path, m in layers.items() if m.reuse_output}
+    # the stem (conv1+bn+relu, fused) is read by the max pooling, a convgen layer: it reuses;
+    # the classifier's output is the model's, and the global pooling's is read by torch's flatten
+    assert "fc" not in reused and "avgpool" not in reused  # the model output / read by torch's flatten
+    assert "layer1.0.conv1" in reused and "layer1.0.conv3" in reused and "maxpool" in reused
+    assert len(reused) >= len(layers) - 3
+
+
+def test_results_stay_right_across_calls_and_earlier_results_are_not_overwritten(pair):
+    model, fast = pair
+    xs = [torch.randn(1, 3, 32, 32) for _ in range(3)]
+    with torch.no_grad():
+        wants = [model(x) for x in xs]
+        gots = [fast(x) for x in xs]  # each call replays the inner layers on the last one's buffers
+        again = fast(xs[0])
+        x = xs[1].clone()
+        first = fast(x)
+        x.mul_(-1)  # the same input tensor, new values: the stem reads it again
+        second = fast(x)
+        want_second = model(x)
+    for got, want in zip(gots, wants):
+        assert rel_err(got, want) < TOL
+    assert rel_err(again, wants[0]) < TOL
+    assert rel_err(first, wants[1]) < TOL and rel_err(second, want_second) < TOL
+
+
+def test_a_weight_change_between_calls_is_seen(cache):
+    model = torch_models.tiny_bottleneck()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fast = ct.optimize(model, x, cache=cache, builtin_records=False)
+        fast(x)
+        fast(x)  # replays now
+        conv = fast.get_submodule("layer2.0.conv2")
+        assert conv._fast is not None
+        conv.weight.mul_(-0.5)
+        model.layer2[0].conv2.weight.mul_(-0.5)  # (the BatchNorm folded into it scales the same)
+        assert rel_err(fast(x), model(x)) < TOL
+
+
+def test_a_hook_that_keeps_a_layers_output_keeps_its_values(pair):
+    model, fast = pair
+    kept = []
+    handle = fast.get_submodule("layer1.0.conv2").register_forward_hook(lambda m, i, o: kept.append(o))
+    want_hook = []
+    handle_model = model.layer1[0].relu.register_forward_hook(lambda m, i, o: want_hook.append(o.clone()))
+    try:
+        xs = [torch.randn(1, 3, 32, 32) for _ in range(2)]
+        with torch.no_grad():
+            for x in xs:
+                fast(x)
+                model(x)
+    finally:
+        handle.remove()
+        handle_model.remove()
+    # the block's ReLU runs three times per forward in torchvision's Bottleneck: the second
+    # call is conv2's (conv1, conv2, then conv3 + skip)
+    assert kept[0].data_ptr() != kept[1].data_ptr()  # fresh tensors while hooked
+    assert rel_err(kept[0], want_hook[1]) < TOL and rel_err(kept[1], want_hook[4]) < TOL
+
+
+def test_threads_running_one_model_at_once_get_their_own_results(pair):
+    model, fast = pair
+    xs = [torch.randn(1, 3, 32, 32) for _ in range(4)]
+    with torch.no_grad():
+        wants = [model(x) for x in xs]
+    errors: list[float] = []
+
+    def worker(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(20):
+                errors.append(rel_err(fast(xs[i]), wants[i]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 80 and max(errors) < TOL
+
+
+def test_autograd_calls_do_not_replay(cache):
+    model = torch_models.tiny_resnet()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fast = ct.optimize(model, x, cache=cache, builtin_records=False)
+        fast(x)
+        fast(x)
+    xg = x.clone().requires_grad_()
+    y = fast(xg)  # grad enabled: the custom op's path, differentiable
+    y.sum().backward()
+    assert xg.grad is not None and rel_err(y.detach(), model(x).detach()) < TOL
+
+
+def test_int8_layers_reading_reused_buffers_quantize_each_new_value(tmp_path):
+    target = convgen.get_target("host")
+    if target.family != "x86":
+        pytest.skip(f"int8 model path on x86; host target is {target.name}")
+    # the 3-channel first layer stays float32 and writes a reused buffer; the second, int8,
+    # quantizes it on every call: a quantization kept for the same tensor object (and version)
+    # must not outlive the buffer's next value
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 32, 3, padding=1)).eval()
+    calibration = [torch.randn(1, 3, 32, 32) for _ in range(8)]
+    x1, x2 = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fast = ct.optimize(model, x1, precision="int8", calibration=calibration, cache=str(tmp_path),
+                           builtin_records=False)
+        a1, a2, b1 = fast(x1).clone(), fast(x2).clone(), fast(x1).clone()
+        w1, w2 = model(x1), model(x2)
+    assert fast.get_submodule("0").reuse_output and "int8: input quantized" in ct.explain(fast)
+    assert torch.equal(a1, b1)  # the same input, the same result (nothing stale from x2's call)
+    assert rel_err(a1, w1) < 8e-2 and rel_err(a2, w2) < 8e-2
