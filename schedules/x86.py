@@ -337,6 +337,45 @@ class DepthwiseRowsX86(Template, name="x86.depthwise_rows", version=1, families=
         sch.decompose_reduction(conv, L["ic"])
 
 
+class DepthwiseInt8X86(DepthwiseX86, name="x86.depthwise_int8", version=1, families=("x86",), dtypes=("uint8",),
+                       priority=20):
+    """Depthwise on u8 data and s8 weights: :class:`DepthwiseX86`'s schedule, its sums in float32.
+
+    A depthwise output sums ``R*S`` products of one channel, ``|u8 * s8| <= 255 * 128``: below
+    2**24 up to 514 taps (22x22), so float32 holds every partial sum exactly and the kernel's
+    result is the exact integer sum. No dot-product instruction helps here (``vpdpbusd`` sums
+    4 *channels*; a depthwise tap has one), and AVX-512's 32-bit integer multiply
+    (``vpmulld``) issues at half the FMA rate with 2.5x its latency on Zen 4/5 and Intel
+    alike, so the arithmetic is the fp32 template's FMAs on widened values
+    (``vpmovzxbd``/``vpmovsxbd`` + ``vcvtdq2ps`` per vector of 16). What int8 buys is the
+    memory: the input is read as bytes (a quarter of fp32's traffic, and these layers are
+    bound by loads, not FMAs), and a u8 output lets MobileNet-v2's expand 1x1 -> depthwise ->
+    project 1x1 chain pass bytes from one to the next instead of re-quantizing float32.
+
+    Served: scaled outputs (the float32 epilogue of :attr:`ConvSpec.scaled`, which the model
+    path uses) and plain s32 sums without bias or residual; an s32 bias or residual could
+    take a sum past float32's exact range.
+    """
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        why = super().supports(spec, target)
+        if why:
+            return why
+        if spec.filter_dtype != "int8":
+            return f"{spec.filter_dtype} weights (s8 only)"
+        if spec.kernel[0] * spec.kernel[1] > 514:
+            return f"{spec.kernel[0]}x{spec.kernel[1]} taps: float32 sums are exact up to 514"
+        if not spec.scaled and (spec.bias or spec.residual):
+            return "an s32 bias or residual (float32 sums are exact for the products only)"
+        return None
+
+    def primfunc(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        from convgen.compute import conv2d_primfunc
+
+        return conv2d_primfunc(spec, acc_dtype="float32", channel_block=self.channel_block(spec, target, config))
+
+
 register(DirectX86())
 register(DepthwiseX86())
 register(DepthwiseRowsX86())
+register(DepthwiseInt8X86())

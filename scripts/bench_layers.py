@@ -249,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-builtin-records", action="store_true", help="ignore the records shipped with convgen")
     ap.add_argument("--peer-precision", choices=("f32", "bf16"), default="f32",
                     help="OpenVINO's INFERENCE_PRECISION_HINT (default f32; bf16 runs on a CPU with bf16)")
-    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                    help="convgen's precision (optimize(precision=...)); pair bfloat16 with --peer-precision bf16")
+    ap.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                    help="convgen's precision (optimize(precision=...)); pair bfloat16 with --peer-precision bf16; "
+                         "int8: 8 random calibration batches for convgen and for OpenVINO's QDQ network (ONNX "
+                         "Runtime's static quantizer, as bench_torch.py --precision int8)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table instead of the text one")
     ap.add_argument("--csv", metavar="PATH", default=None, help="also write the rows to a CSV file")
     args = ap.parse_args(argv)
@@ -277,18 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     usable, notes = peers.available(("openvino",))
     header = (f"{args.model} batch {args.batch} input {tuple(x.shape)}: {host_cpu_name()}, {threads} threads, "
               f"target {get_target('host').name}; convgen {convgen.__version__} ({args.precision}); "
-              + (f"OpenVINO {peers.installed()['openvino']} ({args.peer_precision})" if usable else "no OpenVINO")
+              + (f"OpenVINO {peers.installed()['openvino']} "
+                 f"({'int8 QDQ' if args.precision == 'int8' else args.peer_precision})" if usable else "no OpenVINO")
               + f"; mean of {args.rounds} rounds")
     print("# " + header, flush=True)
     for note in notes:
         print(f"note: {note}", flush=True)
 
+    calibration = [torch.randn_like(x) for _ in range(8)] if args.precision == "int8" else None
     with torch.no_grad():
         want = model(x)
         fast = ct.optimize(model, x, records=args.records, builtin_records=not args.no_builtin_records,
-                           num_threads=threads, precision=args.precision)
+                           num_threads=threads, precision=args.precision, calibration=calibration)
         err = peers.relative_error(fast(x), want)
-        if err > (2e-3 if args.precision == "float32" else 2e-2):
+        if err > {"float32": 2e-3, "bfloat16": 2e-2}.get(args.precision, 8e-2):
             print(f"WARNING convgen: relative error {err:.1e} vs eager", file=sys.stderr)
     rows = conv_rows(model, fast, x)
     timer = ConvTimer(fast, [r.path for r in rows])
@@ -299,7 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     nodes: dict[str, Any] = {}
     if usable:
         try:
-            ov = peers.openvino_peer(model, x, threads, args.peer_precision, perf_count=True)
+            if args.precision == "int8":
+                found, more = peers.int8_peers(model, x, threads, calibration, perf_count=True)
+                notes += more
+                ov = next((p for p in found if p.name == "openvino"), None)
+                for note in more:
+                    print(f"note: {note}", flush=True)
+            else:
+                ov = peers.openvino_peer(model, x, threads, args.peer_precision, perf_count=True)
         except Exception as e:  # noqa: BLE001 - the convgen column is still worth printing
             print(f"note: OpenVINO failed on {args.model}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                   flush=True)

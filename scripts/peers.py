@@ -236,9 +236,14 @@ class OVNode:
 
     @property
     def module_paths(self) -> set[str]:
-        """The torch module paths named in its original layers."""
+        """The torch module paths named in its original layers (for an ONNX model, every
+        module path its scopes could name: :func:`onnx_scope_paths`)."""
         # the innermost module where a name nests scopes (__module.layer1/__module.layer1.0/...)
-        return {found[-1] for name in self.originals if (found := _MODULE.findall(name))}
+        paths = {found[-1] for name in self.originals if (found := _MODULE.findall(name))}
+        for name in self.originals:
+            if name.startswith("/"):
+                paths |= onnx_scope_paths(name)
+        return paths
 
     @property
     def op_kinds(self) -> list[str]:
@@ -249,6 +254,24 @@ class OVNode:
             if kind and kind not in kinds:
                 kinds.append(kind)
         return kinds
+
+
+def onnx_scope_paths(name: str) -> set[str]:
+    """The module paths a node name of torch's ONNX exporter could name, one per prefix of
+    its scopes: ``/layer4/layer4.0/downsample/downsample.0/Conv`` gives ``layer4``,
+    ``layer4.0``, ``layer4.0.downsample``, ``layer4.0.downsample.0`` (and the same with
+    ``Conv``: the caller keeps the ones that are convolution modules). A scope is the module's
+    attribute name, its parent's scope prefixed where the name is a number (``layer4.0``,
+    ``features.0.0``)."""
+    parts: list[str] = []
+    previous = ""
+    out = set()
+    for scope in name.strip("/").split("/"):
+        head, _, tail = scope.rpartition(".")
+        parts.append(tail if head and head == previous and tail.isdigit() else scope)
+        previous = scope
+        out.add(".".join(parts))
+    return out
 
 
 def openvino_nodes(compiled: Any) -> dict[str, OVNode]:
@@ -313,10 +336,11 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def int8_peers(model: Any, x: Any, threads: int, calibration: list[Any]) -> tuple[list[Peer], list[str]]:
+def int8_peers(model: Any, x: Any, threads: int, calibration: list[Any],
+               perf_count: bool = False) -> tuple[list[Peer], list[str]]:
     """ONNX Runtime and OpenVINO on the QDQ network ONNX Runtime's static quantizer makes of
     ``model`` (per-channel s8 weights, u8 activations, MinMax over ``calibration``), and
-    one-line notes on what could not run."""
+    one-line notes on what could not run. ``perf_count``: OpenVINO's per-node profile on."""
     usable, notes = available()
     if "onnxruntime" not in usable:
         return [], notes + ["int8 peers need ONNX Runtime's quantizer: left out"]
@@ -356,7 +380,7 @@ def int8_peers(model: Any, x: Any, threads: int, calibration: list[Any]) -> tupl
             try:
                 import openvino as ov
 
-                compiled = ov.Core().compile_model(qdq, "CPU", openvino_config(threads, "f32"))
+                compiled = ov.Core().compile_model(qdq, "CPU", openvino_config(threads, "f32", perf_count))
                 req = compiled.create_infer_request()
                 data = x.numpy()
 

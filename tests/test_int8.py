@@ -220,3 +220,90 @@ def test_optimize_in_int8_is_close_to_fp32_and_chains_u8_between_convolutions(tm
     assert "int8: input quantized" in text and "float32 (int8 not served" in text  # the 3-channel stem
     assert "u8 from" in text  # a chain: one convolution's u8 output is the next one's input
     assert any(s.dtype == "uint8" for s in layers.values())
+
+
+DEPTHWISE = [
+    ConvSpec(in_channels=40, out_channels=40, groups=40, height=9, width=11, kernel=3, padding=1, layout="NHWC",
+             dtype="uint8"),  # plain s32 sums; 40 channels: a padded vector on AVX-512
+    ConvSpec(in_channels=32, out_channels=32, groups=32, height=12, width=12, kernel=3, padding=1, stride=2,
+             layout="NHWC", dtype="uint8", output_dtype="uint8", bias=True, activation="relu6"),  # MobileNet's
+    ConvSpec(in_channels=16, out_channels=16, groups=16, height=14, width=14, kernel=7, padding=3, layout="NHWC",
+             dtype="uint8", output_dtype="float32", bias=True, residual=True),
+]
+
+
+@pytest.mark.parametrize("spec", DEPTHWISE, ids=lambda s: s.describe())
+def test_depthwise_int8_is_exact_on_full_range_data(spec):
+    """x86.depthwise_int8 sums in float32, exact below 2**24: full-range data reaches the
+    largest sums a depthwise layer can have; s32 results equal numpy's int64 arithmetic,
+    scaled ones are the reference's float32 epilogue on the same exact sums."""
+    host = x86_host()
+    from convgen.reference import random_inputs, relative_tolerance, tolerance
+
+    tmpl = get_template("x86.depthwise_int8")
+    assert tmpl.serves(spec, host) is None
+    space = tmpl.space(spec, host)
+    for config in [tmpl.default(spec, host)] + space.sample(random.Random(3), 2):
+        k = convgen.build(spec, host, config, template="x86.depthwise_int8")
+        if spec.scaled:
+            arrays = random_inputs(spec, seed=5)
+            arrays[0] = np.random.default_rng(5).integers(0, 256, size=spec.input_shape).astype(np.uint8)
+            want = conv2d_reference(spec, *arrays).astype(np.float64)
+            np.testing.assert_allclose(k(*arrays).astype(np.float64), want, atol=tolerance(spec),
+                                       rtol=relative_tolerance(spec))
+        else:
+            check(k, spec, seed=7)
+
+
+def test_depthwise_int8_refuses_what_float32_sums_cannot_hold_exactly():
+    tmpl = get_template("x86.depthwise_int8")
+    target = convgen.get_target("x86-avx512")
+    assert "bias" in tmpl.serves(DEPTHWISE[0].replace(bias=True), target)
+    assert "514" in tmpl.serves(DEPTHWISE[0].replace(kernel=23, padding=11), target)
+    assert tmpl.serves(DEPTHWISE[0].replace(groups=1), target) is not None
+
+
+def test_mobilenet_blocks_run_their_depthwise_layers_in_int8_chained_and_close_to_fp32(tmp_path):
+    """Expand 1x1 -> depthwise -> project 1x1 pass u8 between them; the ReLU6 of a layer that
+    writes u8 clamps at 6 in real units (the epilogue works in the output's: a bound of
+    6 / scale there, which a plain 6 would cut to a few steps)."""
+    torch = pytest.importorskip("torch")
+    import convgen.torch as ct
+
+    from .torch_models import tiny_mobilenet
+
+    host = x86_host()
+    if not VNNI_TARGET.runs_here() or host.name != VNNI_TARGET.name:
+        pytest.skip(f"the int8 chain needs {VNNI_TARGET.name} (AVX512_VNNI) as the host target, not {host.name}")
+    torch.manual_seed(0)
+    model = tiny_mobilenet()
+    x = torch.randn(1, 3, 32, 32)
+    fast = ct.optimize(model, x, precision="int8", calibration=[torch.randn(1, 3, 32, 32) for _ in range(8)],
+                       cache=str(tmp_path), builtin_records=False)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    assert float((got - want).norm() / want.norm()) < 8e-2
+    text = ct.explain(fast)
+    assert "dw NCHW uint8->uint8" in text  # a depthwise layer in int8, writing u8 for the next
+    assert "x86.depthwise_int8" in text
+
+
+def test_a_padded_layer_whose_input_has_a_zero_point_stays_float32_and_right(tmp_path):
+    """A kernel pads with u8 0, the real value -zero_point * scale: a padded convolution whose
+    input is quantized with a zero point (data with negative values, no ReLU before) would
+    be wrong on its borders (it was: relative error 1.5 on 8x8). It stays float32, says why."""
+    torch = pytest.importorskip("torch")
+    import convgen.torch as ct
+
+    x86_host()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1), torch.nn.Conv2d(32, 32, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 8, 8)
+    fast = ct.optimize(model, x, precision="int8", calibration=[torch.randn(1, 16, 8, 8) for _ in range(8)],
+                       cache=str(tmp_path), builtin_records=False)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    assert float((got - want).norm() / want.norm()) < 8e-2
+    text = ct.explain(fast)
+    if "int8: input quantized" in text:  # a host with a fast 8-bit template: the 1x1 runs int8
+        assert "zero point is" in text and "it pads" in text

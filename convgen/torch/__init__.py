@@ -153,6 +153,11 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
             reason = _cannot_serve(wanted, target) if wanted is not spec else None
             if reason is None and wanted.dtype == "uint8" and not observers[site.path].seen:
                 reason = "no calibration batch reached it"
+            elif reason is None and wanted.dtype == "uint8" and any(wanted.padding):
+                zero = observers[site.path].params()[1]
+                if zero:  # the kernel pads with u8 0, which is the real value -zero * scale, not 0
+                    reason = f"its input's zero point is {zero} (not 0) and it pads: the padded taps would read " \
+                             f"{-zero} steps instead of 0"
             if precision == "int8" and site.linear:
                 reason = "linear layers stay float32 in int8"
             if reason:
@@ -253,6 +258,12 @@ def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
             if site.path in chain:
                 q["out_scale"] = observers[chain[site.path]].params()[0]
                 spec = spec.replace(output_dtype="uint8")
+                if spec.activation == "relu6":
+                    # the kernel's epilogue works in the output's units (scale folded in), where
+                    # ReLU6's bound is 6 / out_scale, not 6; the u8 clamp at 255 is that bound
+                    # or tighter (the consumer's observer saw this ReLU6's outputs: out_scale =
+                    # max / 255 <= 6 / 255), so the kernel clamps at 0 and 255 only
+                    spec = spec.replace(activation="relu")
             q["note"] = f"int8: {source}, output " + (f"u8 for {chain[site.path]}" if site.path in chain else "float32")
             quant[site.path] = q
         out.append((site, spec))

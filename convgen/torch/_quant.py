@@ -18,10 +18,12 @@ What runs in int8, and how (the arithmetic of :attr:`convgen.ConvSpec.scaled`):
   residual of its own, and whose output the consumer quantizes with zero point 0 (it comes
   out of a ReLU) writes that u8 tensor itself: its epilogue divides by the consumer's scale
   and rounds (``uint8`` output). The consumer then skips its quantization. ResNet's
-  bottlenecks chain their 1x1 -> 3x3 -> 1x1; the last one (its residual add) returns float32.
+  bottlenecks chain their 1x1 -> 3x3 -> 1x1, MobileNet-v2's inverted residuals their expand
+  1x1 -> depthwise 3x3 (``x86.depthwise_int8``) -> project 1x1; the last one (its residual
+  add) returns float32.
 
-Convolutions no fast int8 template serves (3-channel inputs, depthwise and grouped, channel
-counts off VNNI's blocks of 4 and 16) stay float32 (:func:`convgen.torch.explain` says so).
+Convolutions no fast int8 template serves (3-channel inputs, grouped ones, channel counts
+off VNNI's blocks of 4 and 16) stay float32 (:func:`convgen.torch.explain` says so).
 """
 
 from __future__ import annotations
