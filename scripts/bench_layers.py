@@ -38,7 +38,16 @@ convolution is matched by its own path or by the path of the BatchNorm that foll
 counts as that convolution's (``+reorder`` in the exec column): convgen converts layouts
 inside its convolution call, and its time counts the conversion too.
 
+``--precision int8``: convgen's int8 model (8 random calibration batches) next to OpenVINO
+running the QDQ network ONNX Runtime's static quantizer makes with the same batches (as
+``bench_torch.py --precision int8``). Its nodes carry the ONNX exporter's scope names
+(``/layer1/layer1.0/conv1/Conv``), matched by :func:`peers.onnx_scope_paths`. An int8 layer
+whose input comes in float32 quantizes it inside its call: its ``convgen us`` counts that
+pass, its ``kernel us`` does not (OpenVINO fuses the quantization into the producer).
+Layers are timed with hooks, which turn off the reuse of output buffers (see README).
+
     python scripts/bench_layers.py --model resnet50                  # batch 1, 20 rounds
+    python scripts/bench_layers.py --model resnet50 --precision int8 # int8 vs OpenVINO on QDQ
     python scripts/bench_layers.py --model mobilenet_v2 --batch 8 --markdown
     python scripts/bench_layers.py --model regnet_block --rounds 50 --csv regnet.csv
     python scripts/bench_layers.py --model resnet50 --records r50.jsonl --no-builtin-records
