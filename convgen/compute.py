@@ -60,7 +60,8 @@ def pad_data(spec: ConvSpec, data: te.Tensor, padding: tuple[int, int, int, int]
         if channels != c_in:
             inside.append(c < c_in)
         value = data[n, c, h - pt, w - pl] if nchw else data[n, h - pt, w - pl, c]
-        return tirx.if_then_else(tirx.all(*inside), value, tirx.const(0, spec.dtype))
+        # what the padding holds: 0, or the zero point of quantized data (its real 0)
+        return tirx.if_then_else(tirx.all(*inside), value, tirx.const(spec.data_zero_point, spec.dtype))
 
     shape = (spec.batch, channels, hp, wp) if nchw else (spec.batch, hp, wp, channels)
     return te.compute(shape, pad, name="data_pad")

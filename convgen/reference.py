@@ -42,7 +42,7 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
     if spec.flip:
         w = w[:, :, ::-1, ::-1]
     pt, pl, pb, pr = spec.padding
-    x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=spec.data_zero_point)
     n, g = spec.batch, spec.groups
     cg, kg = spec.in_per_group, spec.out_per_group
     oh, ow = spec.out_height, spec.out_width

@@ -14,6 +14,10 @@ Conventions
   bottom/right; ``"valid"`` is no padding.
 - The epilogue, in order: ``+ bias`` (per output channel), ``+ residual`` (a tensor of the
   output's shape, e.g. ResNet's skip connection), then the activation.
+- ``data_zero_point`` (8-bit data only, default 0): the value the padding holds. Quantized
+  data ``q = x / s + z`` represents a real 0 by ``z``, so a padded layer of such data pads
+  with ``z``; the sums stay the plain sums of ``q * w`` (the ``-z * sum(w)`` term is the
+  caller's, folded into the bias by ``convgen.torch``).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class ConvSpec:
     residual: bool = False
     activation: str | None = None
     flip: bool = False
+    data_zero_point: int = 0
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -142,6 +147,16 @@ class ConvSpec:
             set_("output_dtype", None)
         if self.activation not in ACTIVATIONS:
             raise _fail("activation", f"must be one of {ACTIVATIONS}", self.activation)
+        if not _is_int(self.data_zero_point):
+            raise _fail("data_zero_point", "must be an int", self.data_zero_point)
+        set_("data_zero_point", int(self.data_zero_point))
+        if self.data_zero_point:
+            span = {"uint8": (0, 255), "int8": (-128, 127)}.get(self.dtype)
+            if span is None:
+                raise _fail("data_zero_point", f"is for 8-bit data, not {self.dtype}", self.data_zero_point)
+            if not span[0] <= self.data_zero_point <= span[1]:
+                raise _fail("data_zero_point", f"must be a {self.dtype} value ({span[0]}..{span[1]})",
+                            self.data_zero_point)
         if self.in_channels % self.groups:
             raise _fail("groups", f"must divide in_channels={self.in_channels}", self.groups)
         if self.out_channels % self.groups:
@@ -315,6 +330,8 @@ class ConvSpec:
             parts.append(f"w{self.weight_dtype}")
         if self.output_dtype:
             parts.append(f"o{self.output_dtype}")
+        if self.data_zero_point:
+            parts.append(f"z{self.data_zero_point}")
         flags = (("bias", self.bias), ("residual", self.residual), (self.activation, self.activation), ("flip", self.flip))
         parts += [flag for flag, on in flags if on]
         return "_".join(parts)
@@ -340,6 +357,8 @@ class ConvSpec:
         s += f" {self.layout} {self.dtype}"
         if self.output_dtype:
             s += f"->{self.output_dtype}"
+        if self.data_zero_point:
+            s += f" z{self.data_zero_point}"
         flags = (("bias", self.bias), ("res", self.residual), (self.activation, self.activation), ("flip", self.flip))
         s += "".join(f" +{f}" for f, on in flags if on)
         return s
@@ -353,6 +372,8 @@ class ConvSpec:
         for name in ("weight_dtype", "output_dtype"):  # the defaults are left out (older readers
             if d[name] is None:                         # and records of fp32 specs stay as they were)
                 del d[name]
+        if not d["data_zero_point"]:
+            del d["data_zero_point"]
         return d
 
     @classmethod
@@ -387,7 +408,8 @@ class ConvSpec:
         out: list[ConvSpec] = []
         outputs = [{"output_dtype": o} for o in DTYPE_RULES[self.dtype][1]
                    if o != self.out_dtype and self.acc_dtype == "int32" and o != "int32"]
-        for changes in (*outputs, bare, {"batch": 1}, dict(bare, batch=1)):
+        zero = [{"data_zero_point": 0}] if self.data_zero_point else []  # the same loop nest, padded with 0
+        for changes in (*zero, *outputs, bare, {"batch": 1}, dict(bare, batch=1)):
             s = self.replace(**changes)
             if s != self and s not in out:
                 out.append(s)
@@ -424,8 +446,8 @@ class ConvSpec:
         the weights of the result are ``w[:, :, r0:r1 + 1, s0:s1 + 1]`` (OIHW)."""
         (r0, r1), (s0, s1) = self.live_taps()
         (kh, kw), (dh, dw) = self.kernel, self.dilation
-        if (r0, r1, s0, s1) == (0, kh - 1, 0, kw - 1):
-            return self
+        if (r0, r1, s0, s1) == (0, kh - 1, 0, kw - 1) or self.data_zero_point:
+            return self  # (padding that holds a zero point adds to the sums: no tap is dead)
         pt, pl, pb, pr = self.padding
         padding = (pt - r0 * dh, pl - s0 * dw, pb - (kh - 1 - r1) * dh, pr - (kw - 1 - s1) * dw)
         trimmed = self.replace(kernel=(r1 - r0 + 1, s1 - s0 + 1), padding=padding,

@@ -288,10 +288,10 @@ def test_mobilenet_blocks_run_their_depthwise_layers_in_int8_chained_and_close_t
     assert "x86.depthwise_int8" in text
 
 
-def test_a_padded_layer_whose_input_has_a_zero_point_stays_float32_and_right(tmp_path):
-    """A kernel pads with u8 0, the real value -zero_point * scale: a padded convolution whose
-    input is quantized with a zero point (data with negative values, no ReLU before) would
-    be wrong on its borders (it was: relative error 1.5 on 8x8). It stays float32, says why."""
+def test_a_padded_layer_whose_input_has_a_zero_point_pads_with_it(tmp_path):
+    """A padded convolution whose input is quantized with a zero point (data with negative
+    values, no ReLU before) must pad with that zero point, its real 0: padded with u8 0 its
+    borders were wrong (relative error 1.5 on 8x8). The spec carries it (data_zero_point)."""
     torch = pytest.importorskip("torch")
     import convgen.torch as ct
 
@@ -305,5 +305,36 @@ def test_a_padded_layer_whose_input_has_a_zero_point_stays_float32_and_right(tmp
         want, got = model(x), fast(x)
     assert float((got - want).norm() / want.norm()) < 8e-2
     text = ct.explain(fast)
-    if "int8: input quantized" in text:  # a host with a fast 8-bit template: the 1x1 runs int8
-        assert "zero point is" in text and "it pads" in text
+    if "int8: input quantized" in text:  # a host with a fast 8-bit template: both run int8
+        zero = fast.get_submodule("1").in_zero
+        assert zero and f"k3x3 s1 p1 NCHW uint8->float32 z{zero}" in text
+
+
+@pytest.mark.parametrize("template", ["cpu.generic", "x86.direct_vnni", "x86.depthwise_int8"])
+def test_kernels_pad_with_the_data_zero_point_exactly(template):
+    host = x86_host()
+    spec = ConvSpec(in_channels=16, out_channels=32, height=7, width=6, kernel=3, padding=(2, 1, 1, 0),
+                    layout="NHWC", dtype="uint8", data_zero_point=200)
+    if template == "x86.depthwise_int8":
+        spec = spec.replace(out_channels=16, groups=16)
+    target = VNNI_TARGET if template == "x86.direct_vnni" else host
+    if not target.runs_here():
+        pytest.skip(f"{template} needs {target.name}")
+    k = convgen.build(spec, target, template=template, builtin_records=False)
+    arrays = check(k, spec, seed=9)
+    # and the padding did hold 200: the same data padded with 0 gives other border sums
+    assert not np.array_equal(conv2d_reference(spec.replace(data_zero_point=0), *arrays), k(*arrays))
+
+
+def test_the_data_zero_point_is_validated_keyed_and_round_trips():
+    spec = SPECS[0].replace(data_zero_point=7)
+    assert "_z7_" in spec.key and " z7" in spec.describe() and ConvSpec.from_dict(spec.to_dict()) == spec
+    assert "data_zero_point" not in SPECS[0].to_dict() and SPECS[0].data_zero_point == 0
+    assert spec.stand_ins()[0] == SPECS[0]  # its records: the loop nest padded with 0
+    assert spec.without_dead_taps() is spec
+    from convgen.spec import SpecError
+
+    with pytest.raises(SpecError, match="8-bit data"):
+        SPECS[0].replace(dtype="float32", data_zero_point=1)
+    with pytest.raises(SpecError, match="0..255"):
+        SPECS[0].replace(data_zero_point=300)

@@ -154,10 +154,9 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
             if reason is None and wanted.dtype == "uint8" and not observers[site.path].seen:
                 reason = "no calibration batch reached it"
             elif reason is None and wanted.dtype == "uint8" and any(wanted.padding):
-                zero = observers[site.path].params()[1]
-                if zero:  # the kernel pads with u8 0, which is the real value -zero * scale, not 0
-                    reason = f"its input's zero point is {zero} (not 0) and it pads: the padded taps would read " \
-                             f"{-zero} steps instead of 0"
+                # the padding holds the input's zero point, its real 0 (a kernel padding with
+                # u8 0 would read -zero steps there: wrong borders)
+                wanted = wanted.replace(data_zero_point=observers[site.path].params()[1])
             if precision == "int8" and site.linear:
                 reason = "linear layers stay float32 in int8"
             if reason:
