@@ -263,6 +263,21 @@ def test_depthwise_int8_refuses_what_float32_sums_cannot_hold_exactly():
     assert tmpl.serves(DEPTHWISE[0].replace(groups=1), target) is not None
 
 
+def int8_model(model, shape, folder):
+    """``model`` optimized in int8 (8 random calibration batches of ``shape``) and the relative
+    error of its output against eager fp32 on another random input."""
+    import torch
+
+    import convgen.torch as ct
+
+    x = torch.randn(*shape)
+    fast = ct.optimize(model, x, precision="int8", calibration=[torch.randn(*shape) for _ in range(8)],
+                       cache=str(folder), builtin_records=False)
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    return fast, float((got - want).norm() / want.norm())
+
+
 def test_mobilenet_blocks_run_their_depthwise_layers_in_int8_chained_and_close_to_fp32(tmp_path):
     """Expand 1x1 -> depthwise -> project 1x1 pass u8 between them; the ReLU6 of a layer that
     writes u8 clamps at 6 in real units (the epilogue works in the output's: a bound of
@@ -276,13 +291,8 @@ def test_mobilenet_blocks_run_their_depthwise_layers_in_int8_chained_and_close_t
     if not VNNI_TARGET.runs_here() or host.name != VNNI_TARGET.name:
         pytest.skip(f"the int8 chain needs {VNNI_TARGET.name} (AVX512_VNNI) as the host target, not {host.name}")
     torch.manual_seed(0)
-    model = tiny_mobilenet()
-    x = torch.randn(1, 3, 32, 32)
-    fast = ct.optimize(model, x, precision="int8", calibration=[torch.randn(1, 3, 32, 32) for _ in range(8)],
-                       cache=str(tmp_path), builtin_records=False)
-    with torch.no_grad():
-        want, got = model(x), fast(x)
-    assert float((got - want).norm() / want.norm()) < 8e-2
+    fast, err = int8_model(tiny_mobilenet(), (1, 3, 32, 32), tmp_path)
+    assert err < 8e-2
     text = ct.explain(fast)
     assert "dw NCHW uint8->uint8" in text  # a depthwise layer in int8, writing u8 for the next
     assert "x86.depthwise_int8" in text
@@ -298,12 +308,8 @@ def test_a_padded_layer_whose_input_has_a_zero_point_pads_with_it(tmp_path):
     x86_host()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1), torch.nn.Conv2d(32, 32, 3, padding=1)).eval()
-    x = torch.randn(1, 16, 8, 8)
-    fast = ct.optimize(model, x, precision="int8", calibration=[torch.randn(1, 16, 8, 8) for _ in range(8)],
-                       cache=str(tmp_path), builtin_records=False)
-    with torch.no_grad():
-        want, got = model(x), fast(x)
-    assert float((got - want).norm() / want.norm()) < 8e-2
+    fast, err = int8_model(model, (1, 16, 8, 8), tmp_path)
+    assert err < 8e-2
     text = ct.explain(fast)
     if "int8: input quantized" in text:  # a host with a fast 8-bit template: both run int8
         zero = fast.get_submodule("1").in_zero

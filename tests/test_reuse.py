@@ -67,13 +67,20 @@ def test_results_stay_right_across_calls_and_earlier_results_are_not_overwritten
     assert rel_err(first, wants[1]) < TOL and rel_err(second, want_second) < TOL
 
 
-def test_a_weight_change_between_calls_is_seen(cache):
-    model = torch_models.tiny_bottleneck()
-    x = torch.randn(1, 3, 32, 32)
+def replaying(model, x, cache):
+    """``model`` optimized and called twice on ``x``: its layers replay their launches now."""
     with torch.no_grad():
         fast = ct.optimize(model, x, cache=cache, builtin_records=False)
         fast(x)
-        fast(x)  # replays now
+        fast(x)
+    return fast
+
+
+def test_a_weight_change_between_calls_is_seen(cache):
+    model = torch_models.tiny_bottleneck()
+    x = torch.randn(1, 3, 32, 32)
+    fast = replaying(model, x, cache)
+    with torch.no_grad():
         conv = fast.get_submodule("layer2.0.conv2")
         assert conv._fast is not None
         conv.weight.mul_(-0.5)
@@ -125,10 +132,7 @@ def test_threads_running_one_model_at_once_get_their_own_results(pair):
 def test_autograd_calls_do_not_replay(cache):
     model = torch_models.tiny_resnet()
     x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        fast = ct.optimize(model, x, cache=cache, builtin_records=False)
-        fast(x)
-        fast(x)
+    fast = replaying(model, x, cache)
     xg = x.clone().requires_grad_()
     y = fast(xg)  # grad enabled: the custom op's path, differentiable
     y.sum().backward()
