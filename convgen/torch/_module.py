@@ -410,8 +410,8 @@ class Conv2d(nn.Module):
             out, result = self._output(plan, nhwc)
             plan.launch(*args, out)
             increment_version(out)  # a new value: caches keyed on (tensor, version) see it
-            if not torch.is_grad_enabled() and _in_place(args, x, residual, nhwc):
-                self._fast = _Fast(self, x, residual, weight, held[0], bias, plan.launch, (*args, out), out, result)
+            if not torch.is_grad_enabled() and _in_place(args, x, residual):
+                self._fast = _Fast(x, residual, weight, held[0], bias, plan.launch, (*args, out), out, result)
             return result
         out = torch.empty(plan.out_shape, dtype=plan.out_dtype, device=plan.device)
         plan.launch(*args, out)
@@ -471,7 +471,7 @@ def _hooked(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in (module, *module._readers))
 
 
-def _in_place(args: list, x: torch.Tensor, residual: torch.Tensor | None, nhwc: bool) -> bool:
+def _in_place(args: list, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     """Do the kernel's data arguments read ``x`` and ``residual`` in place (no converted copy,
     which a replay would read stale)?"""
     if args[0].data_ptr() != x.data_ptr() or args[0].dtype != x.dtype:
@@ -490,9 +490,8 @@ class _Fast:
     __slots__ = ("x", "residual", "thread", "ptr", "shape", "weight", "watch", "bias", "bias_version", "launch",
                  "args", "out", "result")
 
-    def __init__(self, module: "Conv2d", x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-                 watch: WeightWatch, bias: torch.Tensor | None, launch: Any, args: tuple, out: torch.Tensor,
-                 result: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, watch: WeightWatch,
+                 bias: torch.Tensor | None, launch: Any, args: tuple, out: torch.Tensor, result: torch.Tensor) -> None:
         self.x, self.residual, self.thread = x, residual, threading.get_ident()
         self.ptr, self.shape = x.data_ptr(), x.shape
         self.weight, self.watch = weight, watch
