@@ -53,6 +53,7 @@ from convgen.target import Target
 from .base import Template, register
 from .common import vectorize_inner
 from .cpu import direct_loops, partition_config, pixel_tiles, register_fit, tile_knobs
+from .x86 import channel_tiles
 
 
 @dataclass(frozen=True)
@@ -184,13 +185,11 @@ class DotX86(Template):
         if spec.in_channels % step.depth:
             return f"input channels ({spec.in_channels}) not a multiple of {step.depth}: {step.instruction} takes " \
                    f"them {step.depth} at a time"
-        if spec.out_channels % step.lanes:
-            return f"output channels ({spec.out_channels}) not a multiple of {step.lanes} lanes"
-        return None
+        return None  # output channels off the lanes: the compute pads the filters (see x86.py)
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         regs, lanes, depth = target.registers, self.step.lanes, self.step.depth
-        tile_oc = tuple(m for m in (lanes, 2 * lanes, 4 * lanes) if spec.out_channels % m == 0)
+        tile_oc = channel_tiles(spec.out_channels, lanes)  # 24 filters: one vector padded to 32
         tile_ic = tuple(d for d in divisors(spec.in_channels, upto=16 * depth) if d % depth == 0)
         tile_ow = pixel_tiles(spec.out_width, regs - 2)
         tile_oh = pixel_tiles(spec.out_height, 4, least=2)

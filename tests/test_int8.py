@@ -25,6 +25,8 @@ SPECS = [
     ConvSpec(in_channels=16, out_channels=48, height=7, width=10, kernel=3, padding=1, stride=2, layout="NCHW",
              dtype="uint8", bias=True),
     ConvSpec(in_channels=64, out_channels=32, height=8, width=8, kernel=1, layout="NHWC", dtype="uint8"),
+    # 24 filters (MobileNet-v2's project layers): off the 16 lanes, the filters padded to 32
+    ConvSpec(in_channels=96, out_channels=24, height=8, width=8, kernel=1, layout="NHWC", dtype="uint8", bias=True),
 ]
 
 
