@@ -22,8 +22,8 @@ What runs in int8, and how (the arithmetic of :attr:`convgen.ConvSpec.scaled`):
   1x1 -> depthwise 3x3 (``x86.depthwise_int8``) -> project 1x1; the last one (its residual
   add) returns float32.
 
-Convolutions no fast int8 template serves (3-channel inputs, grouped ones, channel counts
-off VNNI's blocks of 4 and 16) stay float32 (:func:`convgen.torch.explain` says so).
+Convolutions no fast int8 template serves (3-channel inputs, grouped ones, input channel
+counts off VNNI's blocks of 4) stay float32 (:func:`convgen.torch.explain` says so).
 """
 
 from __future__ import annotations
