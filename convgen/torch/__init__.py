@@ -280,8 +280,9 @@ def mark_reused_outputs(gm: torch.fx.GraphModule) -> list[str]:
     cannot change a tensor anyone holds. A model output, a torch operator (which may return
     a view: ``flatten``, ``contiguous``) or a shared module keeps fresh outputs. A hook on
     the layer or on a reader (which could keep the tensor) turns reuse off while it is
-    registered. ResNet-50: 53 of 55 layers (not the stem, read by torch's ReLU/pooling
-    where not fused, nor the classifier)."""
+    registered. ResNet-50: 54 of its 56 convgen layers (its 53 convolutions and the max
+    pooling; not the global pooling, read by torch's flatten, nor the classifier, whose
+    output is the model's)."""
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
