@@ -73,10 +73,16 @@ def build_into(spec: dict, target: dict, template: str, config: Config, path: st
 
     kernel = build(ConvSpec.from_dict(spec), Target.from_dict(target), config, template=template)
     kernel.meta["config_source"] = source
+    return write_atomically(path, kernel.export)
+
+
+def write_atomically(path: str, write: Any) -> str:
+    """``write(tmp)`` a library to a temporary name beside ``path``, then rename it into place:
+    a killed build leaves no half library, and two processes writing one both succeed."""
     fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=os.path.dirname(path))
     os.close(fd)
     try:
-        kernel.export(tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

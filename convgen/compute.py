@@ -96,7 +96,7 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
             y = tirx.max(y, tirx.const(0, math))
         if spec.activation == "relu6":  # MobileNet's clipped ReLU
             y = tirx.min(y, tirx.const(6, math))
-        if spec.out_dtype in ("uint8", "int8") and math != "int32":  # (re)quantize: round half to even
+        if spec.requantized:  # round half to even, clamp
             info = {"uint8": (0, 255), "int8": (-128, 127)}[spec.out_dtype]
             y = tirx.min(tirx.max(tirx.round(y), tirx.const(info[0], math)), tirx.const(info[1], math))
         return y if math == spec.out_dtype else y.astype(spec.out_dtype)

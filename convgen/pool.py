@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -188,21 +187,14 @@ def pool_kernel(spec: PoolSpec, target: "str | Target" = "host", folder: str | N
     import tvm
 
     from .builder import export_library
-    from .cache import default_folder, usable_folder
+    from .cache import default_folder, usable_folder, write_atomically
 
     target = get_target(target)
     folder = usable_folder(folder or default_folder())
     path = os.path.join(folder, pool_key(spec, target) + ".so")
     if not os.path.exists(path):
         executable = build_pool(spec, target)
-        fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=folder)
-        os.close(fd)
-        try:
-            export_library(executable, target, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(path, lambda tmp: export_library(executable, target, tmp))
     try:
         return tvm.runtime.load_module(path)["main"]
     except Exception:  # a damaged cache file: build it again, once

@@ -67,7 +67,7 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
         y = np.maximum(y, 0)
     if spec.activation == "relu6":
         y = np.minimum(y, 6)
-    if spec.out_dtype in ("uint8", "int8") and (spec.scaled or spec.acc_dtype != "int32"):
+    if spec.requantized:
         info = np.iinfo(spec.out_dtype)
         y = np.clip(np.rint(y), info.min, info.max)  # round half to even, as the kernel
     if spec.layout == "NHWC":
@@ -108,7 +108,7 @@ def tolerance(spec: ConvSpec) -> float:
     still catches any indexing error (those are O(1)).
     """
     terms = spec.in_per_group * spec.kernel[0] * spec.kernel[1]
-    if spec.out_dtype in ("uint8", "int8") and (spec.scaled or spec.acc_dtype != "int32"):
+    if spec.requantized:
         return 1.0  # an 8-bit result of float arithmetic: one step of rounding either way at a half
     if spec.scaled:  # exact sums, a float32 epilogue whose multiply-add LLVM may fuse
         return 1e-5

@@ -283,13 +283,17 @@ class ConvSpec:
         return self.acc_dtype == "int32" and self.out_dtype != "int32"
 
     @property
+    def requantized(self) -> bool:
+        """Is the output 8-bit? Then it is the epilogue's float32 result (a :attr:`scaled`
+        spec's, or float32 data's: the quantizer) rounded half to even and clamped."""
+        return self.out_dtype in ("uint8", "int8")
+
+    @property
     def epilogue_dtype(self) -> str:
         """The dtype of bias and residual: the output's, but float32 where the epilogue's
         arithmetic is float32 and its result goes to 8 bits (:attr:`scaled` sums, a quantized
         float32 output)."""
-        if self.scaled or (self.out_dtype in ("uint8", "int8") and self.acc_dtype != "int32"):
-            return "float32"
-        return self.out_dtype
+        return "float32" if self.scaled or self.requantized else self.out_dtype
 
     def extra_inputs(self) -> list[tuple[str, tuple[int, ...], str]]:
         """``(name, shape, dtype)`` of the inputs after data and weight, in argument order:

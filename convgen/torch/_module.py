@@ -407,7 +407,7 @@ class Conv2d(nn.Module):
             r = residual if residual.dtype == plan.side_dtype else residual.to(plan.side_dtype)
             args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
         if reuse and not _hooked(self):
-            out, result = self._output(plan, nhwc)
+            out, result = thread_buffer(self._outs, plan.key, plan.out_shape, plan.out_dtype, plan.device, nhwc)
             plan.launch(*args, out)
             increment_version(out)  # a new value: caches keyed on (tensor, version) see it
             if not torch.is_grad_enabled() and _in_place(args, x, residual):
@@ -424,14 +424,6 @@ class Conv2d(nn.Module):
     reuse_output = False
     _readers: tuple = ()  # the modules that read the output (their hooks would see the buffer)
 
-    def _output(self, plan: "_Plan", nhwc: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """This thread's output buffer for ``plan`` and the tensor returned (its N,C,H,W view)."""
-        key = (plan.key, threading.get_ident())
-        held = self._outs.get(key)
-        if held is None:
-            out = torch.empty(plan.out_shape, dtype=plan.out_dtype, device=plan.device)
-            held = self._outs[key] = (out, out.permute(0, 3, 1, 2) if nhwc else out)
-        return held
 
     def _input_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``x`` in the kernel's input dtype (a float32 network input into a bf16 layer)."""
@@ -461,6 +453,18 @@ class Conv2d(nn.Module):
         plan = _Plan(key, kernel, kernel.launcher(prepacked=True), tuple(spec.output_shape), spec)
         plan.device = x.device
         return plan
+
+
+def thread_buffer(outs: dict, key: Any, shape: tuple, dtype: torch.dtype, device: Any,
+                  nhwc: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calling thread's reused output buffer for ``key`` in ``outs`` (made on first use)
+    and the tensor a layer returns: its N,C,H,W view for an NHWC buffer."""
+    key = (key, threading.get_ident())
+    held = outs.get(key)
+    if held is None:
+        out = torch.empty(shape, dtype=dtype, device=device)
+        held = outs[key] = (out, out.permute(0, 3, 1, 2) if nhwc else out)
+    return held
 
 
 def _hooked(module: nn.Module) -> bool:

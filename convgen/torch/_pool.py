@@ -23,7 +23,7 @@ from torch.autograd.graph import increment_version
 
 from ..pool import DTYPES, PoolSpec, pool_kernel
 from ..target import Target
-from ._module import _hooked
+from ._module import _hooked, thread_buffer
 
 
 def _pair(v: Any) -> tuple[int, int] | None:
@@ -47,7 +47,7 @@ class Pool2d(nn.Module):
 
     def _init_state(self) -> None:
         self.kernels: dict[tuple, Any] = {}  # (shape, dtype) -> (function, output shape) or the build's exception
-        self._outs: dict[tuple, tuple] = {}  # (shape, dtype, thread) -> (output buffer, its N,C,H,W view)
+        self._outs: dict[tuple, tuple] = {}  # ((shape, dtype), thread) -> (output buffer, its N,C,H,W view)
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -73,18 +73,16 @@ class Pool2d(nn.Module):
         if fn is None:
             return self.torch_forward(x)
         f, out_shape = fn
-        if self.reuse_output and not _hooked(self):
-            key = (x.shape, x.dtype, threading.get_ident())
-            held = self._outs.get(key)
-            if held is None:
-                out = torch.empty(out_shape, dtype=x.dtype)
-                held = self._outs[key] = (out, out.permute(0, 3, 1, 2))
-            f(x.permute(0, 2, 3, 1), held[0])
-            increment_version(held[0])
-            return held[1]
-        out = torch.empty(out_shape, dtype=x.dtype)
+        reuse = self.reuse_output and not _hooked(self)
+        if reuse:
+            out, result = thread_buffer(self._outs, (x.shape, x.dtype), out_shape, x.dtype, x.device, True)
+        else:
+            out = torch.empty(out_shape, dtype=x.dtype)
+            result = out.permute(0, 3, 1, 2)
         f(x.permute(0, 2, 3, 1), out)  # channels_last N,C,H,W is N,H,W,C in memory
-        return out.permute(0, 3, 1, 2)
+        if reuse:
+            increment_version(out)
+        return result
 
     #: as :attr:`convgen.torch.Conv2d.reuse_output`: one output buffer per input shape and thread
     reuse_output = False
@@ -143,13 +141,14 @@ def _pool_of(gm: torch.fx.GraphModule, node: torch.fx.Node) -> tuple | None:
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         if type(m) is nn.MaxPool2d:
-            return ("max", *(_max_args((None, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
-                                        m.return_indices), {}) or (None,) * 3))
+            args = _max_args((None, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices), {})
+            return None if args is None else ("max", *args)
         if type(m) is nn.AdaptiveAvgPool2d and _pair(m.output_size) == (1, 1):
             return ("avg", (1, 1), (1, 1), (0, 0))
     elif node.op == "call_function":
         if node.target is F.max_pool2d:
-            return ("max", *(_max_args(node.args, node.kwargs) or (None,) * 3))
+            args = _max_args(node.args, node.kwargs)
+            return None if args is None else ("max", *args)
         if node.target is F.adaptive_avg_pool2d:
             size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
             if _pair(size) == (1, 1):
@@ -163,7 +162,7 @@ def replace_pools(gm: torch.fx.GraphModule, target: Target, folder: str | None =
     paths = []
     for node in list(gm.graph.nodes):
         found = _pool_of(gm, node)
-        if found is None or found[1] is None:
+        if found is None:
             continue
         kind, kernel, stride, padding = found
         module = Pool2d(kind, kernel, stride, padding, target, folder)
