@@ -39,6 +39,10 @@ from .target import Target, TargetError
 from .version import minor_version
 
 FORMAT = 1
+#: the timing condition of the tuner's default on CPUs (``MeasureOptions.timing``): records
+#: timed so rank before the others of a workload (which were timed hotter: faster, but not
+#: as the kernel runs inside a network)
+TIMING = "args"
 
 class Outcome(enum.Enum):
     """What one measurement says about its candidate (:func:`outcome`)."""
@@ -129,9 +133,17 @@ class Record:
         """``(major, minor)`` of the TVM the trial was built with (``None`` if unrecorded)."""
         return minor_version(self.data.get("tvm"))
 
-    def trial_key(self) -> tuple[str, str, str, str, str]:
-        """What makes two records measurements of the same candidate."""
-        return (self.spec_key, self.target, self.template, self.space_hash, config_key(self.config))
+    @property
+    def timing(self) -> str | None:
+        """How the trial was timed (``MeasureOptions.timing``: ``"args"``, ``"flush:N"``,
+        ``"hot"``); ``None`` for records older than the field (a flush of twice the L2 on
+        CPUs by default then)."""
+        return self.data.get("timing")
+
+    def trial_key(self) -> tuple[str, str, str, str, str, str | None]:
+        """What makes two records measurements of the same candidate (under one timing
+        condition: a config timed under two is two candidates whose times do not compare)."""
+        return (self.spec_key, self.target, self.template, self.space_hash, config_key(self.config), self.timing)
 
 
 def provenance(spec: ConvSpec, target: Target, template: Any, config: Config) -> dict[str, Any]:
@@ -413,13 +425,14 @@ def _aggregate(records: Iterable[Record]) -> dict[tuple, tuple[float, Record]]:
 
 
 def best_records(records: Iterable[Record]) -> dict[tuple[str, str], tuple[float, Record]]:
-    """``(median seconds, record)`` of the fastest valid candidate per (spec key, target)."""
-    best: dict[tuple[str, str], tuple[float, Record]] = {}
+    """``(median seconds, record)`` of the fastest valid candidate per (spec key, target),
+    among those timed as the tuner times by default (:data:`TIMING`) where there are any."""
+    best: dict[tuple[str, str], tuple[tuple[bool, float], float, Record]] = {}
     for cost, r in _aggregate(records).values():
-        k = (r.spec_key, r.target)
-        if k not in best or cost < best[k][0]:
-            best[k] = (cost, r)
-    return best
+        k, rank = (r.spec_key, r.target), (r.timing != TIMING, cost)
+        if k not in best or rank < best[k][0]:
+            best[k] = (rank, cost, r)
+    return {k: (cost, r) for k, (_, cost, r) in best.items()}
 
 
 def best_config(spec: ConvSpec, target: Target, paths: str | list[str], *, template: str | None = None):
@@ -442,7 +455,7 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
     that has one whose config ``spec``'s space also holds; ``None`` when none has. Ranked
     as :func:`best_config` ranks: records of this machine's CPU first, then those made for
     ``target`` itself before those of the targets it extends (:attr:`Target.lineage`),
-    then by time."""
+    then those timed as the tuner times by default (:data:`TIMING`), then by time."""
     from .target import host_cpu_name
 
     rule = Staleness()
@@ -460,7 +473,7 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
             mine = rule.space(r.template, spec, target)  # the config must serve spec too
             if not rule.current(r) or mine is None or r.config not in mine:
                 continue
-            rank = (r.data.get("host_cpu") != here, lineage.index(r.target), cost)
+            rank = (r.data.get("host_cpu") != here, lineage.index(r.target), r.timing != TIMING, cost)
             if best is None or rank < best[0]:
                 best = (rank, r)
         if best is not None:
@@ -526,8 +539,9 @@ class Staleness:
 def prune(records: Iterable[Record], *, keep: int = 1, keep_stale: bool = False) -> list[Record]:
     """Every record of the ``keep`` best candidates per (workload, target, template), in file order.
 
-    Candidates are ranked as :func:`best_config` ranks them: by the median of all their
-    timings, those that ever failed or gave a wrong result left out. Unless ``keep_stale``,
+    Candidates are ranked as :func:`best_config` ranks them: those timed as the tuner times
+    by default (:data:`TIMING`) first, then by the median of all their timings, those that
+    ever failed or gave a wrong result left out. Unless ``keep_stale``,
     stale candidates (:class:`Staleness`) are dropped too; for a target this convgen does
     not know that check is impossible and its candidates are ranked without it.
     """
@@ -539,10 +553,10 @@ def prune(records: Iterable[Record], *, keep: int = 1, keep_stale: bool = False)
     for key, (cost, r) in _aggregate(records).items():
         if not keep_stale and rule.current(r) is False:
             continue
-        groups.setdefault((r.spec_key, r.target, r.template), []).append((cost, key))
+        groups.setdefault((r.spec_key, r.target, r.template), []).append((r.timing != TIMING, cost, key))
     kept = set()
     for cands in groups.values():
-        kept.update(key for _, key in sorted(cands, key=lambda c: (c[0], str(c[1])))[:keep])
+        kept.update(key for *_, key in sorted(cands, key=lambda c: (c[0], c[1], str(c[2])))[:keep])
     return [r for r in records if r.trial_key() in kept]
 
 

@@ -546,15 +546,19 @@ class Kernel:
 
     # -- measuring, exporting -------------------------------------------------------------
     def benchmark(self, *, number: int = 10, repeat: int = 5, min_repeat_ms: int = 100,
-                  cache_flush_bytes: int = 0, seed: int = 0) -> list[float]:
+                  cache_flush_bytes: int = 0, flush_args: bool = False, seed: int = 0) -> list[float]:
         """Seconds per call, one entry per repeat, measured by TVM's ``time_evaluator``
         (:func:`convgen.timing.measure_kernel`, as ``convgen run`` and the tuner measure).
 
         Kernels that keep their own weight layout are timed as deployed: weights packed
-        once (the library's ``pack_weights``), then ``main_prepacked``.
+        once (the library's ``pack_weights``), then ``main_prepacked``. ``flush_args``
+        evicts every argument but the input before each call (the tuner's default on CPUs:
+        weights from memory, as inside a network; use ``number=1``, or every call after the
+        first in a repeat finds them hot).
         """
         return self.measure(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
-                            cache_flush_bytes=cache_flush_bytes, seed=seed, check=False).times
+                            cache_flush_bytes=cache_flush_bytes, flush_args=flush_args, seed=seed,
+                            check=False).times
 
     def measure(self, *, check: bool = True, **timing: Any) -> Any:
         """Time the kernel here and (``check``) compare every entry point with the numpy

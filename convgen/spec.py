@@ -39,7 +39,7 @@ DTYPE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     # float32 (and, below, scaled 8-bit) results may be rounded and clamped to 8 bits in the
     # epilogue: the quantization of the input of an int8 layer next (a depthwise 1x1 of
     # weights 1/scale and bias zero point is convgen.torch's quantizer)
-    "float32": (("float32",), ("float32", "uint8", "int8"), "float32"),
+    "float32": (("float32",), ("float32", "uint8", "int8", "bfloat16"), "float32"),
     "float16": (("float16",), ("float16",), "float16"),
     # bf16 data and weights, fp32 products summed in fp32 (AVX512_BF16's vdpbf16ps, AMX's
     # tdpbf16ps); the output rounded to bf16 for the next layer, or kept in fp32
@@ -405,13 +405,14 @@ class ConvSpec:
         """Workloads whose tuned configs serve this one when it has no records of its own,
         best first: the same convolution with another output dtype of its data (an int8
         layer that requantizes for the next one is tuned as the float32-output layer
-        ``conv_layers(precision="int8")`` lists), without its epilogue (bias, residual and
+        ``conv_layers(precision="int8")`` lists; a float layer that rounds its output to
+        bf16 or 8 bits as the one that keeps its own dtype), without its epilogue (bias, residual and
         ReLU add memory traffic, not another loop nest), then the same at batch 1 (tuned
         layers are batch 1; a larger batch only adds parallel work), then both."""
         bare = dict(bias=False, residual=False, activation=None)
         out: list[ConvSpec] = []
         outputs = [{"output_dtype": o} for o in DTYPE_RULES[self.dtype][1]
-                   if o != self.out_dtype and self.acc_dtype == "int32" and o != "int32"]
+                   if o != self.out_dtype and o != "int32" and (self.acc_dtype == "int32" or o == self.dtype)]
         zero = [{"data_zero_point": 0}] if self.data_zero_point else []  # the same loop nest, padded with 0
         for changes in (*zero, *outputs, bare, {"batch": 1}, dict(bare, batch=1)):
             s = self.replace(**changes)

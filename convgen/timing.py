@@ -92,7 +92,8 @@ def _poison(out: Any, spec: ConvSpec) -> None:
 
 def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[int] | tuple[int, ...] | None = None,
                    timed: bool = True, number: int = 3, repeat: int = 5, min_repeat_ms: int = 50,
-                   cache_flush_bytes: int = 0, check: Check = ALWAYS, seed: int = 0) -> KernelRun:
+                   cache_flush_bytes: int = 0, flush_args: bool = False, check: Check = ALWAYS,
+                   seed: int = 0) -> KernelRun:
     """Set up random inputs on ``dev``, time the kernel as deployed, check it vs the reference.
 
     ``module`` is a loaded library, local or remote (:func:`upload`). Kernels with their own
@@ -117,8 +118,11 @@ def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[
     name, timed_args = entries[0]
     run = KernelRun(entry=name, tolerance=tolerance(spec))
     if timed:
+        # flush_args: every argument but the input evicted before each call (clflush; x86 and
+        # AArch64), as inside a network: weights from memory, the input where it was left
         ev = module.time_evaluator(name, dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
-                                   cache_flush_bytes=cache_flush_bytes)
+                                   cache_flush_bytes=cache_flush_bytes,
+                                   f_preproc="cache_flush_cpu_non_first_arg" if flush_args else "")
         run.times = [float(t) for t in ev(*timed_args, out).results]
     if check.wanted(run.times):
         want = conv2d_reference(spec, *arrays)

@@ -55,9 +55,25 @@ def test_dtype_fields_keep_fp32_keys_and_validate():
     assert b.key.endswith("_ofloat32") and ConvSpec.from_dict(b.to_dict()) == b
     assert fp32.replace(dtype="bfloat16", output_dtype="bfloat16") == fp32.replace(dtype="bfloat16")  # the default
     with pytest.raises(convgen.SpecError, match="output_dtype"):
-        fp32.replace(output_dtype="bfloat16")
+        fp32.replace(output_dtype="float16")
+    stem = fp32.replace(in_channels=3, output_dtype="bfloat16")  # fp32 math, the output rounded to bf16
+    assert stem.key.endswith("_obfloat16") and "float32->bfloat16" in stem.describe()
+    assert stem.epilogue_dtype == "bfloat16" and stem.acc_dtype == "float32"
+    assert stem.stand_ins()[0] == stem.replace(output_dtype="float32")  # tuned as the fp32 layer
+    assert b.stand_ins()[0] == b.replace(output_dtype="bfloat16")
     with pytest.raises(convgen.SpecError, match="weight_dtype"):
         fp32.replace(dtype="bfloat16", weight_dtype="float32")
+
+
+def test_an_rgb_stem_reads_float32_and_writes_bf16():
+    # convgen.torch's bf16 stem: vdpbf16ps pairs channels, 3 of them gain nothing, so the kernel
+    # multiplies in fp32 on the model's own input and rounds its output to bf16 once
+    x86_host()
+    spec = ConvSpec(in_channels=3, out_channels=32, height=15, width=15, kernel=7, stride=2, padding=3, layout="NHWC",
+                    bias=True, activation="relu", output_dtype="bfloat16")
+    k = convgen.build(spec, builtin_records=False)
+    assert k.template == "x86.direct"
+    check(k, spec)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
@@ -162,5 +178,11 @@ def test_optimize_in_bf16_matches_the_fp32_model_within_bf16_error(tmp_path):
     assert float((got - want).norm() / want.norm()) < 2e-2
     text = ct.explain(fast)
     assert "bfloat16" in text and "4 of 4 convolutions" not in text  # 3 convolutions + 1 linear
-    layers = ct.conv_layers(model, x, precision="bfloat16")
-    assert all(s.dtype == "bfloat16" for s in layers.values())
+    layers = list(ct.conv_layers(model, x, precision="bfloat16").values())
+    assert (layers[0].dtype, layers[0].out_dtype) == ("float32", "bfloat16")  # the RGB stem, fp32 in
+    assert all(s.dtype == "bfloat16" for s in layers[1:])
+    assert "float32->bfloat16" in text
+    # a bf16 input goes to the stem's kernel too (widened exactly), not to torch's fp32 conv
+    with torch.no_grad():
+        got16 = fast(x.to(torch.bfloat16))
+    assert float((got16.float() - want).norm() / want.norm()) < 2e-2

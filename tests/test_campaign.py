@@ -253,3 +253,22 @@ def test_a_time_budget_ends_the_campaign_within_five_percent_and_a_rerun_resumes
     more.run(None, time_limit=150.0)
     assert 150.0 - 105.0 <= more_clock.now <= 150.0 * 1.05 - again.spent_before + 5.0
     assert more.spent() <= 150.0 * 1.05 and more.total_trials() > again.total_trials()
+
+
+def test_a_campaign_stores_its_timing_and_resumes_only_from_records_timed_alike(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    layers = {"small": LAYERS["small"]}
+    # an older campaign's records, timed under another condition (no "timing": a hot loop or
+    # a byte flush): their times do not compare, so they are not this campaign's trials
+    Campaign(make_tasks(layers, TARGET), TARGET, measure=fake_measure(), records=path, strategy="random",
+             batch_size=4, seed=0).run(8)
+    assert all(r.timing is None for r in rec.read(path))
+    camp = Campaign(make_tasks(layers, TARGET), TARGET, measure=fake_measure(), records=path, strategy="random",
+                    batch_size=4, seed=0, timing="args")
+    assert camp.total_trials() == 0
+    camp.run(8)
+    mine = [r for r in rec.read(path) if r.timing == "args"]
+    assert len(mine) == 8
+    again = Campaign(make_tasks(layers, TARGET), TARGET, measure=fake_measure(), records=path, strategy="random",
+                     batch_size=4, seed=0, timing="args")
+    assert again.total_trials() == 8

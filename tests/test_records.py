@@ -228,3 +228,36 @@ def test_every_shipped_record_is_current():
     for path in rec.builtin_record_files():
         stale = [r for r in rec.read(path) if rule.current(r) is False]
         assert not stale, f"{path}: {len(stale)} stale records, e.g. {stale[0].template} {stale[0].spec_key}"
+
+
+def test_records_timed_as_the_tuner_times_by_default_rank_first(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    a, b = configs(2)
+    # a faster record of an older, hotter condition (no "timing": weights left in the caches)
+    # and a slower one timed as inside a network: the times do not compare, the latter wins
+    hot, args = record(a, 1e-3), dict(record(b, 2e-3), timing=rec.TIMING)
+    rec.append(path, [hot, args])
+    assert rec.best_config(SPEC, TARGET, path)[1] == b
+    assert [r.config for r in rec.prune(rec.read(path))] == [b]
+    assert rec.best_records(rec.read(path))[(SPEC.key, TARGET.name)][1].config == b
+    # one config timed under both: two candidates, whose medians never mix
+    both = [rec.Record(record(a, 1e-3)), rec.Record(dict(record(a, 3e-3), timing=rec.TIMING))]
+    assert both[0].trial_key() != both[1].trial_key()
+    assert sorted(cost for cost, _ in rec._aggregate(both).values()) == [1e-3, 3e-3]
+
+
+def test_the_default_timing_flushes_the_arguments_on_cpus_only():
+    from convgen.tuner.measure import _timing
+    from convgen.tuner.options import MeasureOptions, default_cache_flush
+
+    cpu, gpu = get_target("x86-avx2"), get_target("cuda-sm80")
+    opts = MeasureOptions().for_target(cpu)
+    assert opts.flush_args and opts.cache_flush_bytes == 0 and opts.timing() == rec.TIMING == "args"
+    t = _timing(opts)
+    assert t["flush_args"] and t["number"] == 1 and t["repeat"] >= 10  # one flush before each timed call
+    off = MeasureOptions(flush_args=False).for_target(cpu)
+    assert not off.flush_args and off.cache_flush_bytes == default_cache_flush(cpu) > 0
+    assert off.timing() == f"flush:{default_cache_flush(cpu)}"
+    g = MeasureOptions().for_target(gpu)
+    assert not g.flush_args and g.cache_flush_bytes == 0 and g.timing() == "hot"
+    assert not _timing(MeasureOptions(flush_args=False, cache_flush_bytes=0))["flush_args"]

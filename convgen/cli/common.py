@@ -102,7 +102,7 @@ def add_options(group: Any, cls: type) -> None:
     for flag, f in cli_flags(cls):
         kind, helptext = f.metadata.get("kind", ""), f.metadata["help"]
         if kind == "off_switch":
-            group.add_argument(flag, dest=f.name, action="store_false", help=helptext)
+            group.add_argument(flag, dest=f.name, action="store_false", default=f.default, help=helptext)
             continue
         metavar = f.metadata.get("metavar") or _METAVARS.get(kind)
         extra = {"metavar": metavar} if metavar else {}
@@ -131,7 +131,8 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layout", choices=LAYOUTS, help="data layout; weights OIHW / HWIO [NCHW]")
     g.add_argument("--dtype", choices=DTYPES, help="the data's dtype [float32]")
     g.add_argument("--output-dtype", choices=sorted({o for _, outs, _ in DTYPE_RULES.values() for o in outs}),
-                   help="the output's, where the data's dtype allows another (bfloat16 -> float32; 8-bit data: "
+                   help="the output's, where the data's dtype allows another (float32 -> bfloat16, or uint8/int8 "
+                        "rounded and clamped; bfloat16 -> float32; 8-bit data: "
                         "int32 sums, or float32/uint8/int8 scaled by a per-channel scale input) [the data's default]")
     g.add_argument("--bias", action="store_true", default=None, help="add a per-channel bias")
     g.add_argument("--residual", action="store_true", default=None,

@@ -62,6 +62,11 @@ def _in_precision(spec: ConvSpec, precision: str, linear: bool = False) -> ConvS
         return spec
     if precision == "int8":
         return spec if linear else spec.replace(dtype="uint8", output_dtype="float32", bias=True)
+    if spec.groups == 1 and spec.in_channels < 4:
+        # bf16's arithmetic gain is vdpbf16ps's pairs along C; with 1-3 input channels (an
+        # RGB stem) the kernel multiplies in fp32 anyway, so it reads the model's fp32 input
+        # as it is (no conversion pass) and writes bf16 for the next layer
+        return spec.replace(output_dtype=precision)
     return spec.replace(dtype=precision)
 
 
@@ -118,7 +123,8 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
     sums: AVX512_BF16's ``vdpbf16ps`` where the CPU has it, fp32 math on bf16 values
     elsewhere), the activations between them are bf16 (half the memory traffic), the
     model's inputs and outputs keep their dtype; a layer convgen cannot serve in bf16 runs
-    its fp32 kernel, and :func:`explain` says which and why.
+    its fp32 kernel, and :func:`explain` says which and why. An RGB stem (fewer than 4 input
+    channels) runs fp32 math on the fp32 input and writes bf16 (``float32->bfloat16``).
     ``precision="int8"`` with ``calibration`` (an iterable of inputs as the model takes them,
     8 or more representative batches): post-training static quantization
     (:mod:`convgen.torch._quant`): each convolution a fast 8-bit template serves runs u8 x s8

@@ -339,7 +339,10 @@ class Conv2d(nn.Module):
         if x.dim() != 4:
             return f"input of rank {x.dim()}, not N,C,H,W"
         dtype = str(x.dtype).removeprefix("torch.")
-        if dtype not in (self.spec.dtype, "float32") or dtype not in self.target.dtypes:
+        # a kernel takes its own dtype, or float32 (converted: a network's input); a bf16
+        # network's fp32 stem (float32 -> bfloat16) takes a bf16 input too (widened exactly)
+        takes = (self.spec.dtype, "float32") + (("bfloat16",) if self.spec.out_dtype == "bfloat16" else ())
+        if dtype not in takes or dtype not in self.target.dtypes:
             return f"dtype {dtype}; this layer's {self.target.name} kernels take {self.spec.dtype}"
         return None
 

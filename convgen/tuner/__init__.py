@@ -138,7 +138,7 @@ def tune(
     from .progress import Progress, plot_curves
 
     target = get_target(target)
-    options = (options or MeasureOptions()).for_target(target)  # the target's cache flush, unless given
+    options = (options or MeasureOptions()).for_target(target)  # the target's cache flushes, unless given
     search = _search_options(search, search_fields)
     if trials is None and time_budget is None:
         raise ValueError("tune needs a budget: trials=, time_budget= (seconds) or both")
@@ -176,7 +176,7 @@ def tune(
         campaign = Campaign(tasks, target, measure=measure, records=records, strategy=search.strategy,
                             batch_size=search.batch_size, early_stopping=search.early_stopping, seed=search.seed,
                             progress=Progress(peak) if progress else None, transfer=search.transfer,
-                            device_wait=search.device_wait)
+                            device_wait=search.device_wait, timing=options.timing())
         # the search leaves the time the final re-timing is expected to take (estimated as it goes)
         campaign.run(trials, time_budget, refine_top=search.refine)
         if search.refine:

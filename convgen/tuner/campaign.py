@@ -150,8 +150,12 @@ class Campaign:
     def __init__(self, tasks: list[Task], target: Target, *, measure: Callable[[Task, list[Config], Check], list[Candidate]],
                  records: str | None, strategy: str = "model", batch_size: int = 8, early_stopping: int | None = None,
                  seed: int = 0, progress: Any = None, transfer: bool = True, device_wait: float = 300.0,
+                 timing: str | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.tasks, self.target = tasks, target
+        # the timing condition (MeasureOptions.timing): stored in each record; a resumed run
+        # takes only the records of its own condition (another's times do not compare)
+        self.timing = timing
         self.device_wait = device_wait  # how long a device may stay unreachable before the campaign stops
         self._sleep = sleep
         self._clock = clock
@@ -186,7 +190,7 @@ class Campaign:
         by_key = {(t.spec.key, t.template.name, t.ctx.space.hash): t for t in self.tasks}
         seen: set[tuple] = set()
         for r in rec.same_tvm(rec.read(self.records)):
-            if r.target != self.target.name:
+            if r.target != self.target.name or (self.timing is not None and r.timing != self.timing):
                 continue
             task = by_key.get((r.spec_key, r.template, r.space_hash))
             if task is None or r.config not in task.ctx.space:
@@ -318,6 +322,8 @@ class Campaign:
             # wall_s: this trial's share of the run's wall time (search, build, run), which a
             # resumed campaign counts against its time budget
             extra = {"verified": c.verified, "task": task.name, "build_s": round(c.build_s, 3), "wall_s": round(wall, 3)}
+            if self.timing is not None:
+                extra["timing"] = self.timing
             if refine:
                 extra["refine"] = True
             rec.append(self.records, [rec.make_record(task.spec, self.target, task.template, c.config,

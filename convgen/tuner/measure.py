@@ -161,11 +161,11 @@ def _timing(opts: MeasureOptions) -> dict[str, Any]:
     as ``number * repeat`` would have timed calls, at least 10, none stretched to a minimum
     length): a flush before a batch of calls would leave all but the first hot."""
     flush = opts.cache_flush_bytes or 0
-    if flush:
+    if flush or opts.flush_args:  # (None: options not resolved by for_target: off)
         return {"number": 1, "repeat": max(opts.number * opts.repeat, 10), "min_repeat_ms": 0,
-                "cache_flush_bytes": flush}
+                "cache_flush_bytes": flush, "flush_args": bool(opts.flush_args)}
     return {"number": opts.number, "repeat": opts.repeat, "min_repeat_ms": opts.min_repeat_ms,
-            "cache_flush_bytes": 0}
+            "cache_flush_bytes": 0, "flush_args": False}
 
 
 def run_worker(path: str, spec: dict, opts: MeasureOptions, check: Check,
