@@ -32,9 +32,10 @@ class MeasureOptions:
     repeat: int = option(5, "repeats per trial (their median is the cost)", kind="positive_int")
     min_repeat_ms: int = option(40, "a repeat lasts at least this long (number grows)", kind="nonnegative_int")
     flush_args: bool | None = option(
-        None, "time hot weights: by default each timed call on a CPU first evicts every argument but the "
-              "input from the caches (TVM's cache_flush_cpu_non_first_arg), so a kernel is timed as it runs "
-              "inside a network, its weights coming from memory (see convgen.tuner.options)",
+        None, "leave the weights in the caches between timed calls; by default each timed call on a CPU "
+              "first evicts every argument but the input (TVM's cache_flush_cpu_non_first_arg), so that a "
+              "kernel is timed as it runs inside a network, its weights coming from memory "
+              "(see convgen.tuner.options.default_cache_flush)",
         kind="off_switch", flag="--no-flush-args")
     cache_flush_bytes: int | None = option(
         None, "copy this many bytes between two buffers before each timed call, evicting what the last "
