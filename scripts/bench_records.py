@@ -6,8 +6,8 @@ default each call after evicting every argument but the input, as inside a netwo
 checks the result where it counts: one model optimized several times in one process, once
 per set of records, then
 
-- the whole model, interleaved round by round (the order alternating), steady state (two
-  untimed calls of a variant before each timed one): each variant's median and the median
+- the whole model, interleaved round by round (``benchutil.interleaved``: calls of one
+  variant after a warm-up one, for at least 50 ms): each variant's median and the median
   over rounds of the per-round ratio to the first variant;
 - with ``--layers``, each convolution inside the model (forward hooks, all variants
   interleaved; the hooks turn the reused-output fast path off, alike for all), the layers
@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -75,54 +74,39 @@ def main(argv: list[str] | None = None) -> int:
         for name, fast in variants.items():
             err = float((fast(x).float() - want).norm() / want.norm())
             print(f"{name}: relative error vs eager {err:.1e}")
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                variants[name](x)
-                variants[name](x)
-                t0 = time.perf_counter()
-                variants[name](x)
-                times[name].append(time.perf_counter() - t0)
+        samples = benchutil.interleaved({n: (lambda f=variants[n]: f(x)) for n in names}, args.rounds)
     first = names[0]
     print(f"\n{args.model} batch {args.batch} {args.precision}, {args.rounds} rounds (median; ratio: per round, to {first})")
     for name in names:
-        ratio = statistics.median(b / a for a, b in zip(times[first], times[name]))
-        print(f"  {name:30s} {statistics.median(times[name]) * 1e3:8.2f} ms  x{ratio:.3f}")
+        ratio = 1 / benchutil.paired_ratio(samples, [first], name)  # this variant's time / the first's
+        print(f"  {name:30s} {statistics.median(samples[name]) * 1e3:8.2f} ms  x{ratio:.3f}")
     if args.layers:
         _layers(variants, x, args.rounds)
     return 0
 
 
 def _layers(variants: dict[str, Any], x: Any, rounds: int) -> None:
-    """Per convolution inside the model: the median over rounds of each variant's call."""
+    """Per convolution inside the model: the median over rounds of each variant's call
+    (``bench_layers.ConvTimer``'s hooks), variants interleaved."""
     import torch
+    from bench_layers import ConvTimer
 
     import convgen.torch as ct
 
-    seconds: dict[str, dict[str, list[float]]] = {n: {} for n in variants}
-    start: dict[tuple[str, str], float] = {}
-    handles = []
-    for name, fast in variants.items():
-        for path, module in fast.named_modules():
-            if isinstance(module, ct.Conv2d):
-                def pre(mod, a, key=(name, path)):
-                    start[key] = time.perf_counter()
-
-                def post(mod, a, out, key=(name, path)):
-                    seconds[key[0]].setdefault(key[1], []).append(time.perf_counter() - start[key])
-
-                handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     names = list(variants)
+    timers = {n: ConvTimer(f, [p for p, m in f.named_modules() if isinstance(m, ct.Conv2d)])
+              for n, f in variants.items()}
     with torch.no_grad():
-        for fast in variants.values():
-            fast(x)
-        for s in seconds.values():
-            s.clear()
-        for r in range(rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names:
+            variants[name](x)
+            timers[name].discard()
+        for _ in range(rounds):
+            for name in names:
                 variants[name](x)
-    for h in handles:
-        h.remove()
+                timers[name].end_round()
+    for t in timers.values():
+        t.remove()
+    seconds = {n: t.rounds for n, t in timers.items()}
 
     def kernel(name: str, path: str) -> str:
         module = variants[name].get_submodule(path)
