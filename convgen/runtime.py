@@ -517,6 +517,7 @@ class Kernel:
             except Exception as e:
                 raise KernelError(f"kernel {name} failed: {str(e).splitlines()[-1]}") from None
 
+        launch.func, launch.threads, launch.cpu, launch.template = func, threads, cpu, name  # for Launches
         return launch
 
     def pack_weights(self, weight: Any) -> "PackedWeights":
@@ -608,6 +609,47 @@ class PackedWeights:
 
     def __repr__(self) -> str:
         return f"<convgen.PackedWeights {self.shape}>"
+
+
+class Launches:
+    """Kernel launches with fixed arguments, run back to back by one call: what a framework
+    integration replays when a whole run of layers reads and writes the same buffers every
+    time (``convgen.torch``'s layer chains).
+
+    ``calls`` are ``(launch, args)`` pairs, ``launch`` from :meth:`Kernel.launcher`, ``args``
+    as it takes them (checked by the caller once, as for ``launch``; the tensors must stay
+    where they are while this object lives). Each argument is wrapped as a tvm Tensor once,
+    here, and the pool is configured once per run where every kernel asks for the same
+    threads: a launch then costs the kernel's entry call alone. A failure raises
+    :class:`KernelError` naming the kernel.
+    """
+
+    __slots__ = ("_calls", "_threads", "_names")
+
+    def __init__(self, calls: list[tuple[Any, tuple]]) -> None:
+        tvm = _tvm()
+        wrap = (lambda a: a if isinstance(a, tvm.runtime.Tensor) else tvm.runtime.from_dlpack(a))  # noqa: E731
+        self._calls = [(launch.func, tuple(wrap(a) for a in args)) for launch, args in calls]
+        self._names = [launch.template for launch, _ in calls]
+        threads = {launch.threads for launch, _ in calls if launch.cpu}
+        self._threads = next(iter(threads)) if len(threads) == 1 else None
+        if len(threads) > 1:  # kernels built for different pools: each launch sets its own
+            self._calls = [(launch, args) for (_, args), (launch, _) in zip(self._calls, calls)]
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __call__(self) -> None:
+        if self._threads is not None and getattr(_thread_state, "num_threads", None) != self._threads:
+            set_num_threads(self._threads)
+        i = 0
+        try:
+            for i, (func, args) in enumerate(self._calls):
+                func(*args)
+        except KernelError:
+            raise
+        except Exception as e:
+            raise KernelError(f"kernel {self._names[i]} failed: {str(e).splitlines()[-1]}") from None
 
 
 def load(path: str, *, num_threads: int | None = None, sha256: str | None = None) -> Kernel:

@@ -81,6 +81,18 @@ def test_global_average_pooling_matches_numpy(dtype, cache):
     np.testing.assert_allclose(got.float().numpy(), want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "uint8"])
+@pytest.mark.parametrize("shape", [(1, 3, 9, 13), (2, 5, 4, 6), (1, 17, 3, 7)], ids=lambda s: f"c{s[1]}")
+def test_the_layout_change_to_nhwc_is_exact(shape, dtype, cache):
+    spec = PoolSpec.to_nhwc(*shape, dtype=dtype)  # RGB (channels unrolled), and wider
+    x = random_nhwc(shape, dtype, seed=shape[1])  # an N,C,H,W array here
+    got = torch.empty(spec.output_shape, dtype=getattr(torch, dtype))
+    pool_kernel(spec, folder=cache)(as_torch(x), got)
+    assert spec.input_shape == shape and torch.equal(got, as_torch(np.ascontiguousarray(x.transpose(0, 2, 3, 1))))
+    with pytest.raises(SpecError, match="identity"):
+        PoolSpec("nhwc", *shape, kernel=(3, 3))
+
+
 @pytest.mark.parametrize("kwargs, why", [
     (dict(kind="min"), "kind"),
     (dict(dtype="float16"), "dtype"),
@@ -124,7 +136,8 @@ def test_optimized_model_runs_its_pooling_on_kernels_and_matches_eager(precision
         fast = ct.optimize(model, x, cache=cache, builtin_records=False, precision=precision)
         got, want = fast(x).float(), model(x)
     pools = {path: m for path, m in fast.named_modules() if isinstance(m, ct.Pool2d)}
-    assert set(pools) == {"pool1", "convgen_pool_0", "avg"}  # the ceil-mode pooling stays torch's
+    # the ceil-mode pooling stays torch's; the input's change to channels_last is a kernel too
+    assert set(pools) == {"pool1", "convgen_pool_0", "avg", "convgen_nhwc_0"}
     assert isinstance(fast.ceil, torch.nn.MaxPool2d)
     for m in pools.values():  # built for the example (by optimize's first call), and served
         assert m.kernels and not any(isinstance(k, Exception) for k in m.kernels.values())

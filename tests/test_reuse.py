@@ -1,4 +1,5 @@
-"""Reused output buffers and replayed launches in optimized models (Conv2d.reuse_output, _Fast).
+"""Reused output buffers and replayed launches in optimized models (Conv2d.reuse_output, _Fast,
+ConvChain).
 
 An optimized model's inner layers write one buffer per shape and thread and replay their
 last launch when called with the same tensors. None of that may show: every result is
@@ -8,6 +9,8 @@ input, the weights, the thread and the hooks between them.
 
 from __future__ import annotations
 
+import copy
+import pickle
 import threading
 
 import pytest
@@ -159,3 +162,79 @@ def test_int8_layers_reading_reused_buffers_quantize_each_new_value(tmp_path):
     assert fast.get_submodule("0").reuse_output and "int8: input quantized" in ct.explain(fast)
     assert torch.equal(a1, b1)  # the same input, the same result (nothing stale from x2's call)
     assert rel_err(a1, w1) < 8e-2 and rel_err(a2, w2) < 8e-2
+
+
+def chains(model):
+    return [m for m in model.modules() if isinstance(m, ct.ConvChain)]
+
+
+def test_a_network_body_runs_as_one_chain_of_its_reused_layers(cache):
+    model = torch_models.tiny_bottleneck()
+    x = torch.randn(1, 3, 32, 32)
+    fast = replaying(model, x, cache)
+    (chain,) = chains(fast)
+    reused = [m for m in fast.modules() if isinstance(m, ct.Conv2d) and m.reuse_output]
+    # every reused convolution but the stem, which the max pooling (no convolution) follows
+    stem = fast.get_submodule("conv1")
+    assert {id(m) for m in chain.layers} == {id(m) for m in reused if m is not stem}
+    assert chain._program is not None and len(chain._program.calls) == len(chain.layers)  # replaying
+    assert "launched back to back" in ct.explain(fast)
+    # the layers keep their own paths: the state_dict has the original model's keys
+    assert not any(k.startswith("convgen_chain") for k in fast.state_dict())
+    xs = [torch.randn(1, 3, 32, 32) for _ in range(3)]
+    with torch.no_grad():
+        for x in xs:
+            assert rel_err(fast(x), model(x)) < TOL
+
+
+def test_a_hook_on_a_chained_layer_runs_the_chain_one_by_one(cache):
+    model = torch_models.tiny_bottleneck()
+    x = torch.randn(1, 3, 32, 32)
+    fast = replaying(model, x, cache)
+    (chain,) = chains(fast)
+    seen = []
+    handle = fast.get_submodule("layer2.0.conv2").register_forward_pre_hook(lambda m, args: seen.append(1))
+    with torch.no_grad():
+        try:
+            got = fast(x)
+            assert len(seen) == 1 and rel_err(got, model(x)) < TOL
+        finally:
+            handle.remove()
+        fast(x)
+        assert chain._program is not None and len(seen) == 1  # replaying again, the hook gone
+
+
+def test_refresh_after_an_edit_of_one_weight_element_is_seen_by_the_chain(cache):
+    torch.manual_seed(1)
+    # no BatchNorm: the convgen layers' weights are the model's own, edited alike below
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    fast = replaying(model, x, cache)
+    (chain,) = chains(fast)
+    conv = fast.get_submodule("2")
+    assert conv in chain.layers and chain._program is not None
+    held = next(iter(conv._packed.values()))[0]
+    i = next(i for i in range(conv.weight.numel()) if i not in set(held._at.tolist()))  # one no sample sees
+    with torch.no_grad():
+        for w in (conv.weight, model[2].weight):
+            w.data.view(-1)[i] += 3.0
+        ct.refresh(fast)
+        assert rel_err(fast(x), model(x)) < TOL
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_model_chains_its_own_layers(how, cache):
+    model = torch_models.tiny_bottleneck()
+    x = torch.randn(1, 3, 32, 32)
+    fast = replaying(model, x, cache)
+    other = copy.deepcopy(fast) if how == "deepcopy" else pickle.loads(pickle.dumps(fast))
+    (chain,) = chains(other)
+    own, original = {id(m) for m in other.modules()}, {id(m) for m in fast.modules()}
+    assert chain._program is None and all(id(m) in own and id(m) not in original for m in chain.layers)
+    with torch.no_grad():
+        other.get_submodule("layer1.0.conv3").weight.mul_(2.0)  # the copy's layer, not the original's
+        model.layer1[0].conv3.weight.mul_(2.0)
+        for _ in range(2):
+            assert rel_err(other(x), model(x)) < TOL

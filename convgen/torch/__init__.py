@@ -37,7 +37,8 @@ from ..target import Target, get_target
 from ..workloads import ConvLayers
 from ._graph import Site, TraceError, site_spec, sites, trace
 from ._module import Conv2d, Linear, QConv2d, channels_last_input, conv2d, torch_conv2d
-from ._pool import Pool2d, replace_pools
+from ._chain import ConvChain, chain_layers
+from ._pool import Pool2d, replace_layout_changes, replace_pools
 from .threads import configure_threads, torch_single_threaded_forward
 
 __all__ = ["conv_layers", "optimize", "explain", "refresh", "PRECISIONS", "Conv2d", "Linear", "ConvLayers", "TraceError", "conv2d",
@@ -197,11 +198,12 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         _outputs_as_before(gm, layout=layout == "NHWC")
         if layout == "NHWC":
             _inputs_channels_last(gm, read)
-            if runs_here:  # the activations are channels_last: pooling on convgen kernels too
-                pools = replace_pools(gm, target, cache)
+            if runs_here:  # the activations are channels_last: pooling (and the layout change) on convgen kernels too
+                pools = replace_pools(gm, target, cache) + replace_layout_changes(gm, target, cache)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     mark_reused_outputs(gm)
+    chain_layers(gm)
     gm.recompile()
     gm.convgen_torch_convs = report  # the convolutions left to torch, and why
     gm.convgen_precision = {"asked": precision, "fell_back": fell_back,
@@ -464,12 +466,18 @@ def explain(model: nn.Module) -> str:
                 else:
                     rows.append(f"    {shape}: {k.template} {k.config} ({k.meta.get('config_source', '?')} config)")
         elif isinstance(m, Pool2d):
-            what = "global average pooling" if m.kind == "avg" else \
-                f"max pooling {m.kernel[0]}x{m.kernel[1]}/{m.stride[0]} pad {m.padding[0]}"
-            rows.append(f"{path}: {what}: convgen kernels on channels_last CPU inputs, torch otherwise")
+            if m.kind == "nhwc":
+                rows.append(f"{path}: the input to channels_last: a convgen kernel on NCHW CPU inputs, torch otherwise")
+            else:
+                what = "global average pooling" if m.kind == "avg" else \
+                    f"max pooling {m.kernel[0]}x{m.kernel[1]}/{m.stride[0]} pad {m.padding[0]}"
+                rows.append(f"{path}: {what}: convgen kernels on channels_last CPU inputs, torch otherwise")
             for (shape, dtype), k in sorted(m.kernels.items(), key=lambda kv: str(kv[0])):
                 where = f"torch ({last_line(k)[:200]})" if isinstance(k, Exception) else "convgen"
                 rows.append(f"    {tuple(shape)} {str(dtype).removeprefix('torch.')}: {where}")
+        elif isinstance(m, ConvChain):
+            rows.append(f"{path}: {len(m.layers)} convolutions launched back to back while nothing changes "
+                        "(each one by one otherwise)")
         elif isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and path in torch_convs):
             counts["linear layers" if isinstance(m, nn.Linear) else "convolutions"][1] += 1
             rows.append(f"{path}: torch ({torch_convs.get(path, 'not optimized by convgen')})")

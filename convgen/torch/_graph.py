@@ -129,6 +129,11 @@ def trace(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
         raise TraceError(f"{type(model).__name__} fails on example inputs of shape {shapes}: "
                          f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from None
     for node in gm.graph.nodes:
+        if isinstance(node.type, str):
+            # a postponed annotation (``from __future__ import annotations`` in the model's
+            # module) is a string: fx would put it among the generated code's globals, which
+            # then do not pickle (torch.save of the optimized model failed on it)
+            node.type = None
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d):
             meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], torch.fx.Node) else None
             if meta is not None and hasattr(meta, "shape") and len(meta.shape) not in (3, 4):

@@ -23,7 +23,7 @@ from torch.autograd.graph import increment_version
 
 from ..pool import DTYPES, PoolSpec, pool_kernel
 from ..target import Target
-from ._module import _hooked, thread_buffer
+from ._module import _hooked, channels_last_input, thread_buffer
 
 
 def _pair(v: Any) -> tuple[int, int] | None:
@@ -35,8 +35,9 @@ def _pair(v: Any) -> tuple[int, int] | None:
 
 
 class Pool2d(nn.Module):
-    """Max pooling (``kind="max"``) or global average pooling (``kind="avg"``) on convgen
-    kernels, one per input shape and dtype, built on first use (and cached on disk)."""
+    """Max pooling (``kind="max"``), global average pooling (``kind="avg"``) or the change of
+    a network's NCHW input to channels_last (``kind="nhwc"``, see :func:`replace_layout_changes`)
+    on convgen kernels, one per input shape and dtype, built on first use (and cached on disk)."""
 
     def __init__(self, kind: str, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                  target: Target, folder: str | None = None) -> None:
@@ -58,12 +59,16 @@ class Pool2d(nn.Module):
         self._init_state()
 
     def extra_repr(self) -> str:
+        if self.kind == "nhwc":
+            return f"NCHW to channels_last, target={self.target.name}"
         if self.kind == "avg":
             return f"global average, target={self.target.name}"
         return f"max {self.kernel}, stride={self.stride}, padding={self.padding}, target={self.target.name}"
 
     def torch_forward(self, x: torch.Tensor) -> torch.Tensor:
         """What torch computes (inputs the kernels do not take)."""
+        if self.kind == "nhwc":
+            return channels_last_input(x)
         if self.kind == "avg":
             return F.adaptive_avg_pool2d(x, 1)
         return F.max_pool2d(x, self.kernel, self.stride, self.padding)
@@ -79,7 +84,8 @@ class Pool2d(nn.Module):
         else:
             out = torch.empty(out_shape, dtype=x.dtype)
             result = out.permute(0, 3, 1, 2)
-        f(x.permute(0, 2, 3, 1), out)  # channels_last N,C,H,W is N,H,W,C in memory
+        # channels_last N,C,H,W is N,H,W,C in memory; the layout change reads N,C,H,W as it is
+        f(x if self.kind == "nhwc" else x.permute(0, 2, 3, 1), out)
         if reuse:
             increment_version(out)
         return result
@@ -94,7 +100,12 @@ class Pool2d(nn.Module):
             return None
         if torch.is_grad_enabled() and x.requires_grad:
             return None
-        if not x.is_contiguous(memory_format=torch.channels_last):
+        if self.kind == "nhwc":
+            # an input channels_last already passes as it is (torch_forward): only a plain
+            # NCHW one is changed (1-channel or 1x1 tensors are both, and pass)
+            if not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+                return None
+        elif not x.is_contiguous(memory_format=torch.channels_last):
             return None
         key = (x.shape, x.dtype)
         held = self.kernels.get(key)
@@ -113,6 +124,8 @@ class Pool2d(nn.Module):
                 raise ValueError(f"dtype {dtype}: {self.kind} pooling kernels take {', '.join(DTYPES[self.kind])}")
             if self.kind == "avg":
                 spec = PoolSpec.global_avg(n, c, h, w, dtype)
+            elif self.kind == "nhwc":
+                spec = PoolSpec.to_nhwc(n, c, h, w, dtype)
             else:
                 spec = PoolSpec("max", n, c, h, w, self.kernel, self.stride, self.padding, dtype)
             return pool_kernel(spec, self.target, self.folder), spec.output_shape
@@ -177,5 +190,26 @@ def replace_pools(gm: torch.fx.GraphModule, target: Target, folder: str | None =
             new.meta = dict(node.meta)
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
+        paths.append(path)
+    return paths
+
+
+def replace_layout_changes(gm: torch.fx.GraphModule, target: Target, folder: str | None = None) -> list[str]:
+    """Replace each change of a model input to channels_last (the
+    :func:`~convgen.torch._module.channels_last_input` calls :func:`convgen.torch.optimize`
+    puts where such an input enters) with a :class:`Pool2d` of kind ``nhwc``
+    (``convgen_nhwc_<i>``): the same result from a kernel on the model's threads, into a
+    reused buffer where only convgen layers read it. Returns their paths."""
+    paths = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not channels_last_input:
+            continue
+        path = next(f"convgen_nhwc_{i}" for i in range(len(gm.graph.nodes) + 1) if not hasattr(gm, f"convgen_nhwc_{i}"))
+        gm.add_submodule(path, Pool2d("nhwc", (1, 1), (1, 1), (0, 0), target, folder))
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(path, tuple(node.args))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
         paths.append(path)
     return paths

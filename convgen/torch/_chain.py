@@ -1,0 +1,220 @@
+"""Runs of convgen convolutions called as one module: :class:`ConvChain`.
+
+Inside an optimized CNN almost every convolution reads only what other convgen layers wrote
+into their reused output buffers (:func:`convgen.torch.mark_reused_outputs`), so in steady
+state a forward launches the same kernels on the same tensors every time. Each layer's call
+still costs Python around its kernel: fx's ``getattr`` chain to reach the module, the
+module's call, the checks of its replayed launch (:class:`~convgen.torch._module._Fast`).
+Measured inside MobileNet-v2's bf16 forward on the 2-vCPU Zen 5 of this project: 52 such
+layers called one by one took 1,429 us, their launches alone 1,195 us: ~4.5 us a layer,
+a tenth of the model's time (its kernels are 10-80 us), where OpenVINO's graph pays none.
+
+:func:`chain_layers` replaces each run of consecutive such layers in the graph (a network's
+whole body: ResNet-50's and MobileNet-v2's 52 convolutions after the stem) with one
+:class:`ConvChain` call. Its first call runs the layers one by one, as the graph did, and
+records their launches (each layer's own replay record); later calls check once what holds
+for every layer (the thread, no autograd, no global hooks, the same input tensors) and per
+layer only what can change under it (its weights and bias, its replay record, hooks on it or
+its readers), then launch the kernels back to back. Whatever fails a check runs the layers
+one by one again, exactly as without the chain: hooks fire, changed weights are repacked,
+autograd and tracing see the layers themselves.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+from torch.autograd.graph import increment_version
+from torch.nn.modules import module as torch_module
+
+from ..runtime import Launches
+from ._module import Conv2d, Linear
+
+
+class ConvChain(nn.Module):
+    """Consecutive convgen layers of one forward, called as one: ``forward(*entries)`` runs
+    ``layers[i](values[x_i], values[r_i])`` in order, where ``values`` are the entries followed
+    by each layer's output, and returns the outputs read after the chain (``exits``: one
+    tensor, or a tuple of them). The layers stay submodules of the model at their own paths
+    (its ``state_dict`` unchanged); the chain only calls them."""
+
+    def __init__(self, layers: list[Conv2d], wiring: list[tuple[int, int | None]], exits: list[int],
+                 entries: int) -> None:
+        super().__init__()
+        # a plain tuple, not registered: the layers' parameters belong to their own paths
+        self.layers = tuple(layers)
+        self.wiring, self.exits, self.entries = list(wiring), list(exits), entries
+        self._program: _Program | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_program"] = None  # launches of this process's buffers: recorded again after a copy
+        return state
+
+    def extra_repr(self) -> str:
+        return f"{len(self.layers)} layers"
+
+    def forward(self, *entries: torch.Tensor) -> Any:
+        if torch.compiler.is_compiling():  # traced: the layers themselves, nothing recorded
+            return self._one_by_one(entries, record=False)
+        program = self._program
+        if program is not None and program.holds(self, entries):
+            return program.run()
+        return self._one_by_one(entries)
+
+    def _one_by_one(self, entries: tuple, record: bool = True) -> Any:
+        values = list(entries)
+        for layer, (x, r) in zip(self.layers, self.wiring):
+            values.append(layer(values[x], None if r is None else values[r]))
+        if record:
+            self._program = _Program.record(self, entries, values)
+        found = [values[i] for i in self.exits]
+        return found[0] if len(found) == 1 else tuple(found)
+
+
+class _Program:
+    """A chain's launches as its last call made them: every layer replayed its own launch
+    (:class:`~convgen.torch._module._Fast`) on the tensors the chain passed it."""
+
+    __slots__ = ("thread", "entries", "ptrs", "shapes", "steps", "watched", "calls", "outs", "result")
+
+    @classmethod
+    def record(cls, chain: ConvChain, entries: tuple, values: list) -> "_Program | None":
+        """The program of the call that made ``values``, or ``None`` where some layer did not
+        run a replayable launch on exactly those tensors (autograd, tracing, hooks, a
+        converted input)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(type(e) is not torch.Tensor for e in entries):
+            return None
+        thread = threading.get_ident()
+        steps = []
+        for i, (layer, (x, r)) in enumerate(zip(chain.layers, chain.wiring)):
+            fast = layer._fast
+            if (fast is None or fast.thread != thread or fast.x is not values[x]
+                    or fast.residual is not (None if r is None else values[r])
+                    or fast.result is not values[len(entries) + i]):
+                return None
+            # what holds() compares, gathered once: ~1.2 us a layer, most of it the weight samples
+            version = None if fast.bias is None or fast.bias.is_inference() else fast.bias_version
+            steps.append((layer, layer._parameters, fast, fast.weight, fast.bias, version, fast.watch))
+        program = cls()
+        program.thread, program.entries = thread, entries
+        program.ptrs = tuple(e.data_ptr() for e in entries)
+        program.shapes = tuple(e.shape for e in entries)
+        program.steps = steps
+        # whose hooks could see a layer's output: the layer's and its readers' (as _hooked)
+        watched = {id(m): m for layer in chain.layers for m in (layer, *layer._readers)}
+        program.watched = tuple(watched.values())
+        program.calls = Launches([(step[2].launch, step[2].args) for step in steps])
+        program.outs = [step[2].out for step in steps]
+        found = [values[i] for i in chain.exits]
+        program.result = found[0] if len(found) == 1 else tuple(found)
+        return program
+
+    def holds(self, chain: ConvChain, entries: tuple) -> bool:
+        """Would replaying give what calling the layers one by one gives? The per-layer
+        checks of ``_Fast.holds``, those common to all layers made once."""
+        if threading.get_ident() != self.thread or torch.is_grad_enabled():
+            return False
+        if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+            return False
+        if len(entries) != len(self.entries):
+            return False
+        for e, was, ptr, shape in zip(entries, self.entries, self.ptrs, self.shapes):
+            if e is not was or e.data_ptr() != ptr or e.shape != shape:
+                return False
+        for m in self.watched:
+            if m._forward_hooks or m._forward_pre_hooks:
+                return False
+        for layer, params, fast, weight, bias, version, watch in self.steps:
+            if layer._fast is not fast or params["weight"] is not weight or params.get("bias") is not bias:
+                return False
+            if version is not None and bias._version != version:
+                return False
+            if watch.changed(weight):
+                return False
+        return True
+
+    def run(self) -> Any:
+        self.calls()
+        increment_version(self.outs)  # new values: caches keyed on (tensor, version) see them
+        return self.result
+
+
+def _layer(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Conv2d | None:
+    """``node``'s convgen convolution if it may join a chain: called once by the graph, its
+    output in a reused buffer, its inputs (data, residual) graph values."""
+    if node.op != "call_module" or node.kwargs or not 1 <= len(node.args) <= 2:
+        return None
+    if not all(isinstance(a, torch.fx.Node) for a in node.args):
+        return None
+    m = gm.get_submodule(node.target)
+    if not isinstance(m, Conv2d) or isinstance(m, Linear) or not m.reuse_output:
+        return None
+    return m
+
+
+def _stable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """Is ``node``'s value the same tensor every forward (a convgen layer's reused buffer)?"""
+    if node.op != "call_module":
+        return False
+    return bool(getattr(gm.get_submodule(node.target), "reuse_output", False))
+
+
+def chain_layers(gm: torch.fx.GraphModule, shortest: int = 2) -> list[str]:
+    """Replace each run of ``shortest`` or more consecutive chainable convolutions of ``gm``'s
+    graph with one :class:`ConvChain` (``convgen_chain_<i>``); returns the chains' paths.
+
+    A convolution joins the run before it when each of its inputs is an output of that run or
+    a value that is the same tensor every forward (another convgen layer's reused buffer, as
+    is every output in the run): the chain's entries, checked by identity before a replay.
+    A run ends at any other node, so nothing changes order.
+    """
+    runs: list[list[torch.fx.Node]] = []
+    run: list[torch.fx.Node] = []
+    for node in gm.graph.nodes:
+        inside = set(run)
+        if _layer(gm, node) is not None and all(a in inside or _stable(gm, a) for a in node.args):
+            run.append(node)
+            continue
+        runs.append(run)
+        run = []
+        if _layer(gm, node) is not None and all(_stable(gm, a) for a in node.args):
+            run = [node]
+    runs.append(run)
+    paths = []
+    for run in runs:
+        if len(run) < shortest:
+            continue
+        inside = set(run)
+        entries: list[torch.fx.Node] = []
+        for node in run:
+            for a in node.args:
+                if a not in inside and a not in entries:
+                    entries.append(a)
+        index = {node: i for i, node in enumerate(entries)}
+        index.update({node: len(entries) + i for i, node in enumerate(run)})
+        wiring = [(index[n.args[0]], index[n.args[1]] if len(n.args) > 1 else None) for n in run]
+        exits = [n for n in run if any(u not in inside for u in n.users)]
+        chain = ConvChain([gm.get_submodule(n.target) for n in run], wiring, [index[n] for n in exits], len(entries))
+        path = next(f"convgen_chain_{i}" for i in range(len(gm.graph.nodes)) if not hasattr(gm, f"convgen_chain_{i}"))
+        gm.add_submodule(path, chain)
+        with gm.graph.inserting_before(run[0]):
+            call = gm.graph.call_module(path, tuple(entries))
+        call.meta = dict(run[-1].meta)
+        if len(exits) == 1:
+            exits[0].replace_all_uses_with(call)
+        else:
+            for i, node in enumerate(exits):
+                with gm.graph.inserting_after(call):
+                    item = gm.graph.call_function(operator.getitem, (call, i))
+                item.meta = dict(node.meta)
+                node.replace_all_uses_with(item)
+        for node in reversed(run):
+            gm.graph.erase_node(node)
+        paths.append(path)
+    return paths
