@@ -177,7 +177,8 @@ def test_a_network_body_runs_as_one_chain_of_its_reused_layers(cache):
     # every reused convolution but the stem, which the max pooling (no convolution) follows
     stem = fast.get_submodule("conv1")
     assert {id(m) for m in chain.layers} == {id(m) for m in reused if m is not stem}
-    assert chain._program is not None and len(chain._program.calls) == len(chain.layers)  # replaying
+    segments = chain._program.segments  # replaying: every layer's launch, back to back
+    assert [type(s) for s in segments] == [convgen.runtime.Launches] and len(segments[0]) == len(chain.layers)
     assert "launched back to back" in ct.explain(fast)
     # the layers keep their own paths: the state_dict has the original model's keys
     assert not any(k.startswith("convgen_chain") for k in fast.state_dict())
@@ -200,8 +201,10 @@ def test_a_hook_on_a_chained_layer_runs_the_chain_one_by_one(cache):
             assert len(seen) == 1 and rel_err(got, model(x)) < TOL
         finally:
             handle.remove()
+        fast(x)  # (the program recorded while hooked calls that layer, whose buffer is back: one by one)
         fast(x)
         assert chain._program is not None and len(seen) == 1  # replaying again, the hook gone
+        assert all(isinstance(s, convgen.runtime.Launches) for s in chain._program.segments)
 
 
 def test_refresh_after_an_edit_of_one_weight_element_is_seen_by_the_chain(cache):
@@ -238,3 +241,29 @@ def test_a_copied_model_chains_its_own_layers(how, cache):
         model.layer1[0].conv3.weight.mul_(2.0)
         for _ in range(2):
             assert rel_err(other(x), model(x)) < TOL
+
+
+def test_a_chain_calls_the_int8_layers_that_quantize_a_float_input_and_replays_the_rest(tmp_path):
+    target = convgen.get_target("host")
+    if target.family != "x86" or "avx512_vnni" not in target.cpu_flags:
+        pytest.skip(f"int8 layers need a fast 8-bit template (AVX512_VNNI); the host target {target.name} has none")
+    torch.manual_seed(2)
+    # fp32 stem (3 channels) -> int8 layer quantizing its float input, writing u8 -> int8
+    # layer reading that u8 in place -> the output layer: the chain holds the first three
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 32, 1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 8, 1)).eval()
+    calibration = [torch.randn(1, 3, 16, 16) for _ in range(8)]
+    xs = [torch.randn(1, 3, 16, 16) for _ in range(3)]
+    with torch.no_grad():
+        fast = ct.optimize(model, xs[0], precision="int8", calibration=calibration, cache=str(tmp_path),
+                           builtin_records=False)
+        firsts = [fast(x).clone() for x in xs]
+        (chain,) = chains(fast)
+        kinds = [type(s).__name__ for s in chain._program.segments]
+        assert kinds == ["Launches", "tuple", "Launches"]  # launch, call (quantizes anew), launch
+        again = [fast(x).clone() for x in xs]  # replayed
+        wants = [model(x) for x in xs]
+    for first, repeat, want in zip(firsts, again, wants):
+        assert torch.equal(first, repeat) and rel_err(repeat, want) < 8e-2
