@@ -14,10 +14,14 @@ two differ by fp32 rounding, plus the bf16 rounding of a bf16 output
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .arrays import numpy_dtype
 from .spec import ConvSpec
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extras: np.ndarray,
@@ -67,6 +71,8 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
         y = np.maximum(y, 0)
     if spec.activation == "relu6":
         y = np.minimum(y, 6)
+    if spec.activation == "gelu":  # erf from the standard library, in float64
+        y = 0.5 * y * (1.0 + _erf(y.astype(np.float64) / math.sqrt(2.0))).astype(y.dtype)
     if spec.requantized:
         info = np.iinfo(spec.out_dtype)
         y = np.clip(np.rint(y), info.min, info.max)  # round half to even, as the kernel

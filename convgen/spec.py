@@ -50,7 +50,9 @@ DTYPE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "int8": (("int8",), ("int32", "float32", "uint8", "int8"), "int32"),
     "uint8": (("int8",), ("int32", "float32", "uint8", "int8"), "int32"),
 }
-ACTIVATIONS = (None, "relu", "relu6")
+#: the epilogue's activations: ReLU, MobileNet's ReLU6, and GELU (erf form, torch's
+#: ``approximate="none"``: ConvNeXt's and ViT-style MLPs' expanding 1x1 / linear layer)
+ACTIVATIONS = (None, "relu", "relu6", "gelu")
 #: bytes per element of every dtype a kernel reads or writes (the one table: the runtime's
 #: overlap and alignment checks and the spec's traffic estimates use it)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4, "int8": 1, "uint8": 1}
@@ -147,6 +149,9 @@ class ConvSpec:
             set_("output_dtype", None)
         if self.activation not in ACTIVATIONS:
             raise _fail("activation", f"must be one of {ACTIVATIONS}", self.activation)
+        if self.activation == "gelu" and self.acc_dtype == "int32" and self.out_dtype == "int32":
+            raise _fail("activation", "gelu needs a float epilogue (8-bit data: a scaled, float32 or 8-bit output)",
+                        self.activation)
         if not _is_int(self.data_zero_point):
             raise _fail("data_zero_point", "must be an int", self.data_zero_point)
         set_("data_zero_point", int(self.data_zero_point))

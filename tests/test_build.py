@@ -41,7 +41,7 @@ def specs(draw, max_channels=12):
         batch=draw(st.integers(1, 2)), in_channels=cg * groups, out_channels=kg * groups, height=height,
         width=width, kernel=kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
         layout=draw(st.sampled_from(["NCHW", "NHWC"])), bias=draw(st.booleans()), residual=draw(st.booleans()),
-        activation=draw(st.sampled_from([None, "relu", "relu6"])), flip=draw(st.booleans()),
+        activation=draw(st.sampled_from([None, "relu", "relu6", "gelu"])), flip=draw(st.booleans()),
     )
     try:
         return ConvSpec(**fields)
@@ -76,6 +76,7 @@ TEMPLATE_SPECS = [
     ConvSpec(in_channels=16, out_channels=32, height=12, width=14, kernel=3, padding=1),
     ConvSpec(in_channels=8, out_channels=16, height=9, width=9, kernel=3, stride=2, padding=(1, 0, 2, 1), bias=True, activation="relu"),
     ConvSpec(in_channels=24, out_channels=16, height=8, width=8, kernel=1, layout="NHWC", bias=True),
+    ConvSpec(in_channels=24, out_channels=32, height=8, width=8, kernel=1, layout="NHWC", bias=True, activation="gelu"),
     ConvSpec(in_channels=3, out_channels=16, height=15, width=15, kernel=5, stride=2, padding=2, flip=True),
     ConvSpec(in_channels=8, out_channels=32, height=7, width=10, kernel=(3, 2), dilation=(2, 1), padding="same", groups=2, layout="NHWC"),
     ConvSpec(batch=2, in_channels=32, out_channels=32, height=10, width=10, kernel=3, padding=1, groups=32, bias=True),

@@ -72,6 +72,16 @@ def test_reference_matches_torch_where_installed():
     np.testing.assert_allclose(conv2d_reference(spec, x, w, b), want.numpy(), atol=1e-5)
 
 
+def test_gelu_reference_matches_torch_where_installed():
+    torch = pytest.importorskip("torch")
+    spec = ConvSpec(in_channels=8, out_channels=6, height=7, width=7, kernel=3, padding=1, bias=True,
+                    activation="gelu")
+    x, w, b = random_inputs(spec, seed=3)
+    want = torch.nn.functional.gelu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                               torch.from_numpy(b), padding=1))
+    np.testing.assert_allclose(conv2d_reference(spec, x, w, b), want.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("spec", [
     ConvSpec(in_channels=4, out_channels=3, height=7, width=7, kernel=3, padding=9, dilation=9),
     ConvSpec(in_channels=4, out_channels=3, height=5, width=9, kernel=3, padding=(6, 1, 6, 1), dilation=(6, 1)),

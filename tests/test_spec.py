@@ -58,7 +58,7 @@ def test_shapes_by_layout():
         (dict(groups=0), "groups"),
         (dict(layout="NCWH"), "layout"),
         (dict(dtype="float64"), "dtype"),
-        (dict(activation="gelu"), "activation"),
+        (dict(activation="swish"), "activation"),
         (dict(kernel=13), "kernel"),  # larger than the 10-row input
         (dict(kernel=3, dilation=6), "kernel"),
         (dict(height=2.5), "height"),
@@ -123,3 +123,11 @@ def test_frozen():
 def test_flops_counts_multiply_adds_twice():
     s = ConvSpec(in_channels=4, out_channels=6, height=5, width=5, kernel=3, padding=1, groups=2)
     assert s.flops == 2 * 6 * 5 * 5 * 2 * 9
+
+
+def test_gelu_needs_a_float_epilogue():
+    base = ConvSpec(in_channels=8, out_channels=8, height=6, width=6, kernel=1, activation="gelu")
+    assert base.describe().endswith("+gelu")
+    assert base.replace(dtype="uint8", output_dtype="float32").activation == "gelu"  # scaled: float epilogue
+    with pytest.raises(SpecError, match="gelu needs a float epilogue"):
+        base.replace(dtype="uint8")  # int32 sums out: no float to apply it to

@@ -82,3 +82,23 @@ def test_an_input_read_by_several_layers_becomes_channels_last_once(cache):
     with torch.no_grad():
         want, got = model(x), fast(x)
     assert got.is_contiguous() and float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
+
+
+def test_convnext_gelu_runs_in_the_expanding_layers_epilogue(cache):
+    """ConvNeXt's GELU (erf form) after its expanding linear layer is fused into that layer's
+    kernel (left to torch it ran on one thread inside the forward); a tanh GELU is another
+    function and stays torch's."""
+    factory, shape = PATTERNS["convnext_block"]
+    model = factory()
+    x = torch.randn(shape)
+    fast = ct.optimize(model, x, cache=cache, builtin_records=False)
+    assert "[fused gelu]" in ct.explain(fast)
+    assert not any(isinstance(m, torch.nn.GELU) for m in fast.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+        for m in model.modules():
+            if isinstance(m, torch.nn.GELU):
+                m.approximate = "tanh"
+        tanh = ct.optimize(model, x, cache=cache, builtin_records=False)
+        assert "[fused gelu]" not in ct.explain(tanh)
+        torch.testing.assert_close(tanh(x), model(x), rtol=1e-4, atol=1e-4)

@@ -152,7 +152,12 @@ def _sole_user(node: torch.fx.Node) -> torch.fx.Node | None:
 def _activation(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
+        if type(m) is nn.GELU:  # the erf form only (approximate="tanh" is another function)
+            return "gelu" if m.approximate == "none" else None
         return {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(m))
+    if node.op == "call_function" and node.target is F.gelu:
+        exact = len(node.args) == 1 and node.kwargs.get("approximate", "none") == "none"
+        return "gelu" if exact else None
     if node.op == "call_function" and node.target in _RELUS:
         return _RELUS[node.target]
     if node.op == "call_method" and node.target in ("relu", "relu_"):

@@ -76,6 +76,8 @@ def torch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         y = F.relu(y)
     elif activation == "relu6":
         y = F.relu6(y)
+    elif activation == "gelu":
+        y = F.gelu(y)
     return y
 
 
