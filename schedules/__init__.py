@@ -59,4 +59,4 @@ def get_template(name: str) -> Template:
 def candidates(spec: ConvSpec, target: Target) -> list[Template]:
     """Templates that serve ``spec`` on ``target``, most specialised first, generic last."""
     out = [t for t in all_templates().values() if t.serves(spec, target) is None]
-    return sorted(out, key=lambda t: t.priority, reverse=True)
+    return sorted(out, key=lambda t: t.rank(spec, target), reverse=True)

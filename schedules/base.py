@@ -56,6 +56,12 @@ class Template:
             return f"dtype {spec.dtype} ({', '.join(self.dtypes)} only)"
         return self.supports(spec, target)
 
+    def rank(self, spec: ConvSpec, target: Target) -> int:
+        """Order among the templates serving ``spec`` on ``target`` (the highest builds when no
+        record names a config): the declared :attr:`priority`, which a template may raise
+        for the workloads it is measured to win untuned."""
+        return self.priority
+
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
         """What else the template needs of ``spec`` on ``target`` (family and dtype are
         :meth:`serves`'s to check): ``None`` if it can schedule it, else the reason."""

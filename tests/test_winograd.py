@@ -68,3 +68,15 @@ def test_winograd_serves_only_3x3_stride_1(host):
     assert WINO.supports(SPECS[0], host) is None
     # it is never the untuned default: the tuner picks it where it wins
     assert convgen.build(SPECS[0], host, builtin_records=False).template == "x86.direct"
+
+
+def test_winograd_is_the_untuned_default_where_it_was_measured_to_win():
+    from convgen.schedules import candidates
+
+    avx512, avx2 = convgen.get_target("x86-avx512"), convgen.get_target("x86-avx2")
+    wide = ConvSpec(in_channels=256, out_channels=256, height=28, width=28, kernel=3, padding=1, layout="NHWC")
+    narrow = wide.replace(in_channels=32, out_channels=32)
+    assert candidates(wide, avx512)[0].name == "x86.winograd"
+    assert candidates(narrow, avx512)[0].name == "x86.direct"  # 32 registers: the direct tile wins there
+    assert candidates(narrow, avx2)[0].name == "x86.winograd"
+    assert candidates(wide.replace(stride=2), avx512)[0].name == "x86.direct"  # not served: stride 2
