@@ -142,21 +142,29 @@ def test_autograd_calls_do_not_replay(cache):
     assert xg.grad is not None and rel_err(y.detach(), model(x).detach()) < TOL
 
 
-def test_int8_layers_reading_reused_buffers_quantize_each_new_value(tmp_path):
+def skip_without_vnni():
     target = convgen.get_target("host")
     if target.family != "x86" or "avx512_vnni" not in target.cpu_flags:
         pytest.skip(f"int8 layers need a fast 8-bit template (AVX512_VNNI); the host target {target.name} has none")
+
+
+def optimize_int8(model, x, folder):
+    """``model`` in int8, calibrated on 8 random batches of ``x``'s shape."""
+    calibration = [torch.randn(x.shape) for _ in range(8)]
+    return ct.optimize(model, x, precision="int8", calibration=calibration, cache=str(folder), builtin_records=False)
+
+
+def test_int8_layers_reading_reused_buffers_quantize_each_new_value(tmp_path):
+    skip_without_vnni()
     # the 3-channel first layer stays float32 and writes a reused buffer; the second, int8,
     # quantizes it on every call: a quantization kept for the same tensor object (and version)
     # must not outlive the buffer's next value
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(16, 32, 3, padding=1)).eval()
-    calibration = [torch.randn(1, 3, 32, 32) for _ in range(8)]
     x1, x2 = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        fast = ct.optimize(model, x1, precision="int8", calibration=calibration, cache=str(tmp_path),
-                           builtin_records=False)
+        fast = optimize_int8(model, x1, tmp_path)
         a1, a2, b1 = fast(x1).clone(), fast(x2).clone(), fast(x1).clone()
         w1, w2 = model(x1), model(x2)
     assert fast.get_submodule("0").reuse_output and "int8: input quantized" in ct.explain(fast)
@@ -244,9 +252,7 @@ def test_a_copied_model_chains_its_own_layers(how, cache):
 
 
 def test_a_chain_calls_the_int8_layers_that_quantize_a_float_input_and_replays_the_rest(tmp_path):
-    target = convgen.get_target("host")
-    if target.family != "x86" or "avx512_vnni" not in target.cpu_flags:
-        pytest.skip(f"int8 layers need a fast 8-bit template (AVX512_VNNI); the host target {target.name} has none")
+    skip_without_vnni()
     torch.manual_seed(2)
     # fp32 stem (3 channels) -> int8 layer quantizing its float input, writing u8 -> int8
     # layer reading that u8 in place -> the output layer: the chain holds the first three
@@ -254,11 +260,9 @@ def test_a_chain_calls_the_int8_layers_that_quantize_a_float_input_and_replays_t
                                 torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(32, 32, 1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(32, 8, 1)).eval()
-    calibration = [torch.randn(1, 3, 16, 16) for _ in range(8)]
     xs = [torch.randn(1, 3, 16, 16) for _ in range(3)]
     with torch.no_grad():
-        fast = ct.optimize(model, xs[0], precision="int8", calibration=calibration, cache=str(tmp_path),
-                           builtin_records=False)
+        fast = optimize_int8(model, xs[0], tmp_path)
         firsts = [fast(x).clone() for x in xs]
         (chain,) = chains(fast)
         kinds = [type(s).__name__ for s in chain._program.segments]
