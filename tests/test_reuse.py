@@ -267,6 +267,8 @@ def test_a_chain_calls_the_int8_layers_that_quantize_a_float_input_and_replays_t
         (chain,) = chains(fast)
         kinds = [type(s).__name__ for s in chain._program.segments]
         assert kinds == ["Launches", "tuple", "Launches"]  # launch, call (quantizes anew), launch
+        # the quantizing layer records no replay: its kernel never reads its input in place
+        assert chain.layers[1]._fast is None and chain.layers[2]._fast is not None
         again = [fast(x).clone() for x in xs]  # replayed
         wants = [model(x) for x in xs]
     for first, repeat, want in zip(firsts, again, wants):

@@ -398,6 +398,7 @@ class Conv2d(nn.Module):
             self._pack(plan.key, plan.kernel, weight)
             held = self._packed[plan.key]
         # (no detach: this runs where nothing is differentiated, or inside the custom op)
+        given = x  # what the caller passed: a replay is recorded only if the kernel reads it in place
         if x.dtype != plan.dtype:  # an fp32 activation into a bf16 layer (the network's input, say)
             x = self._input_as(x, plan.dtype)
         if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
@@ -415,8 +416,8 @@ class Conv2d(nn.Module):
             out, result = thread_buffer(self._outs, plan.key, plan.out_shape, plan.out_dtype, plan.device, nhwc)
             plan.launch(*args, out)
             increment_version(out)  # a new value: caches keyed on (tensor, version) see it
-            if not torch.is_grad_enabled() and _in_place(args, x, residual):
-                self._fast = _Fast(x, residual, weight, held[0], bias, plan.launch, (*args, out), out, result)
+            if not torch.is_grad_enabled() and _in_place(args, given, residual):
+                self._fast = _Fast(given, residual, weight, held[0], bias, plan.launch, (*args, out), out, result)
             return result
         out = torch.empty(plan.out_shape, dtype=plan.out_dtype, device=plan.device)
         plan.launch(*args, out)
