@@ -37,6 +37,7 @@ from torch.autograd.graph import increment_version
 from torch.nn.modules import module as torch_module
 
 from ..runtime import Launches
+from ._graph import free_path
 from ._module import Conv2d, Linear
 
 
@@ -47,12 +48,11 @@ class ConvChain(nn.Module):
     tensor, or a tuple of them). The layers stay submodules of the model at their own paths
     (its ``state_dict`` unchanged); the chain only calls them."""
 
-    def __init__(self, layers: list[Conv2d], wiring: list[tuple[int, int | None]], exits: list[int],
-                 entries: int) -> None:
+    def __init__(self, layers: list[Conv2d], wiring: list[tuple[int, int | None]], exits: list[int]) -> None:
         super().__init__()
         # a plain tuple, not registered: the layers' parameters belong to their own paths
         self.layers = tuple(layers)
-        self.wiring, self.exits, self.entries = list(wiring), list(exits), entries
+        self.wiring, self.exits = list(wiring), list(exits)
         self._program: _Program | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -210,18 +210,15 @@ def chain_layers(gm: torch.fx.GraphModule, shortest: int = 2) -> list[str]:
     is every output in the run): the chain's entries, checked by identity before a replay.
     A run ends at any other node, so nothing changes order.
     """
-    runs: list[list[torch.fx.Node]] = []
-    run: list[torch.fx.Node] = []
+    runs: list[list[torch.fx.Node]] = [[]]
     for node in gm.graph.nodes:
-        inside = set(run)
-        if _layer(gm, node) is not None and all(a in inside or _stable(gm, a) for a in node.args):
-            run.append(node)
-            continue
-        runs.append(run)
-        run = []
-        if _layer(gm, node) is not None and all(_stable(gm, a) for a in node.args):
-            run = [node]
-    runs.append(run)
+        run = runs[-1]
+        if _layer(gm, node) is None:
+            runs.append([])
+        elif all(a in run or _stable(gm, a) for a in node.args):
+            run.append(node)  # (a run's own outputs are stable too: any stable input may start one)
+        else:  # reads a fresh tensor made inside the forward: no run takes it
+            runs.append([])
     paths = []
     for run in runs:
         if len(run) < shortest:
@@ -236,8 +233,8 @@ def chain_layers(gm: torch.fx.GraphModule, shortest: int = 2) -> list[str]:
         index.update({node: len(entries) + i for i, node in enumerate(run)})
         wiring = [(index[n.args[0]], index[n.args[1]] if len(n.args) > 1 else None) for n in run]
         exits = [n for n in run if any(u not in inside for u in n.users)]
-        chain = ConvChain([gm.get_submodule(n.target) for n in run], wiring, [index[n] for n in exits], len(entries))
-        path = next(f"convgen_chain_{i}" for i in range(len(gm.graph.nodes)) if not hasattr(gm, f"convgen_chain_{i}"))
+        chain = ConvChain([gm.get_submodule(n.target) for n in run], wiring, [index[n] for n in exits])
+        path = free_path(gm, "convgen_chain")
         gm.add_submodule(path, chain)
         with gm.graph.inserting_before(run[0]):
             call = gm.graph.call_module(path, tuple(entries))

@@ -144,6 +144,12 @@ def trace(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
     return gm
 
 
+def free_path(gm: torch.fx.GraphModule, prefix: str) -> str:
+    """The first ``<prefix>_<i>`` that names nothing in ``gm`` yet: where a module convgen adds
+    to the graph (a pooling kernel, a chain) goes."""
+    return next(f"{prefix}_{i}" for i in range(len(gm.graph.nodes) + 1) if not hasattr(gm, f"{prefix}_{i}"))
+
+
 def _sole_user(node: torch.fx.Node) -> torch.fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None

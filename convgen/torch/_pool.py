@@ -23,6 +23,7 @@ from torch.autograd.graph import increment_version
 
 from ..pool import DTYPES, PoolSpec, pool_kernel
 from ..target import Target
+from ._graph import free_path
 from ._module import _hooked, channels_last_input, thread_buffer
 
 
@@ -183,7 +184,7 @@ def replace_pools(gm: torch.fx.GraphModule, target: Target, folder: str | None =
             path = node.target
             gm.add_submodule(path, module)  # replaces the torch module at its path
         else:
-            path = next(f"convgen_pool_{i}" for i in range(len(gm.graph.nodes)) if not hasattr(gm, f"convgen_pool_{i}"))
+            path = free_path(gm, "convgen_pool")
             gm.add_submodule(path, module)
             with gm.graph.inserting_after(node):
                 new = gm.graph.call_module(path, (node.args[0],))
@@ -204,7 +205,7 @@ def replace_layout_changes(gm: torch.fx.GraphModule, target: Target, folder: str
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not channels_last_input:
             continue
-        path = next(f"convgen_nhwc_{i}" for i in range(len(gm.graph.nodes) + 1) if not hasattr(gm, f"convgen_nhwc_{i}"))
+        path = free_path(gm, "convgen_nhwc")
         gm.add_submodule(path, Pool2d("nhwc", (1, 1), (1, 1), (0, 0), target, folder))
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(path, tuple(node.args))
