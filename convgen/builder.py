@@ -90,7 +90,7 @@ def schedule(spec: ConvSpec, target: Target, template: Any, config: Config) -> A
             raise
         except Exception as e:  # ScheduleError and friends: a config the primitives refuse
             raise ConfigError(f"{template.name} could not apply {config}: {last_line(e)}") from None
-        return sch.mod["main"]
+        return template.finish(sch.mod["main"], spec, target, config)
 
     def defined(make: Any) -> Any:
         try:

@@ -168,6 +168,13 @@ class Template:
             return {}  # the template did not mark its packing block: main alone then
         return {"main_prepacked": prepacked, "pack_weights": pack}
 
+    def finish(self, func: Any, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """The scheduled PrimFunc rewritten where schedule primitives cannot say it (the
+        builder calls it on every scheduled function: ``main`` and its variants): a branch
+        around a loop, say (:func:`schedules.cpu.guard_dead_taps`). The default returns
+        ``func``."""
+        return func
+
     def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
         """TVM ``PassContext`` options the build of ``config`` needs beyond :attr:`pass_config`
         (the ones of every build): a ragged tile's loop partition, say."""

@@ -44,7 +44,7 @@ from convgen.target import Target
 
 from .base import Template, register
 from .common import channels_innermost, pack_weights, parallel_outer, spatial_loops, vectorize_inner
-from .cpu import direct_loops, partition_config, pixel_tiles, register_fit, tile_knobs, tile_registers
+from .cpu import direct_loops, guard_dead_taps, partition_config, pixel_tiles, register_fit, tile_knobs, tile_registers
 
 
 def pad_places(spec: ConvSpec) -> tuple[str, ...]:
@@ -140,6 +140,10 @@ class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtype
         if spec.layout == "NHWC":
             vectorize_inner(sch, sch.get_sblock("out"), target.vector_lanes)
         sch.decompose_reduction(sch.get_sblock("conv"), loops["reduction"][0])
+
+    def finish(self, func: Any, spec: ConvSpec, target: Target, config: Config) -> Any:
+        # dilated layers on small maps: the taps a tile reads only padding with are skipped
+        return guard_dead_taps(func, spec, config)
 
 
 class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",), dtypes=("float32", "bfloat16"),

@@ -52,7 +52,7 @@ from convgen.target import Target
 
 from .base import Template, register
 from .common import vectorize_inner
-from .cpu import direct_loops, partition_config, pixel_tiles, register_fit, tile_knobs
+from .cpu import direct_loops, guard_dead_taps, partition_config, pixel_tiles, register_fit, tile_knobs
 from .x86 import channel_tiles
 
 
@@ -253,6 +253,10 @@ class DotX86(Template):
             # the LLVM function the intrinsic calls, imported once around the whole nest
             sch.annotate(outer, "pragma_import_llvm", step.llvm_ir())
             sch.tensorize(oc_lanes, step.tensor_intrin())
+
+    def finish(self, func: Any, spec: ConvSpec, target: Target, config: Config) -> Any:
+        # as x86.direct; not where the padding holds a quantized input's non-zero zero point
+        return func if spec.data_zero_point else guard_dead_taps(func, spec, config)
 
 
 class DirectBF16X86(DotX86, name="x86.direct_bf16", version=1, families=("x86",), dtypes=("bfloat16",),

@@ -27,6 +27,9 @@ SPECS = [
              dtype="bfloat16", output_dtype="float32", bias=True),
     ConvSpec(in_channels=64, out_channels=32, height=8, width=8, kernel=1, layout="NHWC", dtype="bfloat16",
              activation="relu6"),
+    # dilated on a small map: the taps that read only padding are skipped per tile
+    ConvSpec(in_channels=16, out_channels=32, height=12, width=12, kernel=3, padding=6, dilation=6, layout="NHWC",
+             dtype="bfloat16", bias=True),
 ]
 
 

@@ -201,3 +201,50 @@ def test_padded_channel_lanes_never_reach_the_output(host):
             out[...] = np.nan
             k(x, k.pack_weights(w), b, r, out=out)
             np.testing.assert_allclose(out, want, atol=tolerance(spec))
+
+
+# dilated layers on small maps (DeepLabV3's ASPP): most taps read only padding, and the direct
+# templates skip them per register tile (schedules/cpu.py); stride 2, NCHW, batch 2, a ragged width
+DEAD_TAP_SPECS = [
+    ConvSpec(in_channels=16, out_channels=32, height=12, width=12, kernel=3, padding=6, dilation=6, layout="NHWC",
+             bias=True, activation="relu"),
+    ConvSpec(batch=2, in_channels=16, out_channels=24, height=11, width=9, kernel=3, padding=(5, 4, 5, 4),
+             dilation=(5, 4), stride=2, residual=True),
+    ConvSpec(in_channels=8, out_channels=16, height=17, width=17, kernel=3, padding=9, dilation=9, layout="NHWC"),
+]
+
+
+@pytest.mark.parametrize("spec", DEAD_TAP_SPECS, ids=lambda s: s.describe())
+def test_taps_that_read_only_padding_are_skipped_and_the_sums_stay_exact(spec, host):
+    from convgen.builder import schedule
+    from convgen.schedules.cpu import DEAD_TAP_SHARE, dead_tap_share
+
+    if host.family != "x86":
+        pytest.skip(f"x86.direct; the host target is {host.name}")
+    tmpl = all_templates()["x86.direct"]
+    configs = [tmpl.default(spec, host)] + tmpl.space(spec, host).sample(random.Random(spec.key), 4)
+    x, w, *rest = random_inputs(spec)
+    want = conv2d_reference(spec, x, w, *rest)
+    for config in configs:
+        guarded = dead_tap_share(spec, config["tile_oh"], config["tile_ow"]) >= DEAD_TAP_SHARE
+        assert ("if " in schedule(spec, host, tmpl, config)["main"].script()) == guarded
+        k = convgen.build(spec, host, config, template=tmpl.name)
+        np.testing.assert_allclose(k(x, w, *rest), want, rtol=0, atol=tolerance(spec))
+        if k.meta.get("packed_weight_shape"):
+            np.testing.assert_allclose(k(x, k.pack_weights(w), *rest), want, rtol=0, atol=tolerance(spec))
+    assert dead_tap_share(spec, configs[0]["tile_oh"], configs[0]["tile_ow"]) >= DEAD_TAP_SHARE  # the default skips
+
+
+def test_the_dead_tap_share_counts_the_multiply_adds_that_read_padding():
+    from convgen.schedules.cpu import dead_tap_share
+
+    for spec in DEAD_TAP_SPECS + [ConvSpec(in_channels=8, out_channels=8, height=56, width=56, kernel=3, padding=1)]:
+        # one-pixel tiles skip exactly the (pixel, tap) pairs outside the image: count them
+        rows = np.arange(spec.out_height)[:, None] * spec.stride[0] + np.arange(spec.kernel[0]) * spec.dilation[0]
+        cols = np.arange(spec.out_width)[:, None] * spec.stride[1] + np.arange(spec.kernel[1]) * spec.dilation[1]
+        row_in = (rows >= spec.padding[0]) & (rows < spec.padding[0] + spec.height)
+        col_in = (cols >= spec.padding[1]) & (cols < spec.padding[1] + spec.width)
+        live = row_in[:, None, :, None] & col_in[None, :, None, :]
+        assert dead_tap_share(spec, 1, 1) == pytest.approx(1 - live.mean())
+    # ResNet's 3x3 layers stay below the share: their kernels are the code they were tuned as
+    assert dead_tap_share(DEAD_TAP_SPECS[0].replace(height=14, width=14, padding=1, dilation=1), 1, 1) < 0.125
