@@ -175,12 +175,16 @@ def export_library(executable: Any, target: Target, path: str) -> None:
 
 def metadata(spec: ConvSpec, target: Target, template: Any, config: Config, source: str) -> dict[str, Any]:
     """What a kernel file carries about itself: its provenance (:func:`convgen.records.provenance`,
-    as records carry it), the target's description, where the config came from, and the data
-    alignment its arguments declare (CPU: one element; CUDA: TVM's 64 bytes)."""
+    as records carry it), the target's description, where the config came from, the data
+    alignment its arguments declare (CPU: one element; CUDA: TVM's 64 bytes), and the error
+    bound of a template that declares one (:attr:`Template.error_bound`)."""
     from .records import provenance
 
-    return {**provenance(spec, target, template, config), "format": FORMAT, "target_desc": target.to_dict(),
+    meta = {**provenance(spec, target, template, config), "format": FORMAT, "target_desc": target.to_dict(),
             "config_source": source, "arg_alignment": ARG_ALIGNMENT if target.is_cpu else ALIGN}
+    if template.error_bound is not None:  # the check its runs are held to (Template.error_bound)
+        meta["error_bound"] = template.error_bound
+    return meta
 
 
 def build(

@@ -151,11 +151,13 @@ def set_remote_threads(session: Any, num_threads: int | None) -> int:
 
 
 def remote_check(module: Any, spec: ConvSpec, dev: Any, *, seed: int = 1, target: Any = None,
-                 packed_shape: list[int] | None = None) -> tuple[float, float]:
-    """(max |error| vs the reference, tolerance) of one remote run on random data: of every
-    entry point (``main``, and ``main_prepacked`` when ``packed_shape`` is given)."""
+                 packed_shape: list[int] | None = None, error_bound: float | None = None) -> tuple[float, float]:
+    """(error vs the reference, tolerance) of one remote run on random data: of every
+    entry point (``main``, and ``main_prepacked`` when ``packed_shape`` is given); the
+    normwise relative error for a kernel with an ``error_bound`` (its metadata's)."""
     try:
-        run = measure_kernel(module, spec, dev, packed_shape=packed_shape, timed=False, seed=seed)
+        run = measure_kernel(module, spec, dev, packed_shape=packed_shape, timed=False, seed=seed,
+                             error_bound=error_bound)
     except Exception as e:
         raise RemoteError(explain_failure(e, target)) from None
     return run.max_error, run.tolerance
@@ -176,7 +178,7 @@ def run_remote(session: Any, path: str, meta: dict[str, Any], *, num_threads: in
         if target.family != "cuda":
             result["threads"] = set_remote_threads(session, num_threads)
         run = measure_kernel(module, spec, dev, packed_shape=meta.get("packed_weight_shape"), repeat=repeat,
-                             check=ALWAYS if check else NEVER, seed=1)
+                             check=ALWAYS if check else NEVER, seed=1, error_bound=meta.get("error_bound"))
     except Exception as e:
         raise RemoteError(explain_failure(e, target)) from None
     if check:

@@ -571,7 +571,7 @@ class Kernel:
         if self._is_cpu:
             set_num_threads(self.num_threads)
         return measure_kernel(self.module, self.spec, self.device, packed_shape=self._packed_shape,
-                              check=ALWAYS if check else NEVER, **timing)
+                              check=ALWAYS if check else NEVER, error_bound=self.meta.get("error_bound"), **timing)
 
     def export(self, path: str) -> str:
         """Write the shared library with its metadata to ``path``; returns ``path``."""

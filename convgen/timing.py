@@ -53,8 +53,11 @@ class KernelRun:
 
     entry: str                    # the entry point timed: main_prepacked (weights packed once) or main
     times: list[float] = field(default_factory=list)   # seconds per call, one per repeat ([]: not timed)
-    errors: dict[str, float] = field(default_factory=dict)  # entry point -> max |error| ({}: not checked)
+    errors: dict[str, float] = field(default_factory=dict)  # entry point -> error ({}: not checked)
     tolerance: float = 0.0
+    #: what ``errors`` and ``tolerance`` measure: the max absolute error beyond the relative
+    #: tolerance, or (a kernel with an ``error_bound``) the normwise relative error
+    measure: str = "max |error|"
 
     @property
     def max_error(self) -> float:
@@ -68,7 +71,7 @@ class KernelRun:
     @property
     def mismatch(self) -> str:
         """One line naming the wrong entry points ("" when all are right)."""
-        return "; ".join(f"{name}: max |error| {err:.3g} > tolerance {self.tolerance:.3g}"
+        return "; ".join(f"{name}: {self.measure} {err:.3g} > tolerance {self.tolerance:.3g}"
                          for name, err in self.errors.items() if not err <= self.tolerance)
 
 
@@ -82,6 +85,15 @@ def _max_abs_error(got: np.ndarray, want: np.ndarray, rtol: float = 0.0) -> floa
     return float(max(np.max(diff), 0.0)) if np.isfinite(diff).all() else math.inf
 
 
+def _normwise_error(got: np.ndarray, want: np.ndarray) -> float:
+    """||got - want|| / ||want|| (2-norms over the whole output); ``inf`` where ``got``
+    holds NaN or inf."""
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    if not np.isfinite(got64).all():
+        return math.inf
+    return float(np.linalg.norm(got64 - want64) / max(np.linalg.norm(want64), np.finfo(np.float64).tiny))
+
+
 def _poison(out: Any, spec: ConvSpec) -> None:
     """Fill an output tensor with NaN (the most negative integer for int outputs), so an
     element the kernel does not write shows up in the check instead of an older result."""
@@ -93,7 +105,7 @@ def _poison(out: Any, spec: ConvSpec) -> None:
 def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[int] | tuple[int, ...] | None = None,
                    timed: bool = True, number: int = 3, repeat: int = 5, min_repeat_ms: int = 50,
                    cache_flush_bytes: int = 0, flush_args: bool = False, check: Check = ALWAYS,
-                   seed: int = 0) -> KernelRun:
+                   seed: int = 0, error_bound: float | None = None) -> KernelRun:
     """Set up random inputs on ``dev``, time the kernel as deployed, check it vs the reference.
 
     ``module`` is a loaded library, local or remote (:func:`upload`). Kernels with their own
@@ -102,7 +114,9 @@ def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[
     ``main_prepacked``; others through ``main``. ``timed=False`` only checks. The check runs
     when ``check`` wants it (:class:`Check`: :data:`ALWAYS`, :data:`NEVER`, or below a time);
     it runs every entry point (``main_prepacked`` and ``main``) on an output filled with NaN
-    first, so a kernel that skips part of the output fails. Device errors propagate as they
+    first, so a kernel that skips part of the output fails. ``error_bound`` (from the kernel's
+    metadata, where its template declares one): the check holds the normwise relative error
+    to it instead of the elementwise tolerance. Device errors propagate as they
     are (callers on RPC turn them into :class:`RemoteError` with :func:`explain_failure`).
     """
     import tvm
@@ -116,7 +130,10 @@ def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[
         module["pack_weights"](args[1], packed)
         entries.insert(0, ("main_prepacked", [args[0], packed] + args[2:]))
     name, timed_args = entries[0]
-    run = KernelRun(entry=name, tolerance=tolerance(spec))
+    if error_bound is None:
+        run = KernelRun(entry=name, tolerance=tolerance(spec))
+    else:
+        run = KernelRun(entry=name, tolerance=float(error_bound), measure="normwise relative error")
     if timed:
         # flush_args: every argument but the input evicted before each call (clflush; x86 and
         # AArch64), as inside a network: weights from memory, the input where it was left
@@ -129,5 +146,7 @@ def measure_kernel(module: Any, spec: ConvSpec, dev: Any, *, packed_shape: list[
         for name, entry_args in entries:
             _poison(out, spec)
             module[name](*entry_args, out)
-            run.errors[name] = _max_abs_error(out.numpy(), want, relative_tolerance(spec))
+            got = out.numpy()
+            run.errors[name] = (_max_abs_error(got, want, relative_tolerance(spec)) if error_bound is None
+                                else _normwise_error(got, want))
     return run

@@ -38,6 +38,12 @@ class Template:
     uses_intrinsics: bool = False
     #: TVM PassContext options its builds need
     pass_config: Mapping[str, Any] = MappingProxyType({})
+    #: an algorithm that is not exact to the spec's elementwise tolerance (Winograd on bf16:
+    #: its transformed operands are rounded) declares the normwise relative error it stays
+    #: within, ``||got - want|| / ||want||`` on the reference's random data; every check of its
+    #: kernels (the tuner's, ``convgen run``, ``Kernel.measure``) then holds it to that bound
+    #: (the kernel's metadata carries it). ``None``: the elementwise tolerance.
+    error_bound: float | None = None
 
     def __init_subclass__(cls, **declared: Any) -> None:
         super().__init_subclass__()

@@ -143,7 +143,8 @@ def _report_run(path: str, meta: dict, result: dict, where: str, digest: str) ->
     print(f"  sha256 {digest}")
     if "max_error" in result:
         ok = result["max_error"] <= result["tolerance"]
-        print(f"  check vs numpy reference: max |error| {result['max_error']:.2e} "
+        measure = "normwise relative error" if meta.get("error_bound") is not None else "max |error|"
+        print(f"  check vs numpy reference: {measure} {result['max_error']:.2e} "
               f"(tolerance {result['tolerance']:.1e}) {'OK' if ok else 'FAILED'}")
     peak, kind = reference_peak(target, threads, spec.dtype, here=where == "this machine")
     pct = f", {100 * gflops / peak:.{0 if target.is_cpu else 1}f}% of the {kind} peak ({peak:.0f} GFLOP/s)" if peak else ""

@@ -159,7 +159,8 @@ def tune(
         if builder is None:
             builder = Builder(search.n_parallel_builds, options.build_timeout)
         module = type(task.template).__module__
-        cands = [Candidate(task.spec.to_dict(), target.to_dict(), task.template.name, c, module) for c in configs]
+        cands = [Candidate(task.spec.to_dict(), target.to_dict(), task.template.name, c, module,
+                           error_bound=task.template.error_bound) for c in configs]
         builder.build(cands)
         try:
             runner.run_batch(cands, check)

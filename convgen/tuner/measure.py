@@ -49,6 +49,7 @@ class Candidate:
     template: str
     config: Config
     template_module: str = ""  # imported by build workers first, so user templates register there too
+    error_bound: float | None = None  # the template's (Template.error_bound): what its check holds it to
     packed_shape: list[int] | None = None  # set when the library has main_prepacked
     path: str | None = None
     error: ErrorKind | None = None  # why it has no timing (None: it has one)
@@ -169,7 +170,8 @@ def _timing(opts: MeasureOptions) -> dict[str, Any]:
 
 
 def run_worker(path: str, spec: dict, opts: MeasureOptions, check: Check,
-               packed_shape: list[int] | None = None, target: dict | None = None) -> tuple:
+               packed_shape: list[int] | None = None, target: dict | None = None,
+               error_bound: float | None = None) -> tuple:
     """Time a library here; check it against the reference where ``check`` wants it.
 
     Kernels with pre-packed weights are timed as deployed (``main_prepacked``, weights packed
@@ -196,7 +198,8 @@ def run_worker(path: str, spec: dict, opts: MeasureOptions, check: Check,
         set_num_threads(opts.num_threads)
         dev = tvm.cpu(0)
     module = tvm.runtime.load_module(path)
-    run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check=check, **_timing(opts))
+    run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check=check, error_bound=error_bound,
+                         **_timing(opts))
     return run.times, run.verified, run.mismatch
 
 
@@ -279,7 +282,8 @@ class LocalRunner:
         try:
             # the worker's own timer answers a hang; the parent's deadline one that stops it
             c.times, c.verified, c.message = call_with_deadline(
-                self._worker, run_worker, (c.path, c.spec, self.options, check, c.packed_shape, c.target),
+                self._worker, run_worker, (c.path, c.spec, self.options, check, c.packed_shape, c.target,
+                                           c.error_bound),
                 self.options.run_timeout)
         except TimeoutError:
             c.error, c.message = ErrorKind.TIMEOUT, f"run took longer than {self.options.run_timeout:.0f} s"
@@ -304,7 +308,7 @@ class LocalRunner:
 
 
 def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: MeasureOptions,
-                   check: Check, packed_shape: list[int] | None = None) -> tuple:
+                   check: Check, packed_shape: list[int] | None = None, error_bound: float | None = None) -> tuple:
     """Time (and maybe check) a library on a remote device; same result as :func:`run_worker`.
 
     Measures as the local worker does (:func:`convgen.timing.measure_kernel`: weights packed
@@ -331,7 +335,8 @@ def rpc_run_worker(address: dict, path: str, spec: dict, target: dict, opts: Mea
     try:
         if tgt.family != "cuda":  # a remote CPU's device type is 1 + 128 * (session index + 1): ask the target
             remote.set_remote_threads(session, opts.num_threads)
-        run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check=check, **_timing(opts))
+        run = measure_kernel(module, spec_, dev, packed_shape=packed_shape, check=check, error_bound=error_bound,
+                             **_timing(opts))
     except Exception as e:
         if time.monotonic() - started >= 0.95 * remote.session_seconds(opts.run_timeout):
             raise remote.RemoteTimeout(f"the run took longer than {opts.run_timeout:g} s and the device ended "
@@ -400,7 +405,7 @@ class RPCRunner:
         batch: the devices run at once) is checked against the reference."""
         todo = [c for c in candidates if c.path is not None]
         futures = [self._pool.submit(rpc_run_worker, self.address, c.path, c.spec, c.target, self.options, check,
-                                     c.packed_shape) for c in todo]
+                                     c.packed_shape, c.error_bound) for c in todo]
         deadline = time.monotonic() + self._budget * -(-len(futures) // self.n_parallel) + GRACE
         for c, fut in zip(todo, futures):
             self._finish(c, fut, deadline)
