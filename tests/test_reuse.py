@@ -273,3 +273,24 @@ def test_a_chain_calls_the_int8_layers_that_quantize_a_float_input_and_replays_t
         wants = [model(x) for x in xs]
     for first, repeat, want in zip(firsts, again, wants):
         assert torch.equal(first, repeat) and rel_err(repeat, want) < 8e-2
+
+
+def test_a_replay_writes_the_inner_values_into_few_buffers_and_returns_the_layers_own(cache):
+    # tiny MobileNet-v2: inverted residuals, so some values live across a block (the skip)
+    model = torch_models.tiny_mobilenet()
+    x = torch.randn(1, 3, 32, 32)
+    fast = replaying(model, x, cache)
+    (chain,) = chains(fast)
+    program = chain._program
+    inner = [v for i, v in enumerate(program.values[len(program.entries):])
+             if len(program.entries) + i not in chain.exits]
+    storages = {v.untyped_storage().data_ptr() for v in inner}
+    own = {layer._fast.out.untyped_storage().data_ptr() for layer in chain.layers}
+    assert len(storages) < len(inner) / 2 and not storages & own  # a few buffers of the program's
+    with torch.no_grad():
+        for xi in [torch.randn(1, 3, 32, 32) for _ in range(3)]:
+            assert rel_err(fast(xi), model(xi)) < TOL
+            assert chain._program is program  # replayed, not recorded again
+    # what the chain returns is still its last layer's own buffer
+    results = program.result if isinstance(program.result, tuple) else (program.result,)
+    assert all(r.untyped_storage().data_ptr() in own for r in results)
