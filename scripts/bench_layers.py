@@ -28,6 +28,14 @@ comparison; on a noisy machine use more rounds. Then totals per class of convolu
 depthwise, grouped, other kernels by size, dilated apart), all convolutions, the rest of
 the model and the whole model (wall time of a forward, of an ``infer`` call).
 
+Hooks turn a :class:`convgen.torch.ConvChain` off (its layers run one by one, each into its
+own output buffer), so the hooked times are not what a plain forward pays. ``in chain us``
+is: after the hooked rounds come as many plain ones, interleaved with OpenVINO's inferences
+alike, in which each launch of a chain's replay is timed alone (``convgen.runtime.Launches``
+with a clock around each kernel call, ~0.1 us each): the kernel as the model runs it, in
+the buffers the replay shares, after the kernel before it. Its class totals sit beside the
+hooked ones, and ``whole model, chains replaying`` is the plain forward's wall time.
+
 How OpenVINO's nodes map to module paths: the PyTorch frontend names each layer after the
 module that ran it, ``__module.layer1.0.conv1/aten::_convolution/Convolution``; the runtime
 model lists, per executed node, the original layers it computes (fused ones included). A
@@ -77,6 +85,7 @@ class Row:
     paths: set[str] = field(default_factory=set)  # its path and its BatchNorm's: what OpenVINO names
     convgen: list[float] = field(default_factory=list)   # seconds per forward, per round
     kernel: list[float] = field(default_factory=list)    # of which in the kernel call itself
+    chained: list[float] = field(default_factory=list)   # its launch inside a chain's replay ([]: not chained)
     openvino: list[float] = field(default_factory=list)  # [mean seconds per inference], [] if no node matched
     ov_nodes: list[str] = field(default_factory=list)
     ov_exec: list[str] = field(default_factory=list)
@@ -154,6 +163,67 @@ class _TimedLaunch:
             self._launch(*args)
         finally:
             self._seconds[self._path] += time.perf_counter() - t0
+
+
+class ChainTimer:
+    """Each launch of every :class:`convgen.torch.ConvChain` replay of ``model``, timed alone
+    inside plain forwards: :meth:`Launches.__call__ <convgen.runtime.Launches>` is swapped
+    for a loop with a clock around each kernel call while :meth:`timing` is entered. Make it
+    after two plain forwards at the shapes to time (the chains have recorded their programs)."""
+
+    def __init__(self, model: Any) -> None:
+        import convgen.torch as ct
+        from convgen.runtime import Launches
+
+        self._launches_type = Launches
+        names = {id(m): name for name, m in model.named_modules()}
+        self.paths: dict[int, list[str]] = {}  # id(Launches) -> module path of each of its calls
+        for chain in (m for m in model.modules() if isinstance(m, ct.ConvChain)):
+            program = chain._program
+            if program is None:
+                continue
+            layers = iter(step[0] for step in program.steps)  # the replayed layers, in launch order
+            for segment in program.segments:
+                if type(segment) is Launches:
+                    self.paths[id(segment)] = [names[id(next(layers))] for _ in range(len(segment))]
+        self.seconds: dict[str, float] = {p: 0.0 for ps in self.paths.values() for p in ps}
+        self.rounds: dict[str, list[float]] = {p: [] for p in self.seconds}
+
+    def timing(self) -> Any:
+        """A context in which the replays' launches are timed one by one."""
+        import contextlib
+
+        Launches, paths, seconds = self._launches_type, self.paths, self.seconds
+        clock = time.perf_counter
+
+        def timed(launches: Any) -> None:
+            names = paths.get(id(launches))
+            if names is None:
+                return plain(launches)
+            for (func, args), path in zip(launches._calls, names):
+                t0 = clock()
+                func(*args)
+                seconds[path] += clock() - t0
+
+        @contextlib.contextmanager
+        def swapped() -> Any:
+            Launches.__call__ = timed
+            try:
+                yield
+            finally:
+                Launches.__call__ = plain
+
+        plain = Launches.__call__
+        return swapped()
+
+    def end_round(self) -> None:
+        for path, s in self.seconds.items():
+            self.rounds[path].append(s)
+            self.seconds[path] = 0.0
+
+    def discard(self) -> None:
+        for path in self.seconds:
+            self.seconds[path] = 0.0
 
 
 class ConvTimer:
@@ -367,6 +437,30 @@ def main(argv: list[str] | None = None) -> int:
         row.convgen = timer.rounds[row.path]
         row.kernel = timer.kernel_rounds[row.path] if any(timer.kernel_rounds[row.path]) else []
 
+    # the same again without hooks: the chains replay, each launch timed alone (ChainTimer)
+    with torch.no_grad():
+        for _ in range(2):
+            fast(x)  # the chains record their programs again, now that no hook is on
+        chains = ChainTimer(fast)
+        model_s["chains"], model_s["openvino, chains rounds"] = [], []
+        for _ in range(args.rounds if chains.paths else 0):
+            with chains.timing():
+                fast(x)  # untimed, as in the hooked rounds: this one's launches are dropped
+                chains.discard()
+                t0 = time.perf_counter()
+                fast(x)
+                model_s["chains"].append(time.perf_counter() - t0)
+            chains.end_round()
+            if ov is None:
+                continue
+            ov.run()
+            t0 = time.perf_counter()
+            ov.run()
+            model_s["openvino, chains rounds"].append(time.perf_counter() - t0)
+            inferences += 2
+    for row in rows:
+        row.chained = chains.rounds.get(row.path, [])
+
     # OpenVINO's per-node means over the rounds (its untimed calls included: steady state too)
     other: dict[str, float] = {}  # OpenVINO's nodes outside the convolutions: type -> seconds
     if ov is not None:
@@ -406,18 +500,21 @@ def report(args: Any, header: str, rows: list[Row], model_s: dict[str, list[floa
     def ov_of(row: Row) -> float:
         return row.openvino[0] if row.openvino else float("nan")
 
-    table = [[r.path, r.spec, r.template, us(mean(r.convgen)), us(mean(r.kernel)), us(ov_of(r)), exec_of(r),
-              ratio(ov_of(r), mean(r.convgen))] for r in rows]
-    head = ["convolution", "spec (as convgen runs it)", "convgen template", "convgen us", "kernel us", "OpenVINO us",
-            "OpenVINO exec", "OpenVINO/convgen"]
+    table = [[r.path, r.spec, r.template, us(mean(r.convgen)), us(mean(r.kernel)), us(mean(r.chained)),
+              us(ov_of(r)), exec_of(r), ratio(ov_of(r), mean(r.convgen))] for r in rows]
+    head = ["convolution", "spec (as convgen runs it)", "convgen template", "convgen us", "kernel us", "in chain us",
+            "OpenVINO us", "OpenVINO exec", "OpenVINO/convgen"]
 
     def totals(label: str, chosen: list[Row]) -> list[str]:
         cg = sum(mean(r.convgen) for r in chosen)
         kernel = sum(mean(r.kernel) for r in chosen if r.kernel)
+        chained = sum(mean(r.chained) for r in chosen if r.chained)
         ov = sum(ov_of(r) for r in chosen if r.openvino) if have_ov else float("nan")
         mark = " (some unmatched)" if have_ov and not all(r.openvino for r in chosen) else ""
+        part = " (some not chained)" if chained and not all(r.chained for r in chosen) else ""
         return [label, f"{len(chosen)} convolution{'s' * (len(chosen) != 1)}", "", us(cg),
-                us(kernel) if kernel else "-", us(ov) + mark, "", ratio(ov, cg)]
+                us(kernel) if kernel else "-", (us(chained) + part) if chained else "-", us(ov) + mark, "",
+                ratio(ov, cg)]
 
     classes = sorted({r.klass for r in rows}, key=lambda k: (k not in ("1x1", "depthwise", "grouped"), k))
     summary = [totals(f"class {k}", [r for r in rows if r.klass == k]) for k in classes]
@@ -425,10 +522,14 @@ def report(args: Any, header: str, rows: list[Row], model_s: dict[str, list[floa
     conv_cg = sum(mean(r.convgen) for r in rows)
     conv_ov = sum(ov_of(r) for r in rows if r.openvino)
     model_cg, model_ov = mean(model_s["convgen"]), mean(model_s["openvino"])
-    summary.append(["rest of the model", "model time - convolutions", "", us(model_cg - conv_cg), "",
+    summary.append(["rest of the model", "model time - convolutions", "", us(model_cg - conv_cg), "", "",
                     us(model_ov - conv_ov), "", ratio(model_ov - conv_ov, model_cg - conv_cg)])
-    summary.append(["whole model", "a forward / an infer call, wall time", "", us(model_cg), "",
+    summary.append(["whole model", "a forward / an infer call, wall time", "", us(model_cg), "", "",
                     us(model_ov), "", ratio(model_ov, model_cg)])
+    if model_s.get("chains"):
+        chain_cg, chain_ov = mean(model_s["chains"]), mean(model_s["openvino, chains rounds"])
+        summary.append(["whole model, chains replaying", "a plain forward / an infer call, wall time", "", "", "",
+                        us(chain_cg), us(chain_ov), "", ratio(chain_ov, chain_cg)])
 
     if args.markdown:
         print(f"\n{header}\n")
@@ -442,7 +543,7 @@ def report(args: Any, header: str, rows: list[Row], model_s: dict[str, list[floa
         widths = [max(len(str(line[i])) for line in [head, *table, *summary]) for i in range(len(head))]
 
         def show(line: list[str]) -> str:
-            return "  ".join(str(c).rjust(w) if i in (3, 4, 5, 7) else str(c).ljust(w)
+            return "  ".join(str(c).rjust(w) if i in (3, 4, 5, 6, 8) else str(c).ljust(w)
                              for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
         print(show(head))
@@ -460,10 +561,11 @@ def report(args: Any, header: str, rows: list[Row], model_s: dict[str, list[floa
         with open(args.csv, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "class", "spec", "convgen_template", "convgen_config", "convgen_us", "kernel_us",
-                        "openvino_us", "openvino_exec", "openvino_ops", "openvino_nodes", "openvino_over_convgen"])
+                        "in_chain_us", "openvino_us", "openvino_exec", "openvino_ops", "openvino_nodes",
+                        "openvino_over_convgen"])
             for r in rows:
                 w.writerow([r.path, r.klass, r.spec, r.template, r.config, us(mean(r.convgen)), us(mean(r.kernel)),
-                            us(ov_of(r)), exec_of(r), "+".join(r.ov_ops), " ".join(r.ov_nodes),
+                            us(mean(r.chained)), us(ov_of(r)), exec_of(r), "+".join(r.ov_ops), " ".join(r.ov_nodes),
                             ratio(ov_of(r), mean(r.convgen)).rstrip("x")])
         print(f"wrote {args.csv}")
 
