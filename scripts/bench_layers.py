@@ -182,10 +182,11 @@ class ChainTimer:
             program = chain._program
             if program is None:
                 continue
-            layers = iter(step[0] for step in program.steps)  # the replayed layers, in launch order
+            # the replayed layers' launches in order (an int8 layer's quantization counts as its own)
+            calls = iter(names[id(step[0])] for step in program.steps for _ in step[2].launches())
             for segment in program.segments:
                 if type(segment) is Launches:
-                    self.paths[id(segment)] = [names[id(next(layers))] for _ in range(len(segment))]
+                    self.paths[id(segment)] = [next(calls) for _ in range(len(segment))]
         self.seconds: dict[str, float] = {p: 0.0 for ps in self.paths.values() for p in ps}
         self.rounds: dict[str, list[float]] = {p: [] for p in self.seconds}
 

@@ -135,7 +135,7 @@ class _Program:
         # whose hooks could see a layer's output: the layer's and its readers' (as _hooked)
         watched = {id(m): m for layer in chain.layers for m in (layer, *layer._readers)}
         program.watched = tuple(watched.values())
-        program.segments = [Launches([(f.launch, tuple(share(a) for a in f.args)) for f in seg])
+        program.segments = [Launches([(launch, tuple(share(a) for a in args)) for f in seg for launch, args in f.launches()])
                             if isinstance(seg, list) else seg for seg in segments]
         program.outs = [share(step[2].out) for step in steps]
         program.values = [share(v) for v in values]
@@ -234,15 +234,27 @@ class _SharedBuffers:
         exits, self.replayed = set(chain.exits), set(replayed)
         self._plan: dict[int, torch.Tensor] = {}
         free: list[torch.Tensor] = []
+
+        def place(t: torch.Tensor) -> torch.Tensor:
+            need = -(-t.untyped_storage().nbytes() // 64) * 64  # any dtype views it whole
+            fits = [b for b in free if b.numel() >= need]
+            buf = min(fits, key=lambda b: b.numel()) if fits else torch.empty(need, dtype=torch.uint8)
+            free[:] = [b for b in free if b is not buf]
+            self._plan[storage(t)] = buf
+            return buf
+
         for i, (x, r) in enumerate(chain.wiring):
             v, out = entries + i, values[entries + i]
             key = storage(out)
+            # what the layer's own launches pass between them (an int8 layer's quantized input):
+            # live from its first launch to its last, so placed before its output, freed after
+            temps = []
+            if i in self.replayed:
+                temps = [place(args[-1]) for _, args in chain.layers[i]._fast.pre
+                         if owners.get(storage(args[-1]), 0) == 0 and storage(args[-1]) not in self._plan]
             if i in self.replayed and v not in exits and owners.get(key) == 1:
-                need = -(-out.untyped_storage().nbytes() // 64) * 64  # any dtype views it whole
-                fits = [b for b in free if b.numel() >= need]
-                buf = min(fits, key=lambda b: b.numel()) if fits else torch.empty(need, dtype=torch.uint8)
-                free = [b for b in free if b is not buf]
-                self._plan[key] = buf
+                place(out)
+            free += temps
             # after its output is placed: the values this layer was the last to read
             for u in {x, r, v} - {None}:
                 if last.get(u, -1) <= i and u >= entries and storage(values[u]) in self._plan:

@@ -121,10 +121,9 @@ def quantize_input(x: torch.Tensor, scale: float, zero_point: int, kernel: Any =
     torch's operators otherwise (5 passes, 4-5x slower: its float-to-u8 conversion alone
     costs more than the kernel). The same tensor object (unchanged since: its version) at the
     same parameters is quantized once."""
-    last = _LAST[0]
-    version = None if x.is_inference() else x._version
-    if last is not None and last[0]() is x and last[1:4] == (version, scale, zero_point) and version is not None:
-        return last[4]
+    q = quantized_already(x, scale, zero_point)
+    if q is not None:
+        return q
     if kernel is not None:
         q = kernel(x)
     else:
@@ -132,8 +131,23 @@ def quantize_input(x: torch.Tensor, scale: float, zero_point: int, kernel: Any =
         if zero_point:
             q.add_(zero_point)
         q = q.round_().clamp_(0, 255).to(torch.uint8)
-    _LAST[0] = (weakref.ref(x), version, scale, zero_point, q)
+    remember_quantized(x, scale, zero_point, q)
     return q
+
+
+def quantized_already(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor | None:
+    """The u8 copy of ``x`` at these parameters made last (:data:`_LAST`), if ``x`` is the same
+    tensor unchanged since (its version; an inference tensor, which has none, never matches)."""
+    last = _LAST[0]
+    version = None if x.is_inference() else x._version
+    if last is not None and last[0]() is x and last[1:4] == (version, scale, zero_point) and version is not None:
+        return last[4]
+    return None
+
+
+def remember_quantized(x: torch.Tensor, scale: float, zero_point: int, q: torch.Tensor) -> None:
+    """``q`` is ``x`` quantized at these parameters (for :func:`quantized_already`)."""
+    _LAST[0] = (weakref.ref(x), None if x.is_inference() else x._version, scale, zero_point, q)
 
 
 def quantizer_spec(x: torch.Tensor) -> Any:
