@@ -97,17 +97,23 @@ class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), d
         tile_k = tuple(x * lanes for x in (1, 2) if spec.out_channels % (x * lanes) == 0) or (lanes,)
         tile_p = sorted(set(divisors(self._tiles(spec, 2), upto=regs - 2)) | set(divisors(self._tiles(spec, 4), upto=regs - 2)))
 
+        return Space(self.name, self.version, (
+            Knob("tile_m", (2, 4), "output tile m of F(m x m, 3 x 3)"),
+            Knob("tile_k", tile_k, "output channels in vector lanes of the GEMM"),
+            Knob("tile_p", tuple(tile_p), "Winograd tiles per GEMM register tile"),
+        ), self._legal(spec, target, lanes))
+
+    def _legal(self, spec: ConvSpec, target: Target, lanes: int) -> Any:
+        """The space's rule: ``tile_p`` divides the tiles, the GEMM's register tile of ``tile_p``
+        tiles x ``tile_k / lanes`` vectors fits the registers."""
+
         def legal(c: Config) -> str | None:
             if self._tiles(spec, c["tile_m"]) % c["tile_p"]:
                 return "tile_p must divide the number of tiles"
             vec = c["tile_k"] // lanes
             return register_fit(target, c["tile_p"] * vec, vec)
 
-        return Space(self.name, self.version, (
-            Knob("tile_m", (2, 4), "output tile m of F(m x m, 3 x 3)"),
-            Knob("tile_k", tile_k, "output channels in vector lanes of the GEMM"),
-            Knob("tile_p", tuple(tile_p), "Winograd tiles per GEMM register tile"),
-        ), legal)
+        return legal
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         lanes, regs = target.vector_lanes, target.registers
@@ -124,30 +130,22 @@ class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), d
     def _te(self, spec: ConvSpec, config: Config, prepacked: bool):
         from tvm import te, tirx
 
-        from convgen.compute import epilogue, pad_data
+        from convgen.compute import epilogue
 
         m, kb = config["tile_m"], config["tile_k"]
         alpha = m + 2
         A, B, G = transform_matrices(m)
         nchw = spec.layout == "NCHW"
-        N, C, K = spec.batch, spec.in_channels, spec.out_channels
+        C, K = spec.in_channels, spec.out_channels
         KB = -(-K // kb)  # channel blocks: K not a multiple of kb is padded with unread lanes
-        OH, OW = spec.out_height, spec.out_width
-        nH, nW = -(-OH // m), -(-OW // m)
-        P = N * nH * nW
-        pt, pl = spec.padding[0], spec.padding[1]
         dt = spec.dtype
 
         data = te.placeholder(spec.input_shape, dt, name="data")
         weight = te.placeholder(spec.weight_shape, dt, name="weight")
-        # the spec's padding, and zeros up to whole m x m tiles at the bottom and right
-        data_pad = pad_data(spec, data, (pt, pl, nH * m + 2 - spec.height - pt, nW * m + 2 - spec.width - pl))
+        data_pad, P, tile_origin, tile_of = tiled(spec, data, m)
 
         def dpad(n, c, h, w):
             return data_pad[n, c, h, w] if nchw else data_pad[n, h, w, c]
-
-        def tile_origin(p):
-            return p // (nH * nW), (p // nW) % nH * m, p % nW * m
 
         def v_body(e, nu, p, c):
             n, h0, w0 = tile_origin(p)
@@ -177,7 +175,7 @@ class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), d
                        name="batch_gemm")
 
         def y(n, k, h, w):
-            p = (n * nH + h // m) * nW + w // m
+            p = tile_of(n, h, w)
             return _bilinear(A, A, h % m, w % m, lambda a, b: M[a, b, k // kb, p, k % kb], dt)
 
         if nchw:
@@ -243,24 +241,7 @@ class WinogradX86(Template, name="x86.winograd", version=1, families=("x86",), d
         sch.unroll(pi)
         sch.vectorize(ki)
 
-        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
-        names = ("n", "k", "h", "w") if spec.layout == "NCHW" else ("n", "h", "w", "k")
-        L = dict(zip(names, sch.get_loops(conv)))
-        m = config["tile_m"]
-        ho, hi = sch.split(L["h"], [None, m])
-        wo, wi = sch.split(L["w"], [None, m])
-        if spec.layout == "NCHW":
-            sch.reorder(L["n"], L["k"], ho, wo, hi, wi)
-            sch.parallel(sch.fuse(L["n"], L["k"], ho))
-            sch.reverse_compute_at(out, wo)
-        else:
-            ko, ki = sch.split(L["k"], [None, lanes])
-            sch.reorder(L["n"], ho, ko, wo, hi, wi, ki)
-            sch.parallel(sch.fuse(L["n"], ho))
-            sch.vectorize(ki)
-            sch.reverse_compute_at(out, wo)
-        sch.unroll(hi)
-        sch.unroll(wi)
+        output_transform(sch, spec, config["tile_m"], lanes)
         sch.decompose_reduction(gemm, rc)
 
 
@@ -327,14 +308,7 @@ class WinogradBF16X86(WinogradX86, name="x86.winograd_bf16", version=1, families
         replace = {"tile_m": (2,), "tile_k": tile_k,
                    "tile_p": tuple(divisors(self._tiles(spec, 2), upto=target.registers - 2))}
         knobs = tuple(Knob(k.name, replace.get(k.name, k.values), k.doc) for k in space.knobs)
-
-        def legal(c: Config) -> str | None:
-            if self._tiles(spec, c["tile_m"]) % c["tile_p"]:
-                return "tile_p must divide the number of tiles"
-            vec = c["tile_k"] // lanes
-            return register_fit(target, c["tile_p"] * vec, vec)
-
-        return Space(self.name, self.version, knobs, legal)
+        return Space(self.name, self.version, knobs, self._legal(spec, target, lanes))
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         return dict(super().default(spec, target), tile_k=self.step.lanes)
@@ -342,29 +316,22 @@ class WinogradBF16X86(WinogradX86, name="x86.winograd_bf16", version=1, families
     def _te(self, spec: ConvSpec, config: Config, prepacked: bool):
         from tvm import te, tirx
 
-        from convgen.compute import epilogue, pad_data
+        from convgen.compute import epilogue
 
         m, kb = config["tile_m"], config["tile_k"]
         alpha = m + 2
         A, B, G = transform_matrices(m)
         nchw = spec.layout == "NCHW"
-        N, C, K = spec.batch, spec.in_channels, spec.out_channels
+        C, K = spec.in_channels, spec.out_channels
         KB = -(-K // kb)
-        OH, OW = spec.out_height, spec.out_width
-        nH, nW = -(-OH // m), -(-OW // m)
-        P = N * nH * nW
-        pt, pl = spec.padding[0], spec.padding[1]
         f32, bf16 = "float32", "bfloat16"
 
         data = te.placeholder(spec.input_shape, bf16, name="data")
         weight = te.placeholder(spec.weight_shape, bf16, name="weight")
-        data_pad = pad_data(spec, data, (pt, pl, nH * m + 2 - spec.height - pt, nW * m + 2 - spec.width - pl))
+        data_pad, P, tile_origin, tile_of = tiled(spec, data, m)
 
         def dpad(n, c, h, w):
             return (data_pad[n, c, h, w] if nchw else data_pad[n, h, w, c]).astype(f32)
-
-        def tile_origin(p):
-            return p // (nH * nW), (p // nW) % nH * m, p % nW * m
 
         def v_body(e, nu, p, c):
             n, h0, w0 = tile_origin(p)
@@ -395,7 +362,7 @@ class WinogradBF16X86(WinogradX86, name="x86.winograd_bf16", version=1, families
                        name="batch_gemm")
 
         def y(n, k, h, w):
-            p = (n * nH + h // m) * nW + w // m
+            p = tile_of(n, h, w)
             return _bilinear(A, A, h % m, w % m, lambda a, b: M[a, b, k // kb, p, k % kb], f32)
 
         if nchw:
@@ -451,24 +418,49 @@ class WinogradBF16X86(WinogradX86, name="x86.winograd_bf16", version=1, families
             sch.annotate(outer, "pragma_import_llvm", step.llvm_ir())
             sch.tensorize(kl, step.tensor_intrin())
 
-        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
-        names = ("n", "k", "h", "w") if spec.layout == "NCHW" else ("n", "h", "w", "k")
-        L = dict(zip(names, sch.get_loops(conv)))
-        m = config["tile_m"]
-        ho, hi = sch.split(L["h"], [None, m])
-        wo, wi = sch.split(L["w"], [None, m])
-        if spec.layout == "NCHW":
-            sch.reorder(L["n"], L["k"], ho, wo, hi, wi)
-            sch.parallel(sch.fuse(L["n"], L["k"], ho))
-            sch.reverse_compute_at(out, wo)
-        else:
-            ko_, ki_ = sch.split(L["k"], [None, step.lanes])
-            sch.reorder(L["n"], ho, ko_, wo, hi, wi, ki_)
-            sch.parallel(sch.fuse(L["n"], ho))
-            sch.vectorize(ki_)
-            sch.reverse_compute_at(out, wo)
-        sch.unroll(hi)
-        sch.unroll(wi)
+        output_transform(sch, spec, config["tile_m"], step.lanes)
+
+
+def tiled(spec: ConvSpec, data: Any, m: int) -> tuple[Any, int, Any, Any]:
+    """``(data_pad, P, tile_origin, tile_of)``: ``data`` with the spec's padding and zeros up to
+    whole ``m x m`` output tiles at the bottom and right, the number of tiles ``P`` (batch
+    included), ``tile_origin(p) -> (n, h0, w0)`` where tile ``p`` reads ``data_pad``, and
+    ``tile_of(n, h, w) -> p``, the tile of output pixel ``(h, w)``."""
+    from convgen.compute import pad_data
+
+    nH, nW = -(-spec.out_height // m), -(-spec.out_width // m)
+    pt, pl = spec.padding[0], spec.padding[1]
+    data_pad = pad_data(spec, data, (pt, pl, nH * m + 2 - spec.height - pt, nW * m + 2 - spec.width - pl))
+
+    def tile_origin(p: Any) -> tuple:
+        return p // (nH * nW), (p // nW) % nH * m, p % nW * m
+
+    def tile_of(n: Any, h: Any, w: Any) -> Any:
+        return (n * nH + h // m) * nW + w // m
+
+    return data_pad, spec.batch * nH * nW, tile_origin, tile_of
+
+
+def output_transform(sch: Any, spec: ConvSpec, m: int, lanes: int) -> None:
+    """Schedule ``conv`` (the output transform, ``A^T M A`` per ``m x m`` tile) with the
+    epilogue under it: parallel over rows of tiles (and output channels in NCHW), each tile's
+    pixels unrolled, NHWC channels in vectors of ``lanes``."""
+    conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
+    names = ("n", "k", "h", "w") if spec.layout == "NCHW" else ("n", "h", "w", "k")
+    L = dict(zip(names, sch.get_loops(conv)))
+    ho, hi = sch.split(L["h"], [None, m])
+    wo, wi = sch.split(L["w"], [None, m])
+    if spec.layout == "NCHW":
+        sch.reorder(L["n"], L["k"], ho, wo, hi, wi)
+        sch.parallel(sch.fuse(L["n"], L["k"], ho))
+    else:
+        ko, ki = sch.split(L["k"], [None, lanes])
+        sch.reorder(L["n"], ho, ko, wo, hi, wi, ki)
+        sch.parallel(sch.fuse(L["n"], ho))
+        sch.vectorize(ki)
+    sch.reverse_compute_at(out, wo)
+    sch.unroll(hi)
+    sch.unroll(wi)
 
 
 register(WinogradX86())

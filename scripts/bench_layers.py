@@ -310,6 +310,26 @@ def match_nodes(rows: list[Row], nodes: dict[str, Any]) -> tuple[dict[str, int],
     return node_row, unmatched
 
 
+def interleaved_rounds(rounds: int, convgen_round: Any, ov: Any, convgen_s: list[float],
+                       ov_s: list[float]) -> int:
+    """``rounds`` rounds of ``convgen_round()`` (an untimed forward, then a timed one: returns
+    its seconds) and OpenVINO's untimed, then timed inference (if ``ov``); the seconds go to
+    the lists. Each engine's timed call follows an untimed one of its own: the other engine's
+    thread pool, still spinning after its call, slows the first call after it. Returns the
+    OpenVINO inferences made."""
+    inferences = 0
+    for _ in range(rounds):
+        convgen_s.append(convgen_round())
+        if ov is None:
+            continue
+        ov.run()
+        t0 = time.perf_counter()
+        ov.run()
+        ov_s.append(time.perf_counter() - t0)
+        inferences += 2
+    return inferences
+
+
 def mean(values: list[float]) -> float:
     """Arithmetic mean (nan for none)."""
     return sum(values) / len(values) if values else float("nan")
@@ -416,23 +436,18 @@ def main(argv: list[str] | None = None) -> int:
     before = peers.profile(ov.extra["request"]) if ov is not None else {}
     n_before = inferences
     model_s: dict[str, list[float]] = {"convgen": [], "openvino": []}
+
+    def hooked() -> float:
+        fast(x)
+        timer.discard()
+        t0 = time.perf_counter()
+        fast(x)
+        seconds = time.perf_counter() - t0
+        timer.end_round()
+        return seconds
+
     with torch.no_grad():
-        for _ in range(args.rounds):
-            # each engine's timed call follows an untimed one of its own: the other engine's
-            # thread pool, still spinning after its call, slows the first call after it
-            fast(x)
-            timer.discard()
-            t0 = time.perf_counter()
-            fast(x)
-            model_s["convgen"].append(time.perf_counter() - t0)
-            timer.end_round()
-            if ov is None:
-                continue
-            ov.run()
-            t0 = time.perf_counter()
-            ov.run()
-            model_s["openvino"].append(time.perf_counter() - t0)
-            inferences += 2
+        inferences += interleaved_rounds(args.rounds, hooked, ov, model_s["convgen"], model_s["openvino"])
     timer.remove()
     for row in rows:
         row.convgen = timer.rounds[row.path]
@@ -444,21 +459,19 @@ def main(argv: list[str] | None = None) -> int:
             fast(x)  # the chains record their programs again, now that no hook is on
         chains = ChainTimer(fast)
         model_s["chains"], model_s["openvino, chains rounds"] = [], []
-        for _ in range(args.rounds if chains.paths else 0):
+
+        def replayed() -> float:
             with chains.timing():
                 fast(x)  # untimed, as in the hooked rounds: this one's launches are dropped
                 chains.discard()
                 t0 = time.perf_counter()
                 fast(x)
-                model_s["chains"].append(time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
             chains.end_round()
-            if ov is None:
-                continue
-            ov.run()
-            t0 = time.perf_counter()
-            ov.run()
-            model_s["openvino, chains rounds"].append(time.perf_counter() - t0)
-            inferences += 2
+            return seconds
+
+        inferences += interleaved_rounds(args.rounds if chains.paths else 0, replayed, ov, model_s["chains"],
+                                         model_s["openvino, chains rounds"])
     for row in rows:
         row.chained = chains.rounds.get(row.path, [])
 
