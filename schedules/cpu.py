@@ -220,6 +220,7 @@ def skip_dead_taps(func: Any, spec: ConvSpec) -> Any:
     from tvm import tirx
     from tvm.s_tir.stmt import SBlockRealize
     from tvm.sym.analyzer import Analyzer
+    from tvm.tirx.analysis import undefined_vars
     from tvm.sym.int_set import IntervalSet
 
     if spec.data_zero_point:
@@ -253,7 +254,7 @@ def skip_dead_taps(func: Any, spec: ConvSpec) -> Any:
         live = []
         for region in regions:
             # the dimension indexed by this tap; the others do not depend on it
-            dims = [(lo, ext) for lo, ext in region if _uses(lo, loop.loop_var)]
+            dims = [(lo, ext) for lo, ext in region if any(v.same_as(loop.loop_var) for v in undefined_vars(lo))]
             if len(dims) != 1:
                 return loop  # not the shape this guard understands: leave the loop dense
             lo, ext = dims[0]
@@ -267,11 +268,3 @@ def skip_dead_taps(func: Any, spec: ConvSpec) -> Any:
 
     return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, on_for), order="post"))
 
-
-def _uses(expr: Any, var: Any) -> bool:
-    import tvm
-    import tvm_ffi
-
-    found = []
-    tvm_ffi.structural_walk(expr, (tvm.ir.Var, lambda v: found.append(v.same_as(var))))
-    return any(found)

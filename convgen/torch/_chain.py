@@ -104,16 +104,16 @@ class _Program:
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(type(e) is not torch.Tensor for e in entries):
             return None
         thread = threading.get_ident()
-        replayed = [i for i, (layer, (x, r)) in enumerate(zip(chain.layers, chain.wiring))
+        replayed = {i for i, (layer, (x, r)) in enumerate(zip(chain.layers, chain.wiring))
                     if _replays(layer._fast, thread, values[x], None if r is None else values[r],
-                                values[len(entries) + i])]
+                                values[len(entries) + i])}
         if not replayed:
             return None
         share = _SharedBuffers(chain, len(entries), values, replayed)
         steps, segments, group = [], [], []
         for i, (layer, (x, r)) in enumerate(zip(chain.layers, chain.wiring)):
             fast, residual, result = layer._fast, None if r is None else values[r], values[len(entries) + i]
-            if i not in share.replayed:
+            if i not in replayed:
                 if group:
                     segments.append(group)
                     group = []
@@ -219,7 +219,7 @@ class _SharedBuffers:
     strides) of its buffer, anything else to itself.
     """
 
-    def __init__(self, chain: ConvChain, entries: int, values: list, replayed: list[int]) -> None:
+    def __init__(self, chain: ConvChain, entries: int, values: list, replayed: set[int]) -> None:
         def storage(t: Any) -> int | None:
             return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
 
@@ -231,7 +231,7 @@ class _SharedBuffers:
             for v in (x, r):
                 if v is not None:
                     last[v] = j
-        exits, self.replayed = set(chain.exits), set(replayed)
+        exits = set(chain.exits)
         self._plan: dict[int, torch.Tensor] = {}
         free: list[torch.Tensor] = []
 
@@ -249,10 +249,10 @@ class _SharedBuffers:
             # what the layer's own launches pass between them (an int8 layer's quantized input):
             # live from its first launch to its last, so placed before its output, freed after
             temps = []
-            if i in self.replayed:
+            if i in replayed:
                 temps = [place(args[-1]) for _, args in chain.layers[i]._fast.pre
                          if owners.get(storage(args[-1]), 0) == 0 and storage(args[-1]) not in self._plan]
-            if i in self.replayed and v not in exits and owners.get(key) == 1:
+            if i in replayed and v not in exits and owners.get(key) == 1:
                 place(out)
             free += temps
             # after its output is placed: the values this layer was the last to read

@@ -400,8 +400,9 @@ class Conv2d(nn.Module):
         # (no detach: this runs where nothing is differentiated, or inside the custom op)
         given = x  # what the caller passed: a replay is recorded only if the kernel reads it in place
         pre: tuple = ()  # launches that make the kernel's input from it (an int8 layer's quantization)
+        keep = reuse and not _hooked(self)  # into this layer's reused buffers (see reuse_output)
         if x.dtype != plan.dtype:  # an fp32 activation into a bf16 layer (the network's input, say)
-            x, pre = self._converted(x, plan.dtype, reuse and not _hooked(self))
+            x, pre = self._converted(x, plan.dtype, keep)
         if nhwc:  # a view when x is channels_last already (one copy at a network's first conv)
             args = [x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1), held[1].tensor]
         else:
@@ -413,7 +414,7 @@ class Conv2d(nn.Module):
         if residual is not None:
             r = residual if residual.dtype == plan.side_dtype else residual.to(plan.side_dtype)
             args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
-        if reuse and not _hooked(self):
+        if keep:
             out, result = thread_buffer(self._outs, plan.key, plan.out_shape, plan.out_dtype, plan.device, nhwc)
             plan.launch(*args, out)
             increment_version(out)  # a new value: caches keyed on (tensor, version) see it
