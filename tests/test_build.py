@@ -130,6 +130,29 @@ def test_unpadded_nhwc_depthwise_has_no_copy_to_place(host):
         convgen.build(spec, host, dict(tmpl.default(spec, host), pad="row"), template=tmpl.name)
 
 
+def test_a_1x1_depthwise_defaults_to_one_pixel_of_the_widest_channel_tile_and_matches_reference(host):
+    # convgen.torch's int8 quantizer (weights 1/scale, bias the zero point, u8 out) and a float
+    # one with an epilogue, channels off the lanes, batch 2: nothing to reuse across pixels,
+    # so the default reads each pixel's channels as one run (x86.DepthwiseX86.default)
+    tmpl = all_templates()["x86.depthwise"]
+    quantizer = ConvSpec(in_channels=64, out_channels=64, height=7, width=9, kernel=1, groups=64, layout="NHWC",
+                         output_dtype="uint8", bias=True)
+    scale = ConvSpec(batch=2, in_channels=40, out_channels=40, height=5, width=6, kernel=1, groups=40, layout="NHWC",
+                     bias=True, activation="relu6")
+    for spec in (quantizer, scale):
+        config = tmpl.default(spec, host)
+        assert config["tile_ow"] == 1 and config["tile_c"] == max(tmpl.space(spec, host)["tile_c"].values)
+        k = convgen.build(spec, host, config, template=tmpl.name)
+        if spec is scale:
+            check_kernel(k, spec)
+            continue
+        arrays = random_inputs(spec, seed=3)
+        got, want = k(*arrays), conv2d_reference(spec, *arrays)
+        assert got.dtype == want.dtype == np.uint8
+        # rounding half to even after a fused multiply-add may land one step away at a half
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1 and np.mean(got == want) > 0.99
+
+
 def test_avx512_kernels_compile_here(host):
     # This machine may lack AVX-512: compile (no run) the default of each template.
     t = convgen.get_target("x86-avx512")
