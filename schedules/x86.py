@@ -203,12 +203,6 @@ class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",),
     def default(self, spec: ConvSpec, target: Target) -> Config:
         lanes, regs = target.vector_lanes, target.registers
         space = self.space(spec, target)
-        tile_c = space["tile_c"].values[0]
-        vec = tile_c // lanes
-        # leave room for the data vector and one weight vector per tap in flight
-        fit = [w for w in space["tile_ow"].values
-               if register_fit(target, w * vec, vec, budget=regs // 2, memory_operand=False) is None]
-        tile_ow = max(fit) if fit else 1
         pad = self.default_pad(spec, space)
         if spec.kernel == (1, 1) and spec.layout == "NHWC" and not any(spec.padding):
             # A 1x1 depthwise (a per-channel scale: convgen.torch's int8 quantizer) has one
@@ -219,6 +213,12 @@ class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",),
             # 2.5-4.6x faster than 16 channels x 14 pixels, the best of each space; inside
             # int8 ResNet-50 0.91x the time, MobileNet-v2 0.94x (one process, interleaved).
             return {"tile_c": max(space["tile_c"].values), "tile_ow": 1, "unroll_kw": True, "pad": pad}
+        tile_c = space["tile_c"].values[0]
+        vec = tile_c // lanes
+        # leave room for the data vector and one weight vector per tap in flight
+        fit = [w for w in space["tile_ow"].values
+               if register_fit(target, w * vec, vec, budget=regs // 2, memory_operand=False) is None]
+        tile_ow = max(fit) if fit else 1
         if pad == "tile":
             # a tile with its own window of (tile_ow - 1) * stride + S padded columns: short
             # for 3x3 (1.39x the register-filling tile, with "row", over the 15 NHWC MobileNet

@@ -64,6 +64,7 @@ Layers are timed with hooks, which turn off the reuse of output buffers (see REA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import time
@@ -192,8 +193,6 @@ class ChainTimer:
 
     def timing(self) -> Any:
         """A context in which the replays' launches are timed one by one."""
-        import contextlib
-
         Launches, paths, seconds = self._launches_type, self.paths, self.seconds
         clock = time.perf_counter
 
@@ -437,17 +436,22 @@ def main(argv: list[str] | None = None) -> int:
     n_before = inferences
     model_s: dict[str, list[float]] = {"convgen": [], "openvino": []}
 
-    def hooked() -> float:
-        fast(x)
-        timer.discard()
-        t0 = time.perf_counter()
-        fast(x)
-        seconds = time.perf_counter() - t0
-        timer.end_round()
-        return seconds
+    def timed_round(timer: Any, timing: Any = contextlib.nullcontext) -> Any:
+        """A round of ``interleaved_rounds``: an untimed forward (its times dropped), then a
+        timed one whose times ``timer`` keeps; returns the timed forward's seconds."""
+        def one() -> float:
+            with timing():
+                fast(x)
+                timer.discard()
+                t0 = time.perf_counter()
+                fast(x)
+                seconds = time.perf_counter() - t0
+            timer.end_round()
+            return seconds
+        return one
 
     with torch.no_grad():
-        inferences += interleaved_rounds(args.rounds, hooked, ov, model_s["convgen"], model_s["openvino"])
+        inferences += interleaved_rounds(args.rounds, timed_round(timer), ov, model_s["convgen"], model_s["openvino"])
     timer.remove()
     for row in rows:
         row.convgen = timer.rounds[row.path]
@@ -459,19 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             fast(x)  # the chains record their programs again, now that no hook is on
         chains = ChainTimer(fast)
         model_s["chains"], model_s["openvino, chains rounds"] = [], []
-
-        def replayed() -> float:
-            with chains.timing():
-                fast(x)  # untimed, as in the hooked rounds: this one's launches are dropped
-                chains.discard()
-                t0 = time.perf_counter()
-                fast(x)
-                seconds = time.perf_counter() - t0
-            chains.end_round()
-            return seconds
-
-        inferences += interleaved_rounds(args.rounds if chains.paths else 0, replayed, ov, model_s["chains"],
-                                         model_s["openvino, chains rounds"])
+        inferences += interleaved_rounds(args.rounds if chains.paths else 0, timed_round(chains, chains.timing),
+                                         ov, model_s["chains"], model_s["openvino, chains rounds"])
     for row in rows:
         row.chained = chains.rounds.get(row.path, [])
 

@@ -33,6 +33,7 @@ the same.
 
 from __future__ import annotations
 
+import collections
 import operator
 import threading
 from typing import Any
@@ -223,9 +224,7 @@ class _SharedBuffers:
         def storage(t: Any) -> int | None:
             return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
 
-        owners: dict[int | None, int] = {}
-        for v in values:
-            owners[storage(v)] = owners.get(storage(v), 0) + 1
+        owners = collections.Counter(storage(v) for v in values)  # values on each storage
         last: dict[int, int] = {}
         for j, (x, r) in enumerate(chain.wiring):
             for v in (x, r):
@@ -251,8 +250,8 @@ class _SharedBuffers:
             temps = []
             if i in replayed:
                 temps = [place(args[-1]) for _, args in chain.layers[i]._fast.pre
-                         if owners.get(storage(args[-1]), 0) == 0 and storage(args[-1]) not in self._plan]
-            if i in replayed and v not in exits and owners.get(key) == 1:
+                         if owners[storage(args[-1])] == 0 and storage(args[-1]) not in self._plan]
+            if i in replayed and v not in exits and owners[key] == 1:
                 place(out)
             free += temps
             # after its output is placed: the values this layer was the last to read
