@@ -18,6 +18,11 @@ A template whose vector blocks of output channels do not divide the channel coun
 input channels too), the extra lanes compute channels nobody reads, and ``out`` reads only the real
 channels. The padding lives in the packed weights and the tail of the last block, never in
 the caller's tensors; padded depthwise channels read zeros.
+
+A template whose instruction sums a fixed number of input channels at once (``vpdpbusd``: 4)
+asks for ``input_block``: the reduction then runs over ``C`` rounded up to it, ``data_pad``
+adds the missing channels and ``weight_pad`` gives them zero filters, so they add nothing
+(an RGB stem's 3 channels as one 4-channel step).
 """
 
 from __future__ import annotations
@@ -41,6 +46,17 @@ def padded_channels(spec: ConvSpec, channel_block: int) -> int:
     if spec.groups != 1 and not (spec.is_depthwise and spec.out_per_group == 1):
         raise ValueError(f"channel padding serves groups == 1 or depthwise, not {spec.describe()}")
     return -(-k // channel_block) * channel_block
+
+
+def padded_inputs(spec: ConvSpec, input_block: int) -> int:
+    """Input channels of the ``conv`` stage's reduction for ``input_block`` (``C`` rounded up
+    to it); only a convolution with groups == 1 is padded."""
+    c = spec.in_channels
+    if input_block <= 1 or c % input_block == 0:
+        return c
+    if spec.groups != 1:
+        raise ValueError(f"input channel padding serves groups == 1, not {spec.describe()}")
+    return -(-c // input_block) * input_block
 
 
 def pad_data(spec: ConvSpec, data: te.Tensor, padding: tuple[int, int, int, int] | None = None,
@@ -136,15 +152,16 @@ def gelu(y: Any, dt: str) -> Any:
     return c(0.5) * y * (c(1.0) + x * p / q)
 
 
-def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1,
+def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1, input_block: int = 1,
               prepadded: bool = False) -> tuple[list[te.Tensor], te.Tensor]:
     """The TE tensors: ``([data, weight, (bias), (residual)], out)``.
 
     ``acc_dtype`` (default ``spec.acc_dtype``) is the type of the ``conv`` stage: fp16 on
     tensor cores accumulates in float32, and ``out`` casts back after the epilogue. The
     function's arguments and result keep the spec's dtypes either way. ``channel_block``:
-    see :func:`padded_channels`; ``prepadded``: the weight argument holds the padded
-    filters already (the form whose packing becomes ``main_prepacked``).
+    see :func:`padded_channels`; ``input_block``: :func:`padded_inputs`; ``prepadded``: the
+    weight argument holds the padded filters already (the form whose packing becomes
+    ``main_prepacked``).
     """
     nchw = spec.layout == "NCHW"
     kh_, kw_ = spec.kernel
@@ -153,18 +170,20 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
     cg, kg = spec.in_per_group, spec.out_per_group
     acc = acc_dtype or spec.acc_dtype
     k_pad = padded_channels(spec, channel_block)
+    c_red = padded_inputs(spec, input_block)
     # depthwise pads its channels on both sides: a padded output channel reads a zero input
-    c_pad = spec.in_channels + (k_pad - spec.out_channels if spec.groups > 1 else 0)
+    c_pad = c_red + (k_pad - spec.out_channels if spec.groups > 1 else 0)
 
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
     padded = pad_data(spec, data, channels=c_pad)
-    if prepadded or k_pad == spec.out_channels:
-        weight = filters = te.placeholder(padded_weight_shape(spec, channel_block), spec.filter_dtype, name="weight")
+    wshape = padded_weight_shape(spec, channel_block, input_block)
+    if prepadded or wshape == spec.weight_shape:
+        weight = filters = te.placeholder(wshape, spec.filter_dtype, name="weight")
     else:
         weight = te.placeholder(spec.weight_shape, spec.filter_dtype, name="weight")
-        filters = padded_weight(spec, weight, channel_block)
+        filters = padded_weight(spec, weight, channel_block, input_block)
 
-    ic = te.reduce_axis((0, cg), name="ic")
+    ic = te.reduce_axis((0, c_red if spec.groups == 1 else cg), name="ic")
     kh = te.reduce_axis((0, kh_), name="kh")
     kw = te.reduce_axis((0, kw_), name="kw")
     # true convolution reads the filter flipped in both spatial axes
@@ -198,44 +217,55 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
     return [data, weight] + inputs, out
 
 
-def conv2d_primfunc(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1,
+def conv2d_primfunc(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1, input_block: int = 1,
                     prepadded: bool = False) -> tirx.PrimFunc:
     """The PrimFunc ``main(data, weight, [bias], [residual], out)`` every template schedules."""
-    args, out = conv2d_te(spec, acc_dtype, channel_block=channel_block, prepadded=prepadded)
+    args, out = conv2d_te(spec, acc_dtype, channel_block=channel_block, input_block=input_block, prepadded=prepadded)
     return te.create_prim_func(args + [out]).with_attr("global_symbol", "main")
 
 
-def padded_weight(spec: ConvSpec, weight: te.Tensor, channel_block: int = 1) -> te.Tensor:
+def padded_weight(spec: ConvSpec, weight: te.Tensor, channel_block: int = 1, input_block: int = 1) -> te.Tensor:
     """``weight_pad``: the filters, padded to :func:`padded_channels` by repeating the last
-    one (a plain copy when none are added).
+    one and to :func:`padded_inputs` input channels by zeros (a plain copy when none are
+    added).
 
     The padded filters' lanes are computed and never stored, so their values do not matter;
     a copy with a clamped index rather than a zero fill keeps this stage a pure load, the
-    form TVM's layout-rewrite pass needs to turn the packing into ``main_prepacked``.
+    form TVM's layout-rewrite pass needs to turn the packing into ``main_prepacked``. Padded
+    input channels do enter the sums: their zeros matter (``main_prepacked`` then comes from
+    the prepadded definition, as for padded filters).
     """
     nchw = spec.layout == "NCHW"
     k, k_pad = spec.out_channels, padded_channels(spec, channel_block)
+    c, c_pad = spec.in_channels, padded_inputs(spec, input_block)
+    last = tirx.const(k - 1, "int32")
 
     def body(*idx):
-        if k_pad == k:
-            return weight[idx]
-        last = tirx.const(k - 1, "int32")
-        if nchw:
-            return weight[tirx.min(idx[0], last), idx[1], idx[2], idx[3]]
-        return weight[idx[0], idx[1], idx[2], tirx.min(idx[3], last)]
+        o, i = (idx[0], idx[1]) if nchw else (idx[3], idx[2])
+        if k_pad != k:
+            o = tirx.min(o, last)
+        value = weight[o, i, idx[2], idx[3]] if nchw else weight[idx[0], idx[1], i, o]
+        if c_pad == c:
+            return value
+        return tirx.if_then_else(i < c, value, tirx.const(0, spec.filter_dtype))
 
-    return te.compute(padded_weight_shape(spec, channel_block), body, name="weight_pad")
+    return te.compute(padded_weight_shape(spec, channel_block, input_block), body, name="weight_pad")
 
 
-def padded_weight_shape(spec: ConvSpec, channel_block: int = 1) -> tuple[int, ...]:
-    """The weight shape (OIHW or HWIO) with the filters padded to :func:`padded_channels`."""
+def padded_weight_shape(spec: ConvSpec, channel_block: int = 1, input_block: int = 1) -> tuple[int, ...]:
+    """The weight shape (OIHW or HWIO) with the filters padded to :func:`padded_channels`
+    and their input channels to :func:`padded_inputs`."""
     shape = list(spec.weight_shape)
-    shape[0 if spec.layout == "NCHW" else 3] = padded_channels(spec, channel_block)
+    nchw = spec.layout == "NCHW"
+    shape[0 if nchw else 3] = padded_channels(spec, channel_block)
+    if spec.groups == 1:
+        shape[1 if nchw else 2] = padded_inputs(spec, input_block)
     return tuple(shape)
 
 
-def weight_primfunc(spec: ConvSpec, channel_block: int = 1) -> tirx.PrimFunc:
+def weight_primfunc(spec: ConvSpec, channel_block: int = 1, input_block: int = 1) -> tirx.PrimFunc:
     """``main(weight, weight_pad)``: the weight stage of :func:`conv2d_te` alone, which a
     template lays out as its packed weights (the library's ``pack_weights``)."""
     weight = te.placeholder(spec.weight_shape, spec.filter_dtype, name="weight")
-    return te.create_prim_func([weight, padded_weight(spec, weight, channel_block)]).with_attr("global_symbol", "main")
+    padded = padded_weight(spec, weight, channel_block, input_block)
+    return te.create_prim_func([weight, padded]).with_attr("global_symbol", "main")

@@ -79,11 +79,18 @@ class Template:
         algorithm (Winograd, say), which it then defines here."""
         from convgen.compute import conv2d_primfunc
 
-        return conv2d_primfunc(spec, channel_block=self.channel_block(spec, target, config))
+        return conv2d_primfunc(spec, channel_block=self.channel_block(spec, target, config),
+                               input_block=self.input_block(spec, target))
 
     def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
         """Output channels the kernel computes in one vector block: the compute pads ``K`` up
         to a multiple of it (see :func:`convgen.compute.padded_channels`); 1 for none."""
+        return 1
+
+    def input_block(self, spec: ConvSpec, target: Target) -> int:
+        """Input channels the kernel's instruction sums at once: the compute pads ``C`` up to
+        a multiple of it with zero filters (see :func:`convgen.compute.padded_inputs`); 1
+        for none."""
         return 1
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
@@ -129,7 +136,8 @@ class Template:
 
         from .common import layout_pack
 
-        sch = s_tir.Schedule(weight_primfunc(spec, self.channel_block(spec, target, config)))
+        sch = s_tir.Schedule(weight_primfunc(spec, self.channel_block(spec, target, config),
+                                             self.input_block(spec, target)))
         layout_pack(sch, spec, sch.get_sblock("weight_pad"), index_map, *self.pack_blocks(spec, target, config))
         return sch.mod["main"]
 
@@ -151,8 +159,8 @@ class Template:
         layout) becomes ``pack_weights`` (:meth:`pack_function`), and ``main`` without its
         packing block (TVM's ``RemoveWeightLayoutRewriteBlock``: the same loop nest, minus the
         per-call copy) becomes ``main_prepacked``. The pass needs the block to be a plain copy
-        of the argument: with padded filters, ``main_prepacked`` is made from the definition
-        whose weight argument holds them padded already.
+        of the argument: with padded filters (or input channels), ``main_prepacked`` is made
+        from the definition whose weight argument holds them padded already.
         """
         funcs = {name: scheduled(func) for name, func in self.variants(spec, target, config).items()}
         if funcs:
@@ -163,11 +171,11 @@ class Template:
         import tvm
         import tvm.s_tir as s_tir
 
-        from convgen.compute import conv2d_primfunc, padded_channels
+        from convgen.compute import conv2d_primfunc, padded_weight_shape
 
-        block = self.channel_block(spec, target, config)
-        if padded_channels(spec, block) != spec.out_channels:
-            main = scheduled(conv2d_primfunc(spec, channel_block=block, prepadded=True))
+        block, inputs = self.channel_block(spec, target, config), self.input_block(spec, target)
+        if padded_weight_shape(spec, block, inputs) != spec.weight_shape:
+            main = scheduled(conv2d_primfunc(spec, channel_block=block, input_block=inputs, prepadded=True))
         prepacked = s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(
             tvm.IRModule({"main": main}))["main"]
         if [int(x) for x in prepacked.params[1].shape] != [int(x) for x in pack.params[1].shape]:

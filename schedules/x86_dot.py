@@ -36,8 +36,10 @@ declares. The loads stay TVM's, with its alias information: read through raw poi
 instead, LLVM could not keep the accumulators in registers (it stored all of them after
 every instruction: 2.5x slower, measured on Zen 5).
 
-Shapes these templates do not take (grouped, channel counts off the instruction's blocks,
-CPUs without the instruction) go to the fp32 templates run on the same data (bf16: a 16-bit
+Input channels off ``depth`` (an RGB stem's 3) are padded to it with zero filters in the
+compute (:func:`convgen.compute.padded_inputs`): the padded data channels hold the zero point,
+which the zero weights cancel. Shapes these templates do not take (grouped, CPUs without the
+instruction) go to the fp32 templates run on the same data (bf16: a 16-bit
 shift to fp32, fp32 FMAs) or to ``cpu.generic`` (int8).
 """
 
@@ -182,15 +184,19 @@ class DotX86(Template):
             return f"{spec.filter_dtype} weights ({step.instruction} takes {step.weight})"
         if spec.groups != 1:
             return "grouped convolution"
-        if spec.in_channels % step.depth:
-            return f"input channels ({spec.in_channels}) not a multiple of {step.depth}: {step.instruction} takes " \
-                   f"them {step.depth} at a time"
-        return None  # output channels off the lanes: the compute pads the filters (see x86.py)
+        # input channels off the step's depth (an RGB stem's 3) are padded with zero filters
+        # (one 4-channel step for 3 channels: 3/4 of the instruction's work is useful), output
+        # channels off the lanes with filters nobody reads (see x86.py)
+        return None
+
+    def input_block(self, spec: ConvSpec, target: Target) -> int:
+        return self.step.depth
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         regs, lanes, depth = target.registers, self.step.lanes, self.step.depth
         tile_oc = channel_tiles(spec.out_channels, lanes)  # 24 filters: one vector padded to 32
-        tile_ic = tuple(d for d in divisors(spec.in_channels, upto=16 * depth) if d % depth == 0)
+        channels = -(-spec.in_channels // depth) * depth  # padded (convgen.compute.padded_inputs)
+        tile_ic = tuple(d for d in divisors(channels, upto=16 * depth) if d % depth == 0)
         tile_ow = pixel_tiles(spec.out_width, regs - 2)
         tile_oh = pixel_tiles(spec.out_height, 4, least=2)
 

@@ -27,6 +27,12 @@ SPECS = [
     ConvSpec(in_channels=64, out_channels=32, height=8, width=8, kernel=1, layout="NHWC", dtype="uint8"),
     # 24 filters (MobileNet-v2's project layers): off the 16 lanes, the filters padded to 32
     ConvSpec(in_channels=96, out_channels=24, height=8, width=8, kernel=1, layout="NHWC", dtype="uint8", bias=True),
+    # input channels off vpdpbusd's 4 (an RGB stem; 6 in NCHW): padded with zero filters, the
+    # padded data channels holding the zero point
+    ConvSpec(in_channels=3, out_channels=16, height=12, width=11, kernel=7, stride=2, padding=3, layout="NHWC",
+             dtype="uint8", data_zero_point=100),
+    ConvSpec(in_channels=6, out_channels=20, height=7, width=9, kernel=3, padding=1, layout="NCHW", dtype="uint8",
+             bias=True),
 ]
 
 
@@ -219,7 +225,9 @@ def test_optimize_in_int8_is_close_to_fp32_and_chains_u8_between_convolutions(tm
         assert "no fast 8-bit" in text and "int8: input quantized" not in text
         assert not any(s.dtype == "uint8" for s in layers.values())
         return
-    assert "int8: input quantized" in text and "float32 (int8 not served" in text  # the 3-channel stem
+    # the 3-channel stem too: x86.direct_vnni pads its input channels to 4 with zero filters
+    stem = next(line for line in text.splitlines() if " 3->" in line)
+    assert "uint8->" in stem and "int8: input quantized" in stem
     assert "u8 from" in text  # a chain: one convolution's u8 output is the next one's input
     assert any(s.dtype == "uint8" for s in layers.values())
 
@@ -346,3 +354,30 @@ def test_the_data_zero_point_is_validated_keyed_and_round_trips():
         SPECS[0].replace(dtype="float32", data_zero_point=1)
     with pytest.raises(SpecError, match="0..255"):
         SPECS[0].replace(data_zero_point=300)
+
+
+@pytest.mark.parametrize("channels,width", [(3, 32), (24, 10), (3, 7), (64, 5)])
+def test_the_quantizing_kernel_matches_round_half_even_on_any_channel_count(tmp_path, channels, width):
+    """A float input's quantization (per tensor, so the kernel may view a row's ``W x C``
+    values as wider channel vectors: 3 channels x 32 pixels as 3 x 32 / 32 pixels of 32, 24
+    x 10 as 15 of 16; 3 x 7 has no such view) against numpy's round half to even."""
+    torch = pytest.importorskip("torch")
+    from convgen.torch._quant import quantizer_spec
+
+    x86_host()
+    torch.manual_seed(channels)
+    model = torch.nn.Sequential(torch.nn.Conv2d(channels, 16, 3, padding=1)).eval()
+    fast, _ = int8_model(model, (2, channels, 6, width), tmp_path)
+    layer = fast.get_submodule("0")
+    if layer.kernels and not any(k.spec.dtype == "uint8" for k in layer.kernels.values()):
+        pytest.skip("no fast 8-bit template on this host: the layer runs float32")
+    x = (torch.randn(2, channels, 6, width) * 3).contiguous(memory_format=torch.channels_last)
+    view = quantizer_spec(x)
+    assert view.in_channels % 16 == 0 or channels * width % 16
+    q = layer._input_as(x, torch.uint8)
+    assert q.shape == x.shape and q.dtype == torch.uint8
+    xs = x.numpy().astype(np.float32)
+    want = np.clip(np.rint(xs * np.float32(1.0 / layer.in_scale) + np.float32(layer.in_zero)), 0, 255)
+    got = q.numpy().astype(np.float32)
+    # float32 x * (1/s) + z, contracted to one FMA or not: at most one step apart at a tie
+    assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999

@@ -156,13 +156,13 @@ def optimize_int8(model, x, folder):
 
 def test_int8_layers_reading_reused_buffers_quantize_each_new_value(tmp_path):
     skip_without_vnni()
-    # the 3-channel first layer stays float32 and writes a reused buffer; the second, int8,
+    # the grouped first layer stays float32 and writes a reused buffer; the second, int8,
     # quantizes it on every call: a quantization kept for the same tensor object (and version)
     # must not outlive the buffer's next value
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1, groups=2), torch.nn.ReLU(),
                                 torch.nn.Conv2d(16, 32, 3, padding=1)).eval()
-    x1, x2 = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    x1, x2 = torch.randn(1, 4, 32, 32), torch.randn(1, 4, 32, 32)
     with torch.no_grad():
         fast = optimize_int8(model, x1, tmp_path)
         a1, a2, b1 = fast(x1).clone(), fast(x2).clone(), fast(x1).clone()
@@ -254,13 +254,13 @@ def test_a_copied_model_chains_its_own_layers(how, cache):
 def test_a_chain_replays_the_int8_layers_that_quantize_a_float_input_quantization_first(tmp_path):
     skip_without_vnni()
     torch.manual_seed(2)
-    # fp32 stem (3 channels) -> int8 layer quantizing its float input, writing u8 -> int8
-    # layer reading that u8 in place -> the output layer: the chain holds the first three
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+    # fp32 grouped stem -> int8 layer quantizing its float input, writing u8 -> int8 layer
+    # reading that u8 in place -> the output layer: the chain holds the first three
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1, groups=2), torch.nn.ReLU(),
                                 torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(32, 32, 1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(32, 8, 1)).eval()
-    xs = [torch.randn(1, 3, 16, 16) for _ in range(3)]
+    xs = [torch.randn(1, 4, 16, 16) for _ in range(3)]
     with torch.no_grad():
         fast = optimize_int8(model, xs[0], tmp_path)
         firsts = [fast(x).clone() for x in xs]

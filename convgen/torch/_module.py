@@ -562,18 +562,24 @@ _UNPLANNED = object()
 
 
 class _Quantizer:
-    """A QConv2d's quantizing kernel for one input shape: ``launch(x_nhwc, packed.tensor,
-    bias, out)`` writes ``round(x / scale) + zero_point`` clamped to u8 (``shape``, NHWC);
-    calling it on a channels_last ``x`` returns a fresh result in ``x``'s N,C,H,W form."""
+    """A QConv2d's quantizing kernel for one input shape: ``launch(x_nhwc.view(view),
+    packed.tensor, bias, out.view(view))`` writes ``round(x / scale) + zero_point`` clamped
+    to u8 (``shape``: the input's NHWC shape; ``view``: the same values as the kernel's
+    NHWC workload sees them, see :func:`~convgen.torch._quant.quantizer_spec`); calling it on a
+    channels_last ``x`` returns a fresh result in ``x``'s N,C,H,W form."""
 
-    __slots__ = ("launch", "packed", "bias", "shape")
+    __slots__ = ("launch", "packed", "bias", "shape", "view")
 
-    def __init__(self, launch: Any, packed: Any, bias: torch.Tensor, shape: tuple) -> None:
-        self.launch, self.packed, self.bias, self.shape = launch, packed, bias, shape
+    def __init__(self, launch: Any, packed: Any, bias: torch.Tensor, shape: tuple, view: tuple) -> None:
+        self.launch, self.packed, self.bias, self.shape, self.view = launch, packed, bias, shape, view
+
+    def args(self, t: torch.Tensor, out: torch.Tensor) -> tuple:
+        """The launch's arguments: channels_last ``t`` (N,C,H,W) into NHWC ``out``."""
+        return (t.permute(0, 2, 3, 1).view(self.view), self.packed.tensor, self.bias, out.view(self.view))
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         out = torch.empty(self.shape, dtype=torch.uint8)
-        self.launch(t.permute(0, 2, 3, 1), self.packed.tensor, self.bias, out)
+        self.launch(*self.args(t, out))
         return out.permute(0, 3, 1, 2)
 
 
@@ -667,7 +673,7 @@ class QConv2d(Conv2d):
         if q is not None:
             return q, ()
         out, result = thread_buffer(self._qbufs, x.shape, kernel.shape, torch.uint8, x.device, True)
-        call = (kernel.launch, (x.permute(0, 2, 3, 1), kernel.packed.tensor, kernel.bias, out))
+        call = (kernel.launch, kernel.args(x, out))
         call[0](*call[1])
         increment_version(out)
         remember_quantized(x, self.in_scale, self.in_zero, result)
@@ -687,8 +693,9 @@ class QConv2d(Conv2d):
         if isinstance(kernel, Exception):
             return None
         c = spec.in_channels
+        n, channels, h, w = x.shape
         return _Quantizer(kernel.launcher(prepacked=True), kernel.pack_weights(torch.full((1, 1, 1, c), 1.0 / self.in_scale)),
-                          torch.full((c,), float(self.in_zero)), tuple(spec.output_shape))
+                          torch.full((c,), float(self.in_zero)), (n, h, w, channels), tuple(spec.output_shape))
 
     def _pack(self, key: tuple, kernel: Any, weight: torch.Tensor) -> Any:
         """Quantize and pack the weights; keep the epilogue's ``scale`` and the bias with the
