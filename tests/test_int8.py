@@ -381,3 +381,40 @@ def test_the_quantizing_kernel_matches_round_half_even_on_any_channel_count(tmp_
     got = q.numpy().astype(np.float32)
     # float32 x * (1/s) + z, contracted to one FMA or not: at most one step apart at a tie
     assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999
+
+
+def test_linear_layers_run_int8_close_to_fp32(tmp_path):
+    """A classifier's matrix-vector products in int8 (s8 weights: a quarter of float32's
+    bytes), over 2-D and 3-D inputs, against eager fp32."""
+    torch = pytest.importorskip("torch")
+    import convgen.torch as ct
+
+    x86_host()
+    torch.manual_seed(3)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 32, 3, padding=1)
+            self.fc1, self.fc2 = torch.nn.Linear(32, 48), torch.nn.Linear(48, 10)
+            self.tokens = torch.nn.Linear(8, 24)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            z = self.fc2(torch.relu(self.fc1(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))))
+            return z, self.tokens(y.flatten(2).transpose(1, 2)[..., :8])  # a 3-D input: [N, H*W, 8]
+
+    model = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    fast = ct.optimize(model, x, precision="int8", calibration=[torch.randn(2, 3, 8, 8) for _ in range(8)],
+                       cache=str(tmp_path), builtin_records=False)
+    with torch.no_grad():
+        for want, got in zip(model(x), fast(x)):
+            assert got.shape == want.shape and float((got - want).norm() / want.norm()) < 8e-2
+    text = ct.explain(fast)
+    if convgen.get_target("host").name != VNNI_TARGET.name:
+        return
+    for name in ("fc1", "fc2", "tokens"):
+        line = next(line for line in text.splitlines() if line.startswith(name + ":"))
+        assert "linear" in line and "int8: " in line, line
+    assert type(fast.get_submodule("fc2")).__name__ == "QLinear"

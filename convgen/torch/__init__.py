@@ -36,7 +36,7 @@ from ..spec import ConvSpec
 from ..target import Target, get_target
 from ..workloads import ConvLayers
 from ._graph import Site, TraceError, site_spec, sites, trace
-from ._module import Conv2d, Linear, QConv2d, channels_last_input, conv2d, torch_conv2d
+from ._module import Conv2d, Linear, QConv2d, QLinear, channels_last_input, conv2d, torch_conv2d
 from ._chain import ConvChain, chain_layers
 from ._pool import Pool2d, replace_layout_changes, replace_pools
 from .threads import configure_threads, torch_single_threaded_forward
@@ -56,13 +56,13 @@ their dtype either way."""
 def _in_precision(spec: ConvSpec, precision: str, linear: bool = False) -> ConvSpec:
     """``spec`` computed in ``precision`` (a float32 spec of the model, otherwise as it is).
     int8: u8 data, a float32 (dequantized) output, and a bias (where the input's zero point
-    is folded in); linear layers stay float32 in int8."""
+    is folded in)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32" or spec.dtype != "float32":
         return spec
     if precision == "int8":
-        return spec if linear else spec.replace(dtype="uint8", output_dtype="float32", bias=True)
+        return spec.replace(dtype="uint8", output_dtype="float32", bias=True)
     if spec.groups == 1 and spec.in_channels < 4:
         # bf16's arithmetic gain is vdpbf16ps's pairs along C; with 1-3 input channels (an
         # RGB stem) the kernel multiplies in fp32 anyway, so it reads the model's fp32 input
@@ -164,8 +164,6 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
                 # the padding holds the input's zero point, its real 0 (a kernel padding with
                 # u8 0 would read -zero steps there: wrong borders)
                 wanted = wanted.replace(data_zero_point=observers[site.path].params()[1])
-            if precision == "int8" and site.linear:
-                reason = "linear layers stay float32 in int8"
             if reason:
                 fell_back[site.path] = f"float32 ({precision} not served: {reason})"
             else:
@@ -390,17 +388,18 @@ def model_from_factory(text: str) -> nn.Module:
 def _convgen_module(site: Site, spec: ConvSpec, target: Target, build: dict, layout: str,
                     quant: dict[str, Any] | None = None) -> Conv2d:
     conv = site.conv
+    extra = {} if quant is None else {k: v for k, v in quant.items() if k != "note"}
     if site.linear:  # weights [K, C] as K filters of C x 1 x 1
-        return Linear(conv.weight[:, :, None, None], conv.bias, stride=(1, 1), padding=(0, 0, 0, 0),
-                      dilation=(1, 1), groups=1, activation=site.activation, residual=site.residual is not None,
-                      spec=spec.replace(layout="NCHW"), target=target, build=build, fused=tuple(site.fused),
-                      layout="NHWC")
+        return (Linear if quant is None else QLinear)(
+            conv.weight[:, :, None, None], conv.bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
+            activation=site.activation, residual=site.residual is not None, spec=spec.replace(layout="NCHW"),
+            target=target, build=build, fused=tuple(site.fused), layout="NHWC", **extra)
     if site.bn is not None:
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         conv = fuse_conv_bn_eval(conv, site.bn)
     rows, cols = site.taps()  # the taps that read only padding are cut off (spec and weights alike)
-    kind, extra = (Conv2d, {}) if quant is None else (QConv2d, {k: v for k, v in quant.items() if k != "note"})
+    kind = Conv2d if quant is None else QConv2d
     return kind(conv.weight[:, :, rows, cols], conv.bias, stride=spec.stride, padding=spec.padding,
                 dilation=spec.dilation,
                 groups=spec.groups, activation=site.activation, residual=site.residual is not None,
