@@ -46,10 +46,12 @@ def test_inner_layers_reuse_their_outputs_and_the_rest_do_not(pair):
     layers = {path: m for path, m in fast.named_modules() if isinstance(m, (ct.Conv2d, ct.Pool2d))}
     reused = {path for path, m in layers.items() if m.reuse_output}
     # the stem (conv1+bn+relu, fused) is read by the max pooling, a convgen layer: it reuses;
-    # the classifier's output is the model's, and the global pooling's is read by torch's flatten
-    assert "fc" not in reused and "avgpool" not in reused  # the model output / read by torch's flatten
+    # the global pooling (read by torch's flatten) and the classifier (the model's output)
+    # reuse theirs only as the tail of the chain, which returns a copy of the classifier's
     assert "layer1.0.conv1" in reused and "layer1.0.conv3" in reused and "maxpool" in reused
-    assert len(reused) >= len(layers) - 3
+    (chain,) = chains(fast)
+    assert chain.tail == (fast.avgpool, (), fast.fc) and {"avgpool", "fc"} <= reused
+    assert len(reused) >= len(layers) - 1
 
 
 def test_results_stay_right_across_calls_and_earlier_results_are_not_overwritten(pair):
@@ -182,11 +184,12 @@ def test_a_network_body_runs_as_one_chain_of_its_reused_layers(cache):
     fast = replaying(model, x, cache)
     (chain,) = chains(fast)
     reused = [m for m in fast.modules() if isinstance(m, ct.Conv2d) and m.reuse_output]
-    # every reused convolution but the stem, which the max pooling (no convolution) follows
+    # every reused convolution but the stem, which the max pooling (no convolution) follows,
+    # and the classifier, the chain's tail with the global pooling
     stem = fast.get_submodule("conv1")
-    assert {id(m) for m in chain.layers} == {id(m) for m in reused if m is not stem}
-    segments = chain._program.segments  # replaying: every layer's launch, back to back
-    assert [type(s) for s in segments] == [convgen.runtime.Launches] and len(segments[0]) == len(chain.layers)
+    assert {id(m) for m in chain.layers} == {id(m) for m in reused if m is not stem and m is not fast.fc}
+    segments = chain._program.segments  # replaying: every layer's launch, then the tail's, back to back
+    assert [type(s) for s in segments] == [convgen.runtime.Launches] and len(segments[0]) == len(chain.layers) + 2
     assert "launched back to back" in ct.explain(fast)
     # the layers keep their own paths: the state_dict has the original model's keys
     assert not any(k.startswith("convgen_chain") for k in fast.state_dict())
@@ -326,3 +329,44 @@ def test_a_replay_writes_the_inner_values_into_few_buffers_and_returns_the_layer
     # what the chain returns is still its last layer's own buffer
     results = program.result if isinstance(program.result, tuple) else (program.result,)
     assert all(r.untyped_storage().data_ptr() in own for r in results)
+
+
+def test_the_chain_launches_the_global_pooling_and_classifier_and_returns_fresh_outputs(cache):
+    """A CNN's head (global average pooling, flatten, Dropout, classifier) is launched with
+    the chain's layers; the chain returns a copy of the classifier's buffer, so an output
+    held by the caller keeps its value through later calls. A Dropout put in training mode,
+    or a hook on the classifier, has the head called as the graph calls it."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Dropout(0.5), torch.nn.Linear(32, 10)).eval()
+    xs = [torch.randn(2, 3, 12, 12) for _ in range(3)]
+    fast = replaying(model, xs[0], cache)
+    (chain,) = chains(fast)
+    assert chain.tail is not None and isinstance(chain.tail[1][0], torch.nn.Dropout)
+    assert chain._program.tail is not None  # replaying the head too
+    with torch.no_grad():
+        gots = [fast(x) for x in xs]
+        wants = [model(x) for x in xs]
+        assert len({g.data_ptr() for g in gots}) == 3  # fresh tensors, none overwritten since
+        for got, want in zip(gots, wants):
+            assert got.shape == want.shape and rel_err(got, want) < TOL
+        seen = []
+        handle = fast.get_submodule("9").register_forward_hook(lambda m, args, out: seen.append(out.clone()))
+        try:
+            got = fast(xs[0])
+        finally:
+            handle.remove()
+        assert len(seen) == 1 and torch.equal(seen[0], got) and rel_err(got, wants[0]) < TOL
+        fast.get_submodule("8").train()  # Dropout now drops: the head runs one by one, as torch's
+        a, b = fast(xs[0]), fast(xs[0])
+        assert not torch.equal(a, b) and not torch.equal(a, gots[0])
+        fast.get_submodule("8").eval()
+        for _ in range(2):
+            assert rel_err(fast(xs[1]), wants[1]) < TOL
+        # the classifier's weights changed in place (the original model's and the copy's): seen
+        model[9].weight.mul_(-2.0)
+        fast.get_submodule("9").weight.mul_(-2.0)
+        for _ in range(2):
+            assert rel_err(fast(xs[1]), model(xs[1])) < TOL

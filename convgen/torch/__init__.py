@@ -475,7 +475,8 @@ def explain(model: nn.Module) -> str:
                 where = f"torch ({last_line(k)[:200]})" if isinstance(k, Exception) else "convgen"
                 rows.append(f"    {tuple(shape)} {str(dtype).removeprefix('torch.')}: {where}")
         elif isinstance(m, ConvChain):
-            rows.append(f"{path}: {len(m.layers)} convolutions launched back to back while nothing changes "
+            head = ", then the global pooling and classifier (a copy returned)" if m.tail else ""
+            rows.append(f"{path}: {len(m.layers)} convolutions{head} launched back to back while nothing changes "
                         "(each one by one otherwise)")
         elif isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and path in torch_convs):
             counts["linear layers" if isinstance(m, nn.Linear) else "convolutions"][1] += 1

@@ -53,7 +53,7 @@ class Pool2d(nn.Module):
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("kernels", "_outs", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("kernels", "_outs", "_lock", "_last")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -86,14 +86,19 @@ class Pool2d(nn.Module):
             out = torch.empty(out_shape, dtype=x.dtype)
             result = out.permute(0, 3, 1, 2)
         # channels_last N,C,H,W is N,H,W,C in memory; the layout change reads N,C,H,W as it is
-        f(x if self.kind == "nhwc" else x.permute(0, 2, 3, 1), out)
+        args = (x if self.kind == "nhwc" else x.permute(0, 2, 3, 1), out)
+        f(*args)
         if reuse:
             increment_version(out)
+            if not torch.is_grad_enabled():  # what a layer chain replays (see ConvChain's tail)
+                self._last = (threading.get_ident(), x, result, _Launch(f, self.kind), args)
         return result
 
     #: as :attr:`convgen.torch.Conv2d.reuse_output`: one output buffer per input shape and thread
     reuse_output = False
     _readers: tuple = ()
+    #: the last call into the reused buffer: ``(thread, x, result, launch, args)``
+    _last: tuple | None = None
 
     def _kernel(self, x: torch.Tensor) -> tuple | None:
         """The kernel for ``x`` (built now if new), or ``None`` where torch computes it."""
@@ -132,6 +137,20 @@ class Pool2d(nn.Module):
             return pool_kernel(spec, self.target, self.folder), spec.output_shape
         except Exception as e:  # noqa: BLE001 - a shape or dtype the kernels do not take: torch serves it
             return e
+
+
+class _Launch:
+    """A pooling kernel's entry point as :class:`convgen.runtime.Launches` takes one (the
+    kernel runs on the calling thread's pool as it is: no thread count of its own)."""
+
+    __slots__ = ("func", "template")
+    threads, cpu = None, False
+
+    def __init__(self, func: Any, kind: str) -> None:
+        self.func, self.template = func, f"pool.{kind}"
+
+    def __call__(self, *args: Any) -> None:
+        self.func(*args)
 
 
 def _max_args(args: tuple, kwargs: dict) -> tuple | None:
