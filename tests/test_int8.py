@@ -418,3 +418,36 @@ def test_linear_layers_run_int8_close_to_fp32(tmp_path):
         line = next(line for line in text.splitlines() if line.startswith(name + ":"))
         assert "linear" in line and "int8: " in line, line
     assert type(fast.get_submodule("fc2")).__name__ == "QLinear"
+
+
+def test_a_convolution_before_a_max_pooling_writes_u8_for_the_int8_layers_after_it(tmp_path):
+    """ResNet's stem: conv -> ReLU -> max pooling -> two int8 convolutions. The max of u8
+    values is the u8 of the max, so the stem writes u8 at their scale and the pooling pools
+    it; where a float32 layer also reads the pooling (a grouped one), the stem writes float32."""
+    torch = pytest.importorskip("torch")
+    import convgen.torch as ct
+
+    x86_host()
+    torch.manual_seed(11)
+
+    class Stem(torch.nn.Module):
+        def __init__(self, grouped: bool):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 16, 7, stride=2, padding=3)
+            self.pool = torch.nn.MaxPool2d(3, 2, 1)
+            self.a, self.b = torch.nn.Conv2d(16, 32, 1), torch.nn.Conv2d(16, 16, 3, padding=1, groups=8 if grouped else 1)
+
+        def forward(self, x):
+            y = self.pool(torch.relu(self.conv1(x)))
+            return self.a(y).sum(1, keepdim=True) + self.b(y).sum(1, keepdim=True)
+
+    for grouped in (False, True):
+        fast, err = int8_model(Stem(grouped).eval(), (1, 3, 32, 32), tmp_path)
+        assert err < 8e-2
+        stem = next(line for line in ct.explain(fast).splitlines() if line.startswith("conv1:"))
+        if convgen.get_target("host").name != VNNI_TARGET.name:
+            continue
+        if grouped:  # b stays float32: the pooling's output must be float32 for it
+            assert "output float32" in stem, stem
+        else:
+            assert "uint8->uint8" in stem and "output u8 for a, b" in stem, stem

@@ -251,7 +251,7 @@ def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
 
     int8 = {site.path for site, spec in served if spec.dtype == "uint8"}
     chain = chained(found, int8, observers)
-    feeds = {consumer: producer for producer, consumer in chain.items()}
+    feeds = {consumer: producer for producer, consumers in chain.items() for consumer in consumers}
     quant: dict[str, dict[str, Any]] = {}
     out = []
     for site, spec in served:
@@ -261,7 +261,7 @@ def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
             source = f"u8 from {feeds[site.path]}" if site.path in feeds else f"input quantized (scale {scale:.3g}, " \
                                                                                f"zero point {zero})"
             if site.path in chain:
-                q["out_scale"] = observers[chain[site.path]].params()[0]
+                q["out_scale"] = observers[chain[site.path][0]].params()[0]  # (consumers see one tensor)
                 spec = spec.replace(output_dtype="uint8")
                 if spec.activation == "relu6":
                     # the kernel's epilogue works in the output's units (scale folded in), where
@@ -269,7 +269,8 @@ def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
                     # or tighter (the consumer's observer saw this ReLU6's outputs: out_scale =
                     # max / 255 <= 6 / 255), so the kernel clamps at 0 and 255 only
                     spec = spec.replace(activation="relu")
-            q["note"] = f"int8: {source}, output " + (f"u8 for {chain[site.path]}" if site.path in chain else "float32")
+            q["note"] = f"int8: {source}, output " + (f"u8 for {', '.join(chain[site.path])}" if site.path in chain
+                                                      else "float32")
             quant[site.path] = q
         out.append((site, spec))
     return out, quant

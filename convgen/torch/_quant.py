@@ -14,10 +14,11 @@ What runs in int8, and how (the arithmetic of :attr:`convgen.ConvSpec.scaled`):
 - **The kernel**: u8 data x s8 weights -> exact s32 sums, then per channel ``y = sum *
   s_x * s_w[k] + b[k] - z * s_x * s_w[k] * sum(q_w[k])`` (the zero point's term folded into
   the bias), the residual and activation in float32: a float32 output.
-- **Chains**: a convolution whose only consumer is another int8 convolution's input, with no
-  residual of its own, and whose output the consumer quantizes with zero point 0 (it comes
-  out of a ReLU) writes that u8 tensor itself: its epilogue divides by the consumer's scale
-  and rounds (``uint8`` output). The consumer then skips its quantization. ResNet's
+- **Chains**: a convolution whose only consumer is another int8 convolution's input (or a
+  max pooling read only by int8 convolutions: ResNet's stem), with no residual of its own,
+  and whose output the consumer quantizes with zero point 0 (it comes out of a ReLU) writes
+  that u8 tensor itself: its epilogue divides by the consumer's scale and rounds (``uint8``
+  output). The consumer then skips its quantization. ResNet's
   bottlenecks chain their 1x1 -> 3x3 -> 1x1, MobileNet-v2's inverted residuals their expand
   1x1 -> depthwise 3x3 (``x86.depthwise_int8``) -> project 1x1; the last one (its residual
   add) returns float32.
@@ -83,8 +84,8 @@ def calibrate(gm: torch.fx.GraphModule, found: list[Site], batches: Iterable[Any
     return observers
 
 
-def chained(found: list[Site], int8: set[str], observers: dict[str, MinMax]) -> dict[str, str]:
-    """Which int8 site writes u8 for which: ``{producer path: consumer path}`` (see the
+def chained(found: list[Site], int8: set[str], observers: dict[str, MinMax]) -> dict[str, tuple[str, ...]]:
+    """Which int8 site writes u8 for which: ``{producer path: consumer paths}`` (see the
     module docstring for the conditions)."""
     first = {site.node: site for site in found}
     out = {}
@@ -93,12 +94,27 @@ def chained(found: list[Site], int8: set[str], observers: dict[str, MinMax]) -> 
             continue
         last = site.chain[-1]
         users = list(last.users)
-        if len(users) != 1 or users[0] not in first:
+        if len(users) != 1:
             continue
-        consumer = first[users[0]]
-        if consumer.path in int8 and consumer.node.args[0] is last and observers[consumer.path].params()[1] == 0:
-            out[site.path] = consumer.path
+        if users[0] not in first and _max_pooling(users[0]):
+            # a max pooling between (ResNet's stem): the max of u8 values is the u8 of the
+            # max (rounding and clamping keep order), so it pools the u8 tensor as it is
+            last, users = users[0], list(users[0].users)
+        consumers = [first.get(u) for u in users]
+        if users and all(c is not None and c.path in int8 and c.node.args[0] is last
+                         and observers[c.path].params()[1] == 0 for c in consumers):
+            out[site.path] = tuple(c.path for c in consumers)
     return out
+
+
+def _max_pooling(node: torch.fx.Node) -> bool:
+    """Is ``node`` a max pooling (``nn.MaxPool2d`` or ``F.max_pool2d``) returning values only?"""
+    if node.op == "call_module":
+        m = node.graph.owning_module.get_submodule(node.target)
+        return isinstance(m, torch.nn.MaxPool2d) and not m.return_indices
+    if node.op == "call_function" and node.target in (torch.nn.functional.max_pool2d, torch.max_pool2d):
+        return not node.kwargs.get("return_indices", False) and len(node.args) < 7
+    return False
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
