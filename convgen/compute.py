@@ -96,6 +96,7 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
     acc = acc_dtype or spec.acc_dtype
     inputs = {name: te.placeholder(shape, dtype, name=name) for name, shape, dtype in spec.extra_inputs()}
     scale, bias, residual = inputs.get("scale"), inputs.get("bias"), inputs.get("residual")
+    residual_scale = inputs.get("residual_scale")
     math = "float32" if scale is not None else acc  # the epilogue's arithmetic
 
     def cast(x):
@@ -109,7 +110,8 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
         if bias is not None:
             y = y + cast(bias[channel])
         if residual is not None:
-            y = y + cast(residual[idx])
+            r = cast(residual[idx])
+            y = y + (r * residual_scale[channel] if residual_scale is not None else r)
         if spec.activation in ("relu", "relu6"):
             y = tirx.max(y, tirx.const(0, math))
         if spec.activation == "relu6":  # MobileNet's clipped ReLU

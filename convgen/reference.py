@@ -26,17 +26,21 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extras: np.ndarray,
                      scale: np.ndarray | None = None, bias: np.ndarray | None = None,
-                     residual: np.ndarray | None = None) -> np.ndarray:
-    """``spec``'s convolution of ``data`` by ``weight`` (``* scale``, + ``bias``, + ``residual``,
-    activation), in ``spec.layout``. The spec's extra inputs (``spec.extra_inputs()``) come
-    positionally, in that order, as :func:`random_inputs` returns them, or by keyword."""
+                     residual: np.ndarray | None = None, residual_scale: np.ndarray | None = None) -> np.ndarray:
+    """``spec``'s convolution of ``data`` by ``weight`` (``* scale``, + ``bias``, + ``residual``
+    (``* residual_scale``: a u8 residual), activation), in ``spec.layout``. The spec's extra
+    inputs (``spec.extra_inputs()``) come positionally, in that order, as :func:`random_inputs`
+    returns them, or by keyword."""
     names = [name for name, _, _ in spec.extra_inputs()]
     if len(extras) > len(names):
         raise TypeError(f"{spec.describe()} takes {2 + len(names)} inputs, got {2 + len(extras)}")
     given = dict(zip(names, extras))
     scale, bias, residual = given.get("scale", scale), given.get("bias", bias), given.get("residual", residual)
+    residual_scale = given.get("residual_scale", residual_scale)
     if spec.scaled and scale is None:
         raise TypeError(f"{spec.describe()} needs scale")
+    if spec.residual_dtype and residual is not None and residual_scale is None:
+        raise TypeError(f"{spec.describe()} needs residual_scale")
     if spec.layout == "NHWC":
         data = np.transpose(data, (0, 3, 1, 2))  # -> NCHW
         weight = np.transpose(weight, (3, 2, 0, 1))  # HWIO -> OIHW
@@ -66,7 +70,10 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
         y = y + bias.astype(wide).reshape(1, -1, 1, 1)
     if residual is not None:
         r = residual.astype(wide)
-        y = y + (np.transpose(r, (0, 3, 1, 2)) if spec.layout == "NHWC" else r)
+        r = np.transpose(r, (0, 3, 1, 2)) if spec.layout == "NHWC" else r
+        if spec.residual_dtype:  # to the output's units, per channel, in float32 as the kernel
+            r = r * residual_scale.astype(np.float32).reshape(1, -1, 1, 1)
+        y = y + r
     if spec.activation in ("relu", "relu6"):
         y = np.maximum(y, 0)
     if spec.activation == "relu6":
@@ -99,6 +106,10 @@ def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
     for name, shape, dtype in spec.extra_inputs():
         if name == "scale":  # a sum's spread is about sqrt(terms) * 8 * 8
             arrays.append((rng.uniform(0.5, 1.5, size=shape) * 64 / (8 * 8 * terms**0.5)).astype(np.float32))
+        elif name == "residual_scale":  # a u8 residual of 0..15 to a few units
+            arrays.append(rng.uniform(0.1, 0.5, size=shape).astype(np.float32))
+        elif dtype == "uint8":  # a u8 residual
+            arrays.append(draw(shape, dtype))
         elif spec.scaled:  # bias and residual in the output's units
             arrays.append(rng.uniform(-8, 8, size=shape).astype(np.float32))
         else:

@@ -424,18 +424,18 @@ class Kernel:
 
     # -- calling --------------------------------------------------------------------------
     def __call__(self, data: Any, weight: Any, *extras: Any, scale: Any = None, bias: Any = None,
-                 residual: Any = None, out: Any = None) -> Any:
+                 residual: Any = None, residual_scale: Any = None, out: Any = None) -> Any:
         """Run the convolution; returns ``out`` (allocated if not given) in the input's kind.
 
         The spec's extra inputs (``spec.extra_inputs()``: ``scale`` of a scaled 8-bit spec,
-        ``bias``, ``residual``) follow, positionally in argument order (``k(x, w, b)``,
+        ``bias``, ``residual_scale`` of a u8 residual, ``residual``) follow, positionally in argument order (``k(x, w, b)``,
         ``k(x, w, r)``, ``k(x, w, b, r)``, as :func:`convgen.reference.random_inputs` returns
         them) or by keyword (``bias=``, ...). ``out`` must not overlap an input: the kernel
         reads its inputs while it writes, so an aliased output would be read half-written.
         """
         specs = self._arg_specs
         wanted = [name for name, _, _ in specs[2:-1]]  # the extra inputs, in argument order
-        given = {"scale": scale, "bias": bias, "residual": residual}
+        given = {"scale": scale, "bias": bias, "residual": residual, "residual_scale": residual_scale}
         if len(extras) > len(wanted):
             missing = [n for n in ("bias", "residual") if n not in wanted]
             hint = f" (rebuild with {missing[0]}=True to pass one)" if missing else ""
@@ -448,11 +448,13 @@ class Kernel:
         shapes = {name: shape for name, shape, _ in specs[2:-1]}
         for name in given:
             if name in wanted and given[name] is None:
-                how = "is scaled" if name == "scale" else f"was built with {name}=True"
+                how = {"scale": "is scaled", "residual_scale": "takes a uint8 residual"}.get(
+                    name, f"was built with {name}=True")
                 raise ValueError(f"this kernel {how}: pass {name} of shape {shapes[name]}")
             if given[name] is not None and name not in wanted:
-                how = "takes no scale (only 8-bit data with a float32 or 8-bit output does)" if name == "scale" \
-                    else f"was built without {name}: rebuild with {name}=True to pass one"
+                how = {"scale": "takes no scale (only 8-bit data with a float32 or 8-bit output does)",
+                       "residual_scale": "takes no residual_scale (only a uint8 residual does)"}.get(
+                    name, f"was built without {name}: rebuild with {name}=True to pass one")
                 raise ValueError(f"this kernel {how}")
         if self._runs_here is not True:
             self._require_runnable()

@@ -18,6 +18,13 @@ Conventions
   data ``q = x / s + z`` represents a real 0 by ``z``, so a padded layer of such data pads
   with ``z``; the sums stay the plain sums of ``q * w`` (the ``-z * sum(w)`` term is the
   caller's, folded into the bias by ``convgen.torch``).
+- ``residual_dtype`` (a :attr:`ConvSpec.scaled` spec with a residual only; default None: a
+  float32 residual in the output's units): ``"uint8"`` (zero point 0, as a ReLU's output
+  quantized for the next layer is) or ``"float32"``, with a per-channel ``residual_scale``
+  input that brings it to the output's units: ``+ residual[.., k] * residual_scale[k]``
+  (u8: its scale over the output's; float32 in real units: one over the output's scale).
+  ResNet's int8 blocks pass their u8 outputs on as the next block's input and skip connection
+  alike, and write u8 themselves whatever their skip connection's dtype.
 """
 
 from __future__ import annotations
@@ -116,6 +123,7 @@ class ConvSpec:
     activation: str | None = None
     flip: bool = False
     data_zero_point: int = 0
+    residual_dtype: str | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -162,6 +170,13 @@ class ConvSpec:
             if not span[0] <= self.data_zero_point <= span[1]:
                 raise _fail("data_zero_point", f"must be a {self.dtype} value ({span[0]}..{span[1]})",
                             self.data_zero_point)
+        if self.residual_dtype is not None:
+            if self.residual_dtype not in ("uint8", "float32"):
+                raise _fail("residual_dtype", "must be None (no residual scale), 'uint8' or 'float32'",
+                            self.residual_dtype)
+            if not (self.residual and self.scaled):
+                raise _fail("residual_dtype", "a scaled residual is for a scaled 8-bit spec with a residual "
+                            "(8-bit data, a float32 or 8-bit output, residual=True)", self.residual_dtype)
         if self.in_channels % self.groups:
             raise _fail("groups", f"must divide in_channels={self.in_channels}", self.groups)
         if self.out_channels % self.groups:
@@ -302,12 +317,15 @@ class ConvSpec:
 
     def extra_inputs(self) -> list[tuple[str, tuple[int, ...], str]]:
         """``(name, shape, dtype)`` of the inputs after data and weight, in argument order:
-        ``scale`` (a :attr:`scaled` spec), ``bias``, ``residual``, each where the spec has it."""
+        ``scale`` (a :attr:`scaled` spec), ``bias``, ``residual_scale`` (a scaled residual's:
+        :attr:`residual_dtype`), ``residual``, each where the spec has it."""
         extras = [("scale", self.bias_shape, "float32")] if self.scaled else []
         if self.bias:
             extras.append(("bias", self.bias_shape, self.epilogue_dtype))
+        if self.residual_dtype:
+            extras.append(("residual_scale", self.bias_shape, "float32"))
         if self.residual:
-            extras.append(("residual", self.residual_shape, self.epilogue_dtype))
+            extras.append(("residual", self.residual_shape, self.residual_dtype or self.epilogue_dtype))
         return extras
 
     @property
@@ -343,6 +361,8 @@ class ConvSpec:
             parts.append(f"z{self.data_zero_point}")
         flags = (("bias", self.bias), ("residual", self.residual), (self.activation, self.activation), ("flip", self.flip))
         parts += [flag for flag, on in flags if on]
+        if self.residual_dtype:
+            parts.append(f"r{self.residual_dtype}")
         return "_".join(parts)
 
     @property
@@ -368,7 +388,8 @@ class ConvSpec:
             s += f"->{self.output_dtype}"
         if self.data_zero_point:
             s += f" z{self.data_zero_point}"
-        flags = (("bias", self.bias), ("res", self.residual), (self.activation, self.activation), ("flip", self.flip))
+        res = f"res({self.residual_dtype})" if self.residual_dtype else "res"
+        flags = (("bias", self.bias), (res, self.residual), (self.activation, self.activation), ("flip", self.flip))
         s += "".join(f" +{f}" for f, on in flags if on)
         return s
 
@@ -378,8 +399,8 @@ class ConvSpec:
         d = dataclasses.asdict(self)
         for name in ("kernel", "stride", "padding", "dilation"):
             d[name] = list(d[name])
-        for name in ("weight_dtype", "output_dtype"):  # the defaults are left out (older readers
-            if d[name] is None:                         # and records of fp32 specs stay as they were)
+        for name in ("weight_dtype", "output_dtype", "residual_dtype"):  # the defaults are left out (older
+            if d[name] is None:                                          # readers and records stay as they were)
                 del d[name]
         if not d["data_zero_point"]:
             del d["data_zero_point"]
@@ -414,6 +435,9 @@ class ConvSpec:
         bf16 or 8 bits as the one that keeps its own dtype), without its epilogue (bias, residual and
         ReLU add memory traffic, not another loop nest), then the same at batch 1 (tuned
         layers are batch 1; a larger batch only adds parallel work), then both."""
+        if self.residual_dtype:  # the same loop nest with a float32 residual: then as that one
+            base = self.replace(residual_dtype=None)
+            return [base] + [s for s in base.stand_ins() if s != self]
         bare = dict(bias=False, residual=False, activation=None)
         out: list[ConvSpec] = []
         outputs = [{"output_dtype": o} for o in DTYPE_RULES[self.dtype][1]

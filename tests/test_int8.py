@@ -451,3 +451,78 @@ def test_a_convolution_before_a_max_pooling_writes_u8_for_the_int8_layers_after_
             assert "output float32" in stem, stem
         else:
             assert "uint8->uint8" in stem and "output u8 for a, b" in stem, stem
+
+
+# ---- scaled residuals: a u8 skip connection, a float32 one into a u8 output -------------------
+RESIDUALS = [
+    ConvSpec(in_channels=64, out_channels=32, height=6, width=7, kernel=1, layout="NHWC", dtype="uint8",
+             output_dtype="uint8", bias=True, residual=True, activation="relu", residual_dtype="uint8"),
+    ConvSpec(in_channels=16, out_channels=24, height=7, width=9, kernel=3, padding=1, layout="NCHW", dtype="uint8",
+             output_dtype="float32", residual=True, residual_dtype="uint8"),
+    ConvSpec(in_channels=32, out_channels=48, height=5, width=5, kernel=1, layout="NHWC", dtype="uint8",
+             output_dtype="uint8", bias=True, residual=True, activation="relu", residual_dtype="float32"),
+]
+
+
+def test_a_scaled_residual_is_validated_keyed_and_stands_in_for_by_its_float_form():
+    spec = RESIDUALS[0]
+    assert spec.key.endswith("_ruint8") and "+res(uint8)" in spec.describe()
+    assert ConvSpec.from_dict(spec.to_dict()) == spec and "residual_dtype" not in SPECS[0].to_dict()
+    assert [name for name, _, _ in spec.extra_inputs()] == ["scale", "bias", "residual_scale", "residual"]
+    assert spec.extra_inputs()[-1][2] == "uint8" and RESIDUALS[2].extra_inputs()[-1][2] == "float32"
+    assert spec.stand_ins()[0] == spec.replace(residual_dtype=None)  # the same loop nest: its records serve
+    for bad, match in ((dict(residual_dtype="int8"), "must be None"), (dict(residual=False), "scaled residual"),
+                       (dict(output_dtype="int32"), "scaled residual")):
+        with pytest.raises(convgen.SpecError, match=match):
+            spec.replace(**bad)
+
+
+@pytest.mark.parametrize("spec", RESIDUALS, ids=lambda s: s.describe())
+def test_scaled_residuals_match_the_reference(spec):
+    """``+ residual * residual_scale`` per channel, on the VNNI template (its loop nest without
+    the instruction on any x86) and on the host's own choice."""
+    from convgen import builder
+    from convgen.reference import random_inputs
+    from convgen.runtime import Kernel
+
+    host = x86_host()
+    tmpl = DirectVNNIX86(use_instruction=False)
+    target = convgen.get_target("x86-avx2")
+    config = tmpl.default(spec, target)  # (a tile for AVX2's 16 registers)
+    executable, packed = builder.compile_module(spec, target, tmpl, config, with_packed_shape=True)
+    meta = builder.metadata(spec, target, tmpl, config, "given")
+    meta["packed_weight_shape"] = packed
+    kernels = [Kernel(meta, executable.mod), convgen.build(spec, host, builtin_records=False)]
+    arrays = random_inputs(spec, seed=4)
+    want = conv2d_reference(spec, *arrays)
+    # the scaled residual moves the result: the check would catch a residual_scale ignored
+    assert not np.allclose(conv2d_reference(spec, *arrays[:-2], np.ones_like(arrays[-2]), arrays[-1]), want)
+    for k in kernels:
+        got = k(*arrays)
+        if spec.requantized:  # float32 arithmetic rounded to u8: one step at a tie, at most
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 1 and (got == want).mean() > 0.99
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_resnet_blocks_pass_their_u8_outputs_as_the_next_blocks_input_and_skip_connection(tmp_path):
+    """Each block's last convolution writes u8 for the next block's first one and for its
+    residual add (a u8 skip connection, scaled in the epilogue); the first block's skip
+    connection (its downsample's float32) is scaled to the u8 output's units. Outputs stay
+    within int8's error of fp32."""
+    torch = pytest.importorskip("torch")
+    import convgen.torch as ct
+    from convgen.torch.models import randomize_batchnorm
+
+    from .torch_models import tiny_bottleneck
+
+    x86_host()
+    torch.manual_seed(7)
+    model = randomize_batchnorm(tiny_bottleneck().eval())
+    fast, err = int8_model(model, (1, 3, 32, 32), tmp_path)
+    assert err < 8e-2
+    if convgen.get_target("host").name != VNNI_TARGET.name:
+        return
+    text = ct.explain(fast)
+    assert "+res(uint8)" in text and "residual u8 from" in text, text
+    assert "+res(float32)" in text and "uint8->uint8" in text

@@ -251,7 +251,10 @@ def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
 
     int8 = {site.path for site, spec in served if spec.dtype == "uint8"}
     chain = chained(found, int8, observers)
-    feeds = {consumer: producer for producer, consumers in chain.items() for consumer in consumers}
+    feeds = {consumer: producer for producer, (inputs, _) in chain.items() for consumer in inputs}
+    skips = {consumer: producer for producer, (_, residuals) in chain.items() for consumer in residuals}
+    # what each producer writes: u8 at the scale its input readers quantize with (one tensor)
+    scales = {producer: observers[inputs[0]].params()[0] for producer, (inputs, _) in chain.items()}
     quant: dict[str, dict[str, Any]] = {}
     out = []
     for site, spec in served:
@@ -260,17 +263,24 @@ def _int8_plan(found: list[Site], served: list[tuple[Site, ConvSpec]],
             q: dict[str, Any] = {"in_scale": scale, "in_zero": zero, "out_scale": None}
             source = f"u8 from {feeds[site.path]}" if site.path in feeds else f"input quantized (scale {scale:.3g}, " \
                                                                                f"zero point {zero})"
+            if site.path in skips:  # its residual comes in u8 at the producer's output scale
+                q["residual_scale"] = scales[skips[site.path]]
+                spec = spec.replace(residual_dtype="uint8")
+                source += f", residual u8 from {skips[site.path]}"
             if site.path in chain:
-                q["out_scale"] = observers[chain[site.path][0]].params()[0]  # (consumers see one tensor)
+                q["out_scale"] = scales[site.path]
                 spec = spec.replace(output_dtype="uint8")
+                if spec.residual and site.path not in skips:  # a float32 residual, in real units
+                    q["residual_scale"] = 1.0  # (the epilogue works in the output's: r / out_scale)
+                    spec = spec.replace(residual_dtype="float32")
                 if spec.activation == "relu6":
                     # the kernel's epilogue works in the output's units (scale folded in), where
                     # ReLU6's bound is 6 / out_scale, not 6; the u8 clamp at 255 is that bound
                     # or tighter (the consumer's observer saw this ReLU6's outputs: out_scale =
                     # max / 255 <= 6 / 255), so the kernel clamps at 0 and 255 only
                     spec = spec.replace(activation="relu")
-            q["note"] = f"int8: {source}, output " + (f"u8 for {', '.join(chain[site.path])}" if site.path in chain
-                                                      else "float32")
+            readers = ", ".join(sum(chain[site.path], ())) if site.path in chain else ""
+            q["note"] = f"int8: {source}, output " + (f"u8 for {readers}" if readers else "float32")
             quant[site.path] = q
         out.append((site, spec))
     return out, quant

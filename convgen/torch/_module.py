@@ -418,7 +418,7 @@ class Conv2d(nn.Module):
         elif bias is not None:
             args.append(bias if bias.dtype == plan.side_dtype else self._bias_as(bias, plan.side_dtype))
         if residual is not None:
-            r = residual if residual.dtype == plan.side_dtype else residual.to(plan.side_dtype)
+            r = residual if residual.dtype == plan.residual_dtype else residual.to(plan.residual_dtype)
             args.append(r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) if nhwc else r.contiguous())
         if keep:
             out, result = thread_buffer(self._outs, plan.key, plan.out_shape, plan.out_dtype, plan.device, nhwc)
@@ -554,12 +554,14 @@ class _Plan:
     entry point, the output's shape (in the kernel's layout) and the torch dtypes of its
     input and output, and those of weights it takes (packed in the kernel's)."""
 
-    __slots__ = ("key", "kernel", "launch", "out_shape", "dtype", "out_dtype", "side_dtype", "weight_dtypes", "device")
+    __slots__ = ("key", "kernel", "launch", "out_shape", "dtype", "out_dtype", "side_dtype", "residual_dtype",
+                 "weight_dtypes", "device")
 
     def __init__(self, key: tuple, kernel: Any, launch: Any, out_shape: tuple, spec: ConvSpec) -> None:
         self.key, self.kernel, self.launch, self.out_shape = key, kernel, launch, out_shape
         self.dtype, self.out_dtype = getattr(torch, spec.dtype), getattr(torch, spec.out_dtype)
         self.side_dtype = getattr(torch, spec.epilogue_dtype)  # bias and residual
+        self.residual_dtype = getattr(torch, spec.residual_dtype or spec.epilogue_dtype)
         self.weight_dtypes = {torch.float32, getattr(torch, spec.filter_dtype)}
         self.device = None  # the input's, set by Conv2d._plan (a plan is per device)
 
@@ -616,12 +618,16 @@ class QConv2d(Conv2d):
     ``in_scale``/``in_zero``: how a float32 input is quantized (one ``round``/``clamp`` pass);
     a uint8 input is taken as it comes (its producer quantized it with these). ``out_scale``:
     ``None`` for a float32 output, else the next layer's input scale (a ``uint8`` output).
+    ``residual_scale``: the scale of the residual where the spec scales it (``residual_dtype``):
+    a uint8 residual's (its producer's ``out_scale``), 1.0 for a float32 one in real units
+    into a layer that writes u8 (its epilogue works in the output's units); else ``None``.
     """
 
     def __init__(self, *args: Any, in_scale: float, in_zero: int, out_scale: float | None = None,
-                 **kwargs: Any) -> None:
+                 residual_scale: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_scale, self.in_zero, self.out_scale = float(in_scale), int(in_zero), out_scale
+        self.residual_scale = residual_scale
 
     #: where something is differentiated or traced, torch computes the layer on the dequantized
     #: input (the op's autograd formula takes float inputs), so a u8 chain stays consistent
@@ -632,6 +638,8 @@ class QConv2d(Conv2d):
         """Where no kernel serves: torch's operators on the dequantized input, the output
         quantized at the next layer's scale where this one writes u8 for it."""
         xf = (x.float() - self.in_zero) * self.in_scale if x.dtype == torch.uint8 else x
+        if residual is not None and residual.dtype == torch.uint8:
+            residual = residual.float() * self.residual_scale
         y = torch_conv2d(xf, weight, bias, residual, self.stride, self.padding, self.dilation, self.groups,
                          self.activation)
         if self.out_scale is not None:  # what the next layer takes: u8 at its scale
@@ -717,11 +725,15 @@ class QConv2d(Conv2d):
         q = q.permute(2, 3, 1, 0).contiguous() if key[3] == "NHWC" else q.contiguous()
         folded: dict[str, Any] = {}
 
+        # a scaled residual to the output's units: r * s_r / s_out, a per-channel input of the kernel
+        rscale = [torch.full((scale.shape[0],), self.residual_scale / out)] if self.spec.residual_dtype else []
+
         def epilogue_args(bias: torch.Tensor | None) -> list[torch.Tensor]:
             stamp = None if bias is None else (bias.data_ptr(), _version(bias))
             if folded.get("stamp", 0) != stamp:  # the bias in the output's units, once per bias
                 b = offset if bias is None else bias.detach().float() / out + offset
-                folded["stamp"], folded["args"] = stamp, [scale, b.contiguous()] if self.spec.bias else [scale]
+                folded["stamp"] = stamp
+                folded["args"] = ([scale, b.contiguous()] if self.spec.bias else [scale]) + rscale
             return folded["args"]
 
         packed = kernel.pack_weights(q)

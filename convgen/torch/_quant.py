@@ -14,11 +14,13 @@ What runs in int8, and how (the arithmetic of :attr:`convgen.ConvSpec.scaled`):
 - **The kernel**: u8 data x s8 weights -> exact s32 sums, then per channel ``y = sum *
   s_x * s_w[k] + b[k] - z * s_x * s_w[k] * sum(q_w[k])`` (the zero point's term folded into
   the bias), the residual and activation in float32: a float32 output.
-- **Chains**: a convolution whose only consumer is another int8 convolution's input (or a
-  max pooling read only by int8 convolutions: ResNet's stem), with no residual of its own,
-  and whose output the consumer quantizes with zero point 0 (it comes out of a ReLU) writes
-  that u8 tensor itself: its epilogue divides by the consumer's scale and rounds (``uint8``
-  output). The consumer then skips its quantization. ResNet's
+- **Chains**: a convolution whose readers are all int8 convolutions (or a max pooling read
+  only by int8 convolutions: ResNet's stem), as their input or as their residual, and whose
+  output those that take it as input quantize with zero point 0 (it comes out of a ReLU)
+  writes that u8 tensor itself: its epilogue divides by their scale and rounds (``uint8``
+  output). They then skip their quantization; a layer adding it as its residual takes it as
+  u8 with that scale (``ConvSpec.residual_dtype``: ``+ r * s_r / s_out`` per channel): a
+  ResNet block's output goes to the next block's first 1x1 and skip connection in u8. ResNet's
   bottlenecks chain their 1x1 -> 3x3 -> 1x1, MobileNet-v2's inverted residuals their expand
   1x1 -> depthwise 3x3 (``x86.depthwise_int8``) -> project 1x1; the last one (its residual
   add) returns float32.
@@ -84,26 +86,31 @@ def calibrate(gm: torch.fx.GraphModule, found: list[Site], batches: Iterable[Any
     return observers
 
 
-def chained(found: list[Site], int8: set[str], observers: dict[str, MinMax]) -> dict[str, tuple[str, ...]]:
-    """Which int8 site writes u8 for which: ``{producer path: consumer paths}`` (see the
-    module docstring for the conditions)."""
+def chained(found: list[Site], int8: set[str],
+            observers: dict[str, MinMax]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Which int8 site writes u8 for which: ``{producer path: (the paths of the sites that read
+    it as their input, of those that add it as their residual)}`` (see the module docstring
+    for the conditions)."""
     first = {site.node: site for site in found}
+    # the node of an int8 site's chain that adds its residual -> that site
+    adds = {node: site for site in found if site.residual is not None and site.path in int8
+            for node in site.chain if site.residual in node.args}
     out = {}
     for site in found:
-        if site.path not in int8 or site.residual is not None:
+        if site.path not in int8:
             continue
         last = site.chain[-1]
         users = list(last.users)
-        if len(users) != 1:
-            continue
-        if users[0] not in first and _max_pooling(users[0]):
+        if len(users) == 1 and users[0] not in first and _max_pooling(users[0]):
             # a max pooling between (ResNet's stem): the max of u8 values is the u8 of the
             # max (rounding and clamping keep order), so it pools the u8 tensor as it is
             last, users = users[0], list(users[0].users)
-        consumers = [first.get(u) for u in users]
-        if users and all(c is not None and c.path in int8 and c.node.args[0] is last
-                         and observers[c.path].params()[1] == 0 for c in consumers):
-            out[site.path] = tuple(c.path for c in consumers)
+        inputs = [first.get(u) for u in users if u in first]
+        residuals = [adds[u] for u in users if u not in first and u in adds and adds[u].residual is last]
+        if not inputs or len(inputs) + len(residuals) != len(users):
+            continue  # a reader that takes no u8 (or none to give the scale)
+        if all(c.path in int8 and c.node.args[0] is last and observers[c.path].params()[1] == 0 for c in inputs):
+            out[site.path] = (tuple(c.path for c in inputs), tuple(c.path for c in residuals))
     return out
 
 
