@@ -53,7 +53,7 @@ calibration batches, see :mod:`convgen.torch._quant`). The model's inputs and ou
 their dtype either way."""
 
 
-def _in_precision(spec: ConvSpec, precision: str, linear: bool = False) -> ConvSpec:
+def _in_precision(spec: ConvSpec, precision: str) -> ConvSpec:
     """``spec`` computed in ``precision`` (a float32 spec of the model, otherwise as it is).
     int8: u8 data, a float32 (dequantized) output, and a bias (where the input's zero point
     is folded in)."""
@@ -92,7 +92,7 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
         spec = site_spec(site, fused=fused)
         if site.why_not or isinstance(spec, str):
             continue
-        wanted = _in_precision(spec, precision, site.linear)
+        wanted = _in_precision(spec, precision)
         if wanted.dtype == "uint8" and _cannot_serve(wanted.replace(layout="NHWC"), get_target(target)):
             wanted = spec
         spec = wanted
@@ -156,7 +156,7 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         if why is None and not runs_here:
             why = f"target {target.name} does not run on this machine"
         if why is None:
-            wanted = _in_precision(spec, precision, site.linear)
+            wanted = _in_precision(spec, precision)
             reason = _cannot_serve(wanted, target) if wanted is not spec else None
             if reason is None and wanted.dtype == "uint8" and not observers[site.path].seen:
                 reason = "no calibration batch reached it"

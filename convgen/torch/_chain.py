@@ -154,20 +154,15 @@ class _Program:
             group.append(fast)
         if not steps:
             return None
-        pool_record = None
-        if chain.tail:
-            launches = [(launch, tuple(share(a) for a in args)) for f in group for launch, args in f.launches()]
-            linear = chain.tail[2]
-            pool_record = _tail_replays(chain, thread, values[chain.exits[0]], tail)
+        pool_record = _tail_replays(chain, thread, values[chain.exits[0]], tail) if chain.tail else None
         if pool_record is not None:
             # the pooling and classifier launched right after the layers, no Python between
-            # them: called one by one after a chain whose weights (ResNet-50's 100 MB) pushed
-            # the interpreter's and torch's code and data out of the caches, the pooling's
-            # call took 95 us for a 15 us kernel (2-vCPU Zen 5)
-            version = None if linear._fast.bias is None or linear._fast.bias.is_inference() else linear._fast.bias_version
-            steps.append((linear, linear._parameters, linear._fast, linear._fast.weight, linear._fast.bias, version,
-                          linear._fast.watch))
-            group = launches + [(pool_record[3], pool_record[4])] + linear._fast.launches()
+            # them (see the module docstring); the last group becomes (launch, args) pairs
+            fast = chain.tail[2]._fast
+            version = None if fast.bias is None or fast.bias.is_inference() else fast.bias_version
+            steps.append((chain.tail[2], chain.tail[2]._parameters, fast, fast.weight, fast.bias, version, fast.watch))
+            group = [(launch, tuple(share(a) for a in args)) for f in group for launch, args in f.launches()]
+            group += [(pool_record[3], pool_record[4])] + fast.launches()
         if group:
             segments.append(group)
         program = cls()
@@ -180,10 +175,13 @@ class _Program:
         if chain.tail:
             watched.update({id(m): m for m in (chain.tail[0], *chain.tail[1], chain.tail[2])})
         program.watched = tuple(watched.values())
-        last = len(segments) - 1  # (the last group holds the tail's launches, shared already)
-        program.segments = [Launches(seg if i == last and pool_record is not None else
-                                     [(launch, tuple(share(a) for a in args)) for f in seg for launch, args in f.launches()])
-                            if isinstance(seg, list) else seg for i, seg in enumerate(segments)]
+
+        def launches(i: int, seg: list) -> Launches:
+            if i == len(segments) - 1 and pool_record is not None:  # (launch, args) pairs, shared already
+                return Launches(seg)
+            return Launches([(launch, tuple(share(a) for a in args)) for f in seg for launch, args in f.launches()])
+
+        program.segments = [launches(i, seg) if isinstance(seg, list) else seg for i, seg in enumerate(segments)]
         program.outs = [share(step[2].out) for step in steps] + ([pool_record[4][1]] if pool_record else [])
         program.values = [share(v) for v in values]
         found = [values[i] for i in chain.exits]
@@ -254,7 +252,9 @@ def _tail_replays(chain: ConvChain, thread: int, y: torch.Tensor, tail: torch.Te
     last, fast = pool._last, linear._fast
     if last is None or last[0] != thread or last[1] is not y or fast is None or fast.thread != thread:
         return None
-    if any(m.training for m in between) or fast.result.untyped_storage().data_ptr() != tail.untyped_storage().data_ptr():
+    if any(m.training for m in between):
+        return None
+    if fast.result.untyped_storage().data_ptr() != tail.untyped_storage().data_ptr():
         return None
     # the classifier read the pooling's output in place (flatten and its own reshapes are views),
     # or its quantizer did (an int8 classifier)
@@ -364,8 +364,8 @@ def _stable(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
 def _head_after(gm: torch.fx.GraphModule, node: torch.fx.Node, calls: collections.Counter) -> list | None:
     """The nodes ``[pool, flatten, (Dropout ...), classifier]`` when ``node``'s only reader is a
     convgen global average pooling whose output goes only through ``flatten(., 1)`` (or
-    ``nn.Flatten()``) and Dropouts into a convgen classifier (:class:`Linear`, no residual), each called once and
-    read only by the next; else ``None``."""
+    ``nn.Flatten()``) and Dropouts into a convgen classifier (:class:`Linear`, no residual),
+    each called once and read only by the next; else ``None``."""
     from ._pool import Pool2d
 
     def only_user(n: torch.fx.Node) -> torch.fx.Node | None:
