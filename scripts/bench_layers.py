@@ -184,7 +184,11 @@ class ChainTimer:
             if program is None:
                 continue
             # the replayed layers' launches in order (an int8 layer's quantization counts as its own)
-            calls = iter(names[id(step[0])] for step in program.steps for _ in step[2].launches())
+            calls = [names[id(step[0])] for step in program.steps for _ in step[2].launches()]
+            if program.tail is not None:  # the head, replayed last: the pooling's launch, then the classifier's
+                at = len(calls) - len(program.steps[-1][2].launches())
+                calls[at:at] = [names[id(chain.tail[0])]]
+            calls = iter(calls)
             for segment in program.segments:
                 if type(segment) is Launches:
                     self.paths[id(segment)] = [next(calls) for _ in range(len(segment))]

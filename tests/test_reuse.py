@@ -370,3 +370,27 @@ def test_the_chain_launches_the_global_pooling_and_classifier_and_returns_fresh_
         fast.get_submodule("9").weight.mul_(-2.0)
         for _ in range(2):
             assert rel_err(fast(xs[1]), model(xs[1])) < TOL
+
+
+def test_the_per_layer_benchmark_names_every_replayed_launch_of_a_chain_with_a_head(cache):
+    """scripts/bench_layers.py times each launch of a replay by layer: the head's launches
+    (the pooling's, the classifier's) come after the layers' and carry their own paths."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        from bench_layers import ChainTimer
+    finally:
+        sys.path.pop(0)
+    model = torch_models.tiny_bottleneck()
+    x = torch.randn(1, 3, 32, 32)
+    fast = replaying(model, x, cache)
+    (chain,) = chains(fast)
+    timer = ChainTimer(fast)
+    (names,) = timer.paths.values()
+    assert names[-2:] == ["avgpool", "fc"] and len(names) == len(chain.layers) + 2
+    with torch.no_grad(), timer.timing():
+        got = fast(x)
+    timer.end_round()
+    assert rel_err(got, model(x)) < TOL and all(timer.rounds[p][0] > 0 for p in names)
