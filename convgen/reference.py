@@ -28,7 +28,7 @@ def conv2d_reference(spec: ConvSpec, data: np.ndarray, weight: np.ndarray, *extr
                      scale: np.ndarray | None = None, bias: np.ndarray | None = None,
                      residual: np.ndarray | None = None, residual_scale: np.ndarray | None = None) -> np.ndarray:
     """``spec``'s convolution of ``data`` by ``weight`` (``* scale``, + ``bias``, + ``residual``
-    (``* residual_scale``: a u8 residual), activation), in ``spec.layout``. The spec's extra
+    (``* residual_scale`` where the spec has a ``residual_dtype``), activation), in ``spec.layout``. The spec's extra
     inputs (``spec.extra_inputs()``) come positionally, in that order, as :func:`random_inputs`
     returns them, or by keyword."""
     names = [name for name, _, _ in spec.extra_inputs()]
@@ -106,7 +106,7 @@ def random_inputs(spec: ConvSpec, seed: int = 0) -> list[np.ndarray]:
     for name, shape, dtype in spec.extra_inputs():
         if name == "scale":  # a sum's spread is about sqrt(terms) * 8 * 8
             arrays.append((rng.uniform(0.5, 1.5, size=shape) * 64 / (8 * 8 * terms**0.5)).astype(np.float32))
-        elif name == "residual_scale":  # a u8 residual of 0..15 to a few units
+        elif name == "residual_scale":  # a residual (u8: 0..15) to a few units
             arrays.append(rng.uniform(0.1, 0.5, size=shape).astype(np.float32))
         elif dtype == "uint8":  # a u8 residual
             arrays.append(draw(shape, dtype))

@@ -428,9 +428,9 @@ class Kernel:
         """Run the convolution; returns ``out`` (allocated if not given) in the input's kind.
 
         The spec's extra inputs (``spec.extra_inputs()``: ``scale`` of a scaled 8-bit spec,
-        ``bias``, ``residual_scale`` of a u8 residual, ``residual``) follow, positionally in argument order (``k(x, w, b)``,
-        ``k(x, w, r)``, ``k(x, w, b, r)``, as :func:`convgen.reference.random_inputs` returns
-        them) or by keyword (``bias=``, ...). ``out`` must not overlap an input: the kernel
+        ``bias``, ``residual_scale`` of a scaled residual, ``residual``) follow, positionally in
+        argument order (``k(x, w, b)``, ``k(x, w, r)``, ``k(x, w, b, r)``, as
+        :func:`convgen.reference.random_inputs` returns them) or by keyword (``bias=``, ...). ``out`` must not overlap an input: the kernel
         reads its inputs while it writes, so an aliased output would be read half-written.
         """
         specs = self._arg_specs
@@ -448,12 +448,12 @@ class Kernel:
         shapes = {name: shape for name, shape, _ in specs[2:-1]}
         for name in given:
             if name in wanted and given[name] is None:
-                how = {"scale": "is scaled", "residual_scale": "takes a uint8 residual"}.get(
+                how = {"scale": "is scaled", "residual_scale": "scales its residual"}.get(
                     name, f"was built with {name}=True")
                 raise ValueError(f"this kernel {how}: pass {name} of shape {shapes[name]}")
             if given[name] is not None and name not in wanted:
                 how = {"scale": "takes no scale (only 8-bit data with a float32 or 8-bit output does)",
-                       "residual_scale": "takes no residual_scale (only a uint8 residual does)"}.get(
+                       "residual_scale": "takes no residual_scale (only a spec with residual_dtype does)"}.get(
                     name, f"was built without {name}: rebuild with {name}=True to pass one")
                 raise ValueError(f"this kernel {how}")
         if self._runs_here is not True:

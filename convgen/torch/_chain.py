@@ -55,6 +55,7 @@ from torch.nn.modules import module as torch_module
 from ..runtime import Launches
 from ._graph import free_path
 from ._module import Conv2d, Linear
+from ._pool import Pool2d, PoolCall
 
 
 class ConvChain(nn.Module):
@@ -162,7 +163,7 @@ class _Program:
             version = None if fast.bias is None or fast.bias.is_inference() else fast.bias_version
             steps.append((chain.tail[2], chain.tail[2]._parameters, fast, fast.weight, fast.bias, version, fast.watch))
             group = [(launch, tuple(share(a) for a in args)) for f in group for launch, args in f.launches()]
-            group += [(pool_record[3], pool_record[4])] + fast.launches()
+            group += [(pool_record.launch, pool_record.args)] + fast.launches()
         if group:
             segments.append(group)
         program = cls()
@@ -182,7 +183,7 @@ class _Program:
             return Launches([(launch, tuple(share(a) for a in args)) for f in seg for launch, args in f.launches()])
 
         program.segments = [launches(i, seg) if isinstance(seg, list) else seg for i, seg in enumerate(segments)]
-        program.outs = [share(step[2].out) for step in steps] + ([pool_record[4][1]] if pool_record else [])
+        program.outs = [share(step[2].out) for step in steps] + ([pool_record.args[1]] if pool_record else [])
         program.values = [share(v) for v in values]
         found = [values[i] for i in chain.exits]
         program.result = found[0] if len(found) == 1 else tuple(found)
@@ -244,13 +245,13 @@ class _Program:
         return chain._result(values, chain._run_tail(values[chain.exits[0]]) if chain.tail else None)
 
 
-def _tail_replays(chain: ConvChain, thread: int, y: torch.Tensor, tail: torch.Tensor) -> tuple | None:
+def _tail_replays(chain: ConvChain, thread: int, y: torch.Tensor, tail: torch.Tensor) -> PoolCall | None:
     """The pooling's launch record, where the tail's last call (pooling ``y``, the classifier
     writing ``tail`` into its buffer from the pooling's) can be launched again as it was;
     else ``None``."""
     pool, between, linear = chain.tail
     last, fast = pool._last, linear._fast
-    if last is None or last[0] != thread or last[1] is not y or fast is None or fast.thread != thread:
+    if last is None or last.thread != thread or last.x is not y or fast is None or fast.thread != thread:
         return None
     if any(m.training for m in between):
         return None
@@ -259,7 +260,7 @@ def _tail_replays(chain: ConvChain, thread: int, y: torch.Tensor, tail: torch.Te
     # the classifier read the pooling's output in place (flatten and its own reshapes are views),
     # or its quantizer did (an int8 classifier)
     read = fast.pre[0][1][0] if fast.pre else fast.x
-    return last if read.untyped_storage().data_ptr() == last[2].untyped_storage().data_ptr() else None
+    return last if read.untyped_storage().data_ptr() == last.result.untyped_storage().data_ptr() else None
 
 
 def _replays(fast: Any, thread: int, x: torch.Tensor, residual: Any, result: torch.Tensor) -> bool:
@@ -366,7 +367,6 @@ def _head_after(gm: torch.fx.GraphModule, node: torch.fx.Node, calls: collection
     convgen global average pooling whose output goes only through ``flatten(., 1)`` (or
     ``nn.Flatten()``) and Dropouts into a convgen classifier (:class:`Linear`, no residual),
     each called once and read only by the next; else ``None``."""
-    from ._pool import Pool2d
 
     def only_user(n: torch.fx.Node) -> torch.fx.Node | None:
         users = list(n.users)

@@ -13,7 +13,7 @@ kernel takes and torch's operator on anything else (and under autograd or tracin
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx
@@ -48,7 +48,7 @@ class Pool2d(nn.Module):
         self._init_state()
 
     def _init_state(self) -> None:
-        self.kernels: dict[tuple, Any] = {}  # (shape, dtype) -> (function, output shape) or the build's exception
+        self.kernels: dict[tuple, Any] = {}  # (shape, dtype) -> (function, output shape, launch) or the build's exception
         self._outs: dict[tuple, tuple] = {}  # ((shape, dtype), thread) -> (output buffer, its N,C,H,W view)
         self._lock = threading.Lock()
 
@@ -78,7 +78,7 @@ class Pool2d(nn.Module):
         fn = self._kernel(x)
         if fn is None:
             return self.torch_forward(x)
-        f, out_shape = fn
+        f, out_shape, launch = fn
         reuse = self.reuse_output and not _hooked(self)
         if reuse:
             out, result = thread_buffer(self._outs, (x.shape, x.dtype), out_shape, x.dtype, x.device, True)
@@ -91,14 +91,14 @@ class Pool2d(nn.Module):
         if reuse:
             increment_version(out)
             if not torch.is_grad_enabled():  # what a layer chain replays (see ConvChain's tail)
-                self._last = (threading.get_ident(), x, result, _Launch(f, self.kind), args)
+                self._last = PoolCall(threading.get_ident(), x, result, launch, args)
         return result
 
     #: as :attr:`convgen.torch.Conv2d.reuse_output`: one output buffer per input shape and thread
     reuse_output = False
     _readers: tuple = ()
-    #: the last call into the reused buffer: ``(thread, x, result, launch, args)``
-    _last: tuple | None = None
+    #: the last call into the reused buffer
+    _last: "PoolCall | None" = None
 
     def _kernel(self, x: torch.Tensor) -> tuple | None:
         """The kernel for ``x`` (built now if new), or ``None`` where torch computes it."""
@@ -134,9 +134,20 @@ class Pool2d(nn.Module):
                 spec = PoolSpec.to_nhwc(n, c, h, w, dtype)
             else:
                 spec = PoolSpec("max", n, c, h, w, self.kernel, self.stride, self.padding, dtype)
-            return pool_kernel(spec, self.target, self.folder), spec.output_shape
+            f = pool_kernel(spec, self.target, self.folder)
+            return f, spec.output_shape, _Launch(f, self.kind)
         except Exception as e:  # noqa: BLE001 - a shape or dtype the kernels do not take: torch serves it
             return e
+
+
+class PoolCall(NamedTuple):
+    """A :class:`Pool2d` call into its reused buffer, as a chain replays it."""
+
+    thread: int
+    x: torch.Tensor
+    result: torch.Tensor  # what the call returned (a view of ``args[1]``)
+    launch: "_Launch"
+    args: tuple  # (input as the kernel reads it, output buffer)
 
 
 class _Launch:

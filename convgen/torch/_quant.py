@@ -105,7 +105,7 @@ def chained(found: list[Site], int8: set[str],
             # a max pooling between (ResNet's stem): the max of u8 values is the u8 of the
             # max (rounding and clamping keep order), so it pools the u8 tensor as it is
             last, users = users[0], list(users[0].users)
-        inputs = [first.get(u) for u in users if u in first]
+        inputs = [first[u] for u in users if u in first]
         residuals = [adds[u] for u in users if u not in first and u in adds and adds[u].residual is last]
         if not inputs or len(inputs) + len(residuals) != len(users):
             continue  # a reader that takes no u8 (or none to give the scale)
