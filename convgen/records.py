@@ -477,8 +477,28 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
             if best is None or rank < best[0]:
                 best = (rank, r)
         if best is not None:
+            if best[1].target != target.name and _unseen_template(rule, spec, target, best[1]):
+                return None  # the target's own better template wins untuned (see below)
             return rule.template(best[1].template), dict(best[1].config), tuned
     return None
+
+
+def _unseen_template(rule: "Staleness", spec: ConvSpec, target: Target, record: Record) -> bool:
+    """Was ``record`` (made for a target ``target`` extends) tuned without a template that
+    outranks its own on ``target`` and that its target lacks? An AVX512_VNNI record for a
+    uint8 layer never met AMX's tile template: on a CPU with AMX that template's default
+    (2-2.6x faster than the tuned ``vpdpbusd`` kernel on ResNet-50's 3x3 layers) serves,
+    not the record."""
+    from convgen.schedules import candidates
+
+    from .target import all_targets
+
+    parent = all_targets().get(record.target)
+    mine = rule.template(record.template)
+    if parent is None or mine is None:
+        return False
+    floor = mine.rank(spec, target)
+    return any(t.rank(spec, target) > floor and t.serves(spec, parent) is not None for t in candidates(spec, target))
 
 
 def builtin_record_files() -> list[str]:

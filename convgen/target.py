@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from .cpufeatures import host_cpu_flags  # noqa: F401 - re-exported: the auxiliary vector, cpuinfo or CPUID
+from .cpufeatures import request_amx
 from .cuda.device import device_problem
 from .errors import TargetError
 
@@ -145,7 +146,10 @@ class Target:
         want = {"x86": ("x86_64", "amd64"), "arm": ("aarch64", "arm64")}[self.family]
         if platform.machine().lower() not in want:
             return False
-        return set(self.cpu_flags) <= host_cpu_flags()
+        if not set(self.cpu_flags) <= host_cpu_flags():
+            return False
+        # AMX's tiles also need the operating system's leave, asked for once per process
+        return "amx_tile" not in self.cpu_flags or request_amx() is None
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML content, for metadata: ``Target.from_dict(t.to_dict()) == t``."""

@@ -34,7 +34,7 @@ def _load() -> None:
     global _LOADED
     _LOADED = True  # first, so a template module that asks for the registry does not recurse
     try:
-        from . import generic, winograd, x86, x86_dot, x86_grouped, x86_pointwise  # noqa: F401, I001
+        from . import generic, winograd, x86, x86_amx, x86_dot, x86_grouped, x86_pointwise  # noqa: F401, I001
         from . import arm, cuda, cuda_tc  # noqa: F401
     except BaseException:
         _LOADED = False  # a broken template module fails loudly, every time, not half-registered

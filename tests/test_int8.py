@@ -16,7 +16,7 @@ import convgen
 from convgen import ConvSpec
 from convgen.reference import conv2d_reference
 from convgen.schedules import get_template
-from convgen.schedules.x86_dot import DirectVNNIX86
+from convgen.schedules.x86_dot import VPDPBUSD, DirectVNNIX86
 
 VNNI_TARGET = convgen.get_target("x86-avx512-bf16")
 SPECS = [
@@ -57,6 +57,12 @@ def check(kernel, spec, seed=0):
     # worst case magnitude: the test must reach where int16 pair sums overflow
     assert np.abs(want.astype(np.int64)).max() > 1 << 15 or spec.in_channels * np.prod(spec.kernel) < 64
     return arrays
+
+
+def fast_int8_host() -> bool:
+    """Does the host target have ``vpdpbusd`` (x86-avx512-bf16, or x86-amx which extends it),
+    so that the model path runs its convolutions in int8?"""
+    return VPDPBUSD.available(convgen.get_target("host")) and convgen.get_target("host").runs_here()
 
 
 def x86_host():
@@ -221,7 +227,7 @@ def test_optimize_in_int8_is_close_to_fp32_and_chains_u8_between_convolutions(tm
     assert float((got - want).norm() / want.norm()) < 8e-2
     text = ct.explain(fast)
     layers = ct.conv_layers(model, x, precision="int8")
-    if convgen.get_target("host").name != VNNI_TARGET.name:  # no fast 8-bit template here: all float32
+    if not fast_int8_host():  # no fast 8-bit template here: all float32
         assert "no fast 8-bit" in text and "int8: input quantized" not in text
         assert not any(s.dtype == "uint8" for s in layers.values())
         return
@@ -298,8 +304,8 @@ def test_mobilenet_blocks_run_their_depthwise_layers_in_int8_chained_and_close_t
     from .torch_models import tiny_mobilenet
 
     host = x86_host()
-    if not VNNI_TARGET.runs_here() or host.name != VNNI_TARGET.name:
-        pytest.skip(f"the int8 chain needs {VNNI_TARGET.name} (AVX512_VNNI) as the host target, not {host.name}")
+    if not fast_int8_host():
+        pytest.skip(f"the int8 chain needs AVX512_VNNI in the host target, not {host.name}")
     torch.manual_seed(0)
     fast, err = int8_model(tiny_mobilenet(), (1, 3, 32, 32), tmp_path)
     assert err < 8e-2
@@ -413,7 +419,7 @@ def test_linear_layers_run_int8_close_to_fp32(tmp_path):
             for want, got in zip(model(xb), fast(xb)):
                 assert got.shape == want.shape and float((got - want).norm() / want.norm()) < 8e-2
     text = ct.explain(fast)
-    if convgen.get_target("host").name != VNNI_TARGET.name:
+    if not fast_int8_host():
         return
     for name in ("fc1", "fc2", "tokens"):
         line = next(line for line in text.splitlines() if line.startswith(name + ":"))
@@ -446,7 +452,7 @@ def test_a_convolution_before_a_max_pooling_writes_u8_for_the_int8_layers_after_
         fast, err = int8_model(Stem(grouped).eval(), (1, 3, 32, 32), tmp_path)
         assert err < 8e-2
         stem = next(line for line in ct.explain(fast).splitlines() if line.startswith("conv1:"))
-        if convgen.get_target("host").name != VNNI_TARGET.name:
+        if not fast_int8_host():
             continue
         if grouped:  # b stays float32: the pooling's output must be float32 for it
             assert "output float32" in stem, stem
@@ -522,7 +528,7 @@ def test_resnet_blocks_pass_their_u8_outputs_as_the_next_blocks_input_and_skip_c
     model = randomize_batchnorm(tiny_bottleneck().eval())
     fast, err = int8_model(model, (1, 3, 32, 32), tmp_path)
     assert err < 8e-2
-    if convgen.get_target("host").name != VNNI_TARGET.name:
+    if not fast_int8_host():
         return
     text = ct.explain(fast)
     assert "+res(uint8)" in text and "residual u8 from" in text, text

@@ -1,0 +1,482 @@
+"""x86 convolutions on AMX tiles: ``tdpbusd`` (AMX-INT8) and ``tdpbf16ps`` (AMX-BF16).
+
+AMX (Sapphire Rapids and later) adds eight tile registers ``tmm0-7`` of up to 16 rows x 64
+bytes and one instruction that multiplies two of them into a third::
+
+    tdpbusd   C, A, B   # C[m][n] (s32)  += sum over k, q < 4 of A[m][4k+q] (u8) * B[k][4n+q] (s8)
+    tdpbf16ps C, A, B   # C[m][n] (fp32) += sum over k, q < 2 of A[m][2k+q] * B[k][2n+q] (bf16)
+
+a 16 x 16 x 64 (int8) or 16 x 16 x 32 (bf16) product in 16 cycles: 1024 (512) multiply-adds
+per cycle, 16x (8x) what ``vpdpbusd`` (``vdpbf16ps``) does in the same time on one port.
+
+The convolution as tile products (NHWC, groups == 1). One block is ``tile_oh`` output rows
+x ``tile_ow`` pixels x ``tile_oc`` output channels; its tensor intrinsic (one per layer
+shape, :meth:`TileStep.tensor_intrin`) holds the whole reduction, every tap ``(kh, kw)`` and
+every ``chunk`` of input channels (64 int8 or 32 bf16: one 64-byte tile row)::
+
+    tilezero C tiles
+    for kh, kw, channel chunks:
+        tileloadd A tiles   # tile_ow pixels of one row, straight from the (padded) NHWC input
+        tileloadd B tiles   # 16 output channels each, from the packed weights
+        tdpbusd  C[r][j] += A[r] . B[j]
+    tilestored C tiles      # to the block's 32-bit buffer, on the stack
+    epilogue (vector code)  # bias, residual, activation, requantization, as every template
+
+- **A** (``tile_oh`` tiles): pixel ``ow`` of tap ``kw`` sits at input column
+  ``ow * stride + kw * dilation``, so a tile row is ``chunk`` channels of one pixel and the
+  next row is ``stride * C`` elements further: one strided ``tileloadd`` per row of pixels,
+  no copy, any stride and dilation;
+- **B** (``tile_oc / 16`` tiles): the weights packed ``K/ob 1 R S C/depth ob depth`` (the
+  layout of :mod:`schedules.x86_dot` with all input channels in one block): ``chunk / depth``
+  rows of 16 output channels x ``depth`` inputs = 64 bytes, the next row ``ob * depth``
+  elements further;
+- **C** (``tile_oh * tile_oc / 16`` tiles): the block's sums, zeroed in the tiles and stored
+  once, after the last tap (the sums never go through memory between taps).
+
+Tile budget, eight registers (the AMX analogue of :mod:`schedules.cpu`'s register budget)::
+
+    tiles = tile_oh * tile_oc / 16 (C) + tile_oh (A) + tile_oc / 16 (B)  <= 8
+
+2 x 2 (4 C, 2 A, 2 B) is the classic kernel: each A and B tile loaded feeds two products.
+A tile's rows are the pixels of a row of the output (``tile_ow`` divides the width, <= 16):
+56, 28 and 14 wide maps fill 14 of the 16 rows, 7 wide ones 7.
+
+Tile shapes are set by ``ldtilecfg`` from a 64-byte constant (:meth:`TileStep.config_ir`, an
+LLVM function imported into the module), once per parallel task, and released
+(``tilerelease``) at its end: :meth:`AmxX86.finish` puts both around the body of the
+parallel loop, since schedule primitives cannot place a statement there. A parallel task
+is a block of output channels (or of rows) with all its pixels, so a task configures once
+for many blocks: per block, configuring cost 12% of a 64->256 1x1 layer at 56x56. The tile
+instructions are ``call_llvm_intrin`` on LLVM's immediate-register intrinsics
+(``llvm.x86.tdpbusd(i8 C, i8 A, i8 B)``): TVM 0.27 ships no AMX intrinsic. The intrinsic's
+description is the scheduled block's arithmetic written out per shape (unit loops have no
+variable in the scheduled block, so none in the description either), its implementation
+reads the operands through unsigned views (bf16's legalization would widen a bf16 address).
+
+Linux hands AMX's 8 KB of tile state to a process only when it asks
+(``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``); without it the first tile
+instruction raises SIGILL. The library asks itself, on its first tile configuration, so a
+kernel runs in any process that loads it (a tuner's worker, an RPC server); convgen's
+runtime also asks before it runs one (:func:`convgen.cpufeatures.request_amx`, in
+:meth:`convgen.target.Target.runs_here`), so a refusal is a clear error, not a signal.
+
+Measured (Intel Xeon family 6 model 207, Emerald Rapids, 2 vCPUs, 2 threads; interleaved
+with the tuned ``vpdpbusd`` kernels and oneDNN's through ``torch.ao``, int8 requantized to
+u8): ResNet-50's 3x3 layers 1.7-2.6x faster than ``x86.direct_vnni`` (0.45-0.87x
+``torch.ao``'s speed), its 1x1 layers 1.1-1.6x (0.81-0.96x ``torch.ao``'s), untuned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+from dataclasses import dataclass
+from typing import Any
+
+from convgen.cpufeatures import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
+from convgen.knobs import Config, Knob, Space, divisors
+from convgen.spec import ConvSpec
+from convgen.target import Target
+
+from .base import Template, register
+from .common import channels_innermost, pack_weights, spatial_loops, vectorize_inner
+from .x86 import channel_tiles
+
+#: AMX's tile registers
+TILES = 8
+#: the widest tile row (bytes) and the most rows
+ROW_BYTES, ROWS = 64, 16
+#: parallel tasks a kernel is split into (at most)
+TASKS = 8
+#: output channels of one C tile: 16 32-bit lanes of a 64-byte row
+TILE_N = 16
+
+
+@dataclass(frozen=True)
+class TileStep:
+    """One AMX tile product as data: operand dtypes, input channels per 32-bit lane
+    (``depth``), the CPU flags and LLVM features it needs, and LLVM's intrinsic."""
+
+    instruction: str  # the mnemonic, for messages
+    flags: tuple[str, ...]  # /proc/cpuinfo's names
+    mattr: tuple[str, ...]  # LLVM's
+    data: str
+    weight: str
+    acc: str
+    depth: int
+    llvm_name: str
+
+    @property
+    def element_bytes(self) -> int:
+        return 4 // self.depth
+
+    @property
+    def most_channels(self) -> int:
+        """Input channels of one 64-byte tile row."""
+        return ROW_BYTES // self.element_bytes
+
+    def available(self, target: Target) -> bool:
+        """Does the target's code have the instruction?"""
+        mattr = target.tvm.get("mattr", ())
+        return all(f in target.cpu_flags for f in self.flags) and all(m in mattr for m in self.mattr)
+
+    def chunk(self, ib: int) -> int:
+        """Input channels per tile product for a reduction block of ``ib`` channels: the most
+        that fit a 64-byte row and divide ``ib`` in whole ``depth`` groups."""
+        return max(d for d in divisors(ib, upto=self.most_channels) if d % self.depth == 0)
+
+    def config_ir(self, name: str, th: int, tw: int, nb: int, chunk: int) -> str:
+        """LLVM IR of ``void @name()``: ``ldtilecfg`` from a constant 64-byte configuration
+        (palette 1; per tile its bytes per row at offset 16 + 2t and rows at 48 + t) for
+        ``th * nb`` C tiles, then ``th`` A tiles, then ``nb`` B tiles."""
+        cfg = bytearray(64)
+        cfg[0] = 1
+
+        def tile(t: int, rows: int, colsb: int) -> None:
+            cfg[16 + 2 * t:18 + 2 * t] = colsb.to_bytes(2, "little")
+            cfg[48 + t] = rows
+
+        for t in range(th * nb):
+            tile(t, tw, ROW_BYTES)
+        for r in range(th):
+            tile(th * nb + r, tw, chunk * self.element_bytes)
+        for j in range(nb):
+            tile(th * nb + th + j, chunk // self.depth, ROW_BYTES)
+        data = "".join(f"\\{b:02X}" for b in cfg)
+        # the first call in a process asks Linux for the tile state (module docstring), so
+        # the library runs in any process that loads it (a tuner's worker, an RPC server)
+        return f"""
+@{name}.cfg = private unnamed_addr constant [64 x i8] c"{data}", align 64
+@{name}.asked = private global i32 0
+declare void @llvm.x86.ldtilecfg(ptr)
+declare i64 @syscall(i64, ...)
+define void @{name}() alwaysinline {{
+entry:
+  %asked = load i32, ptr @{name}.asked
+  %first = icmp eq i32 %asked, 0
+  br i1 %first, label %ask, label %configure
+ask:
+  %rc = call i64 (i64, ...) @syscall(i64 {SYS_ARCH_PRCTL}, i64 {ARCH_REQ_XCOMP_PERM}, i64 {XFEATURE_XTILEDATA})
+  store i32 1, ptr @{name}.asked
+  br label %configure
+configure:
+  call void @llvm.x86.ldtilecfg(ptr @{name}.cfg)
+  ret void
+}}
+"""
+
+    def tensor_intrin(self, spec: ConvSpec, th: int, tw: int, nb: int) -> str:
+        """Register (once per shape) and name the tensor intrinsic: the ``th x tw`` pixels by
+        ``nb * 16`` output channels of one block, summed over the whole reduction (every
+        tap, every input channel), the sums zeroed first (``tilezero``) and stored last.
+
+        The description is the scheduled block's own arithmetic, written out as TVMScript
+        (:meth:`intrin_source`): its variables are the block's, less those of unit extent
+        (a 1x1 kernel has no tap variables, a single row of pixels no row variable), which
+        the scheduled block drops too."""
+        from tvm import tirx
+        from tvm.s_tir import TensorIntrin
+        from tvm.script import tirx as T
+
+        name = (f"convgen.x86.{self.instruction_name}_{th}x{tw}x{nb}_c{spec.in_channels}_k{spec.kernel[0]}x{spec.kernel[1]}"
+                f"_s{spec.stride[0]}x{spec.stride[1]}_d{spec.dilation[0]}x{spec.dilation[1]}")
+        if TensorIntrin.get(name, allow_missing=True) is None:
+            source, where = self.intrin_source(spec, th, tw, nb), f"<{name}>"
+            # the TVMScript parser reads a function's source through linecache
+            linecache.cache[where] = (len(source), None, source.splitlines(True), where)
+            scope = {"T": T, "tirx": tirx}
+            exec(compile(source, where, "exec"), scope)  # noqa: S102 - text made above, from numbers
+            TensorIntrin.register(name, scope["desc"], scope["impl"])
+        return name
+
+    @property
+    def instruction_name(self) -> str:
+        return self.instruction
+
+    def intrin_source(self, spec: ConvSpec, th: int, tw: int, nb: int) -> str:
+        """TVMScript of the description and implementation of :meth:`tensor_intrin`."""
+        (R, S), (sh, sw), (dh, dw), C = spec.kernel, spec.stride, spec.dilation, spec.in_channels
+        depth, acc, esize, ob = self.depth, self.acc, self.element_bytes, nb * TILE_N
+        chunk = self.chunk(C)
+        ah, aw = (th - 1) * sh + (R - 1) * dh + 1, (tw - 1) * sw + (S - 1) * dw + 1  # the input region
+        rows, taps_h, taps_w = th > 1, R > 1, S > 1
+        a_first, b_first = th * nb, th * nb + th  # tile numbers: C tiles, then A, then B
+
+        def idx(*parts: tuple[bool, str]) -> str:
+            return ", ".join(p for keep, p in parts if keep)
+
+        def term(var: str, step: int) -> str:
+            return var if step == 1 else f"{var} * {step}"
+
+        a_shape = idx((rows or taps_h, str(ah)), (True, str(aw)), (True, str(C)))
+        b_shape = idx((taps_h, str(R)), (taps_w, str(S)), (True, f"{C // depth}, {ob}, {depth}"))
+        c_shape = idx((rows, str(th)), (True, f"{tw}, {ob}"))
+        a_row = " + ".join([term("vh", sh)] * rows + [term("vr", dh)] * taps_h) or "0"
+        a_col = " + ".join([term("vw", sw)] + [term("vs", dw)] * taps_w)
+        a_at = idx((rows or taps_h, a_row), (True, a_col), (True, "vk"))
+        b_at = idx((taps_h, "vr"), (taps_w, "vs"), (True, f"vk // {depth}, vo, vk % {depth}"))
+        c_at = idx((rows, "vh"), (True, "vw, vo"))
+        loops = [("h", th, rows), ("w", tw, True), ("o", ob, True), ("r", R, taps_h), ("s", S, taps_w),
+                 ("k", C // depth, True), ("q", depth, True)]
+        loop_vars = ", ".join(v for v, _, keep in loops if keep)
+        loop_ext = ", ".join(str(e) for _, e, keep in loops if keep)
+        # block variables in the scheduled block's order: oh, ow, oc, ic, kh, kw
+        binds = [f"v{v} = T.axis.spatial({e}, {v})" for v, e, keep in loops[:3] if keep]
+        binds.append(f"vk = T.axis.reduce({C}, k * {depth} + q)")
+        binds += [f"v{v} = T.axis.reduce({e}, {v})" for v, e, keep in loops[3:5] if keep]
+        full = lambda shape: ", ".join(f"0:{d.strip()}" for d in shape.split(","))  # noqa: E731
+        bits = f"uint{8 * esize}"
+        # strides of the operands (elements): symbolic, the buffers' own once tensorized
+        a_strides = idx((rows or taps_h, "sa0"), (True, "sa"), (True, "1"))
+        b_strides = idx((taps_h, "sb0"), (taps_w, "sb1"), (True, f"sb, {depth}, 1"))
+        c_strides = idx((rows, "sc0"), (True, "sc, 1"))
+        strides = [n for keep, n in ((rows or taps_h, "sa0"), (True, "sa"), (taps_h, "sb0"), (taps_w, "sb1"),
+                                     (True, "sb"), (rows, "sc0"), (True, "sc")) if keep]
+
+        def a_tile(r: int) -> str:  # row r of the block's pixels at tap (kr, ks), channel chunk kc
+            row = " + ".join([f"{r * sh}"] + ([f"kr * {dh}"] if taps_h else []))
+            col = "ks" + (f" * {dw}" if dw != 1 else "") if taps_w else "0"
+            at = idx((rows or taps_h, row), (True, col), (True, f"kc * {chunk}"))
+            return (f"T.call_llvm_intrin('void', 'llvm.x86.tileloadd64', T.int8({a_first + r}), "
+                    f"T.address_of(Av[{at}]), T.Cast('int64', sa * {sw * esize}))")
+
+        def b_tile(j: int) -> str:
+            at = idx((taps_h, "kr"), (taps_w, "ks"), (True, f"kc * {chunk // depth}, {j * TILE_N}, 0"))
+            return (f"T.call_llvm_intrin('void', 'llvm.x86.tileloadd64', T.int8({b_first + j}), "
+                    f"T.address_of(Bv[{at}]), T.Cast('int64', sb * {esize}))")
+
+        def c_tile(t: int) -> str:
+            at = idx((rows, str(t // nb)), (True, f"0, {t % nb * TILE_N}"))
+            return (f"T.call_llvm_intrin('void', 'llvm.x86.tilestored64', T.int8({t}), T.address_of(C[{at}]), "
+                    f"T.Cast('int64', sc * 4))")
+
+        body = [f"T.evaluate(T.call_llvm_intrin('void', 'llvm.x86.tilezero', T.int8({t})))" for t in range(th * nb)]
+        inner = [a_tile(r) for r in range(th)] + [b_tile(j) for j in range(nb)]
+        inner += [f"T.call_llvm_intrin('void', '{self.llvm_name}', T.int8({t}), T.int8({a_first + t // nb}), "
+                  f"T.int8({b_first + t % nb}))" for t in range(th * nb)]
+        level = 0  # for taps (those of extent > 1), for chunks: load A, B; the products
+        for v, e in (("kr", R), ("ks", S)):
+            if e > 1:
+                body.append("    " * level + f"for {v} in range({e}):")
+                level += 1
+        body.append("    " * level + f"for kc in range({C // chunk}):")
+        body += ["    " * (level + 1) + f"T.evaluate({x})" for x in inner]
+        body += [f"T.evaluate({c_tile(t)})" for t in range(th * nb)]
+        pad = " " * 8
+        impl_body = "\n".join(pad + line for line in body)
+        cast_a, cast_b = f"T.cast(A[{a_at}], '{acc}')", f"T.cast(B[{b_at}], '{acc}')"
+        return f"""
+@T.prim_func(s_tir=True)
+def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, ({a_shape}), '{self.data}', offset_factor=1, align=1)
+    B = T.match_buffer(b, ({b_shape}), '{self.weight}', offset_factor=1, align=1)
+    C = T.match_buffer(c, ({c_shape}), '{acc}', offset_factor=1, align=1, scope='local')
+    with T.sblock("root"):
+        T.reads(A[{full(a_shape)}], B[{full(b_shape)}])
+        T.writes(C[{full(c_shape)}])
+        for {loop_vars} in T.grid({loop_ext}):
+            with T.sblock("update"):
+                {chr(10).join(" " * 16 + b if i else b for i, b in enumerate(binds))}
+                T.reads(C[{c_at}], A[{a_at}], B[{b_at}])
+                T.writes(C[{c_at}])
+                with T.init():
+                    C[{c_at}] = T.cast(0, '{acc}')
+                C[{c_at}] = C[{c_at}] + {cast_a} * {cast_b}
+
+
+{"; ".join(f"{n} = tirx.Var('{n}', 'int32')" for n in strides)}
+
+
+@T.prim_func(s_tir=True)
+def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, ({a_shape}), '{self.data}', offset_factor=1, align=1, strides=({a_strides}))
+    B = T.match_buffer(b, ({b_shape}), '{self.weight}', offset_factor=1, align=1, strides=({b_strides}))
+    C = T.match_buffer(c, ({c_shape}), '{acc}', offset_factor=1, align=1, strides=({c_strides}), scope='local')
+    with T.sblock("root"):
+        T.reads(A[{full(a_shape)}], B[{full(b_shape)}])
+        T.writes(C[{full(c_shape)}])
+        # the tiles read raw memory: 16-bit views of bf16 buffers (TVM's bf16 legalization
+        # widens every bf16 element it sees, an address's included)
+        Av = T.decl_buffer(({a_shape}), '{bits}', data=A.data, elem_offset=A.elem_offset, strides=({a_strides}))
+        Bv = T.decl_buffer(({b_shape}), '{bits}', data=B.data, elem_offset=B.elem_offset, strides=({b_strides}))
+{impl_body}
+"""
+
+
+
+#: AMX-INT8 (Sapphire Rapids+): u8 x s8 quads into s32, exact
+TDPBUSD = TileStep("tdpbusd", ("amx_tile", "amx_int8"), ("+amx-tile", "+amx-int8"), "uint8", "int8", "int32", 4,
+                   "llvm.x86.tdpbusd")
+#: AMX-BF16 (Sapphire Rapids+): bf16 pairs into fp32
+TDPBF16PS = TileStep("tdpbf16ps", ("amx_tile", "amx_bf16"), ("+amx-tile", "+amx-bf16"), "bfloat16", "bfloat16",
+                     "float32", 2, "llvm.x86.tdpbf16ps")
+
+
+def tile_shapes(out_height: int) -> list[tuple[int, int]]:
+    """``(tile_oh, C tiles per row)`` pairs within the eight tiles (module docstring)."""
+    return [(th, nb) for th in (1, 2, 3) for nb in (1, 2, 3)
+            if th * nb + th + nb <= TILES and out_height % th == 0]
+
+
+class AmxX86(Template):
+    """The convolution as AMX tile products (module docstring). A subclass names its
+    :class:`TileStep`."""
+
+    step: TileStep
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        step = self.step
+        if not step.available(target):
+            return f"target {target.name} has no {'/'.join(f.upper() for f in step.flags)} ({step.instruction})"
+        if spec.filter_dtype != step.weight:
+            return f"{spec.filter_dtype} weights ({step.instruction} takes {step.weight})"
+        if spec.groups != 1:
+            return "grouped convolution"
+        if spec.layout != "NHWC":
+            return "NCHW data (a tile row is one pixel's channels: NHWC only)"
+        if spec.in_channels % step.depth or spec.in_channels < 4 * step.depth:
+            # an RGB stem would fill 4 of a row's 64 bytes: vpdpbusd serves it
+            return f"{spec.in_channels} input channels (a multiple of {step.depth}, at least {4 * step.depth})"
+        if not divisors(spec.out_width, upto=ROWS)[-1] > 1 and spec.out_width > 1:
+            return f"output width {spec.out_width} has no divisor up to {ROWS} for a tile's rows"
+        return None
+
+    def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
+        return config["tile_oc"]
+
+    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
+        return config["tile_oc"], spec.in_channels
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        tile_oc = tuple(t for t in channel_tiles(spec.out_channels, TILE_N) if t <= 3 * TILE_N)
+        tile_oc = tuple(sorted(set(tile_oc) | {m * TILE_N for m in (1, 2, 3) if spec.out_channels % (m * TILE_N) == 0}))
+        knobs = (
+            Knob("tile_oc", tile_oc, "output channels per block: 16 per C tile, one B tile each"),
+            Knob("tile_ow", tuple(d for d in divisors(spec.out_width, upto=ROWS) if d > 1),
+                 "output pixels of a row: the rows of the A and C tiles"),
+            Knob("tile_oh", tuple(sorted({th for th, _ in tile_shapes(spec.out_height)})), "output rows: one A tile each"),
+            Knob("order", ("channels", "pixels"),
+                 "parallel over output-channel blocks, pixels inner (each thread keeps its weight panel), "
+                 "or over rows, channel blocks inner (each keeps its pixels)"),
+        )
+
+        def fits(config: Config) -> str | None:
+            th, nb = config["tile_oh"], config["tile_oc"] // TILE_N
+            tiles = th * nb + th + nb
+            return None if tiles <= TILES else f"{tiles} tiles > {TILES}"
+
+        return Space(self.name, self.version, knobs, fits)
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        space = self.space(spec, target)
+
+        # the most products per tile loaded (2 x 2 where the shape allows), then the widest rows
+        def score(c: Config) -> tuple:
+            th, nb = c["tile_oh"], c["tile_oc"] // TILE_N
+            return (th * nb / (th + nb), c["tile_ow"], -c["tile_oc"])
+
+        # rows in parallel (each thread reads every weight, writes whole output rows) unless the
+        # weights outweigh the input 4:1 (ResNet-50's 7x7 layers: 2.4 MB of 3x3 filters, 25 KB
+        # of pixels), where each thread keeps its own weight panel instead. Measured on a
+        # Xeon with AMX, 2 threads: rows 71 us vs panels 142 us on 64->256 1x1 at 56x56,
+        # panels 2.2x faster on 512->512 3x3 at 7x7
+        weights = spec.kernel[0] * spec.kernel[1] * spec.in_channels * spec.out_channels
+        order = "pixels" if weights <= 4 * spec.height * spec.width * spec.in_channels else "channels"
+        return max((c for c in space if c["order"] == order), key=score)
+
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        ob, depth = config["tile_oc"], self.step.depth
+        # x86_dot's layout with the whole reduction in one input block:
+        # K/ob 1 R S C/depth ob depth
+        return lambda h, w, i, o: (o // ob, i // spec.in_channels, h, w, i // depth, o % ob, i % depth)
+
+    def config_function(self, spec: ConvSpec, config: Config) -> str:
+        """The name of the kernel's tile-configuration function (content-named)."""
+        shape = (config["tile_oh"], config["tile_ow"], config["tile_oc"] // TILE_N, self.step.chunk(spec.in_channels))
+        return "convgen_amx_cfg_" + hashlib.sha1(repr((self.step.instruction, shape)).encode()).hexdigest()[:12]
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        step = self.step
+        ob, th, tw = config["tile_oc"], config["tile_oh"], config["tile_ow"]
+        conv = sch.get_sblock("conv")
+        channels_innermost(sch, spec, conv, spec.in_channels, 64 // step.element_bytes)  # the padding copy
+        pack_weights(sch, spec, conv, self.weight_pack(spec, target, config), ob, spec.in_channels)
+        L = spatial_loops(sch, spec, conv)
+        oco, oci = sch.split(L["oc"], [None, ob])
+        oho, ohi = sch.split(L["oh"], [None, th])
+        owo, owi = sch.split(L["ow"], [None, tw])
+        ick, icq = sch.split(L["ic"], [None, step.depth])
+        # the tile product's loops in its description's order; unit taps (a 1x1 kernel) stay
+        # outside, as the description has no variable for them
+        (R, S) = spec.kernel
+        taps = [lp for lp, e in ((L["kh"], R), (L["kw"], S)) if e > 1]
+        units = [lp for lp, e in ((L["kh"], R), (L["kw"], S)) if e == 1]
+        unit = [ohi, owi, oci, *taps, ick, icq]
+        # few parallel tasks, each configuring the tiles once (ldtilecfg and tilerelease are
+        # not free): the output-channel (row) blocks alone where there are enough of them
+        n, blocks = spec.batch, -(-spec.out_channels // ob)
+        if config["order"] == "channels":
+            sch.reorder(L["n"], oco, oho, owo, *units, *unit)
+            outer = sch.fuse(L["n"], oco) if n * blocks >= TASKS else sch.fuse(L["n"], oco, oho)
+        else:
+            sch.reorder(L["n"], oho, owo, oco, *units, *unit)
+            outer = sch.fuse(L["n"], oho)
+        sch.parallel(outer)
+        # the block's sums: a stack buffer of the block (a global one that size is a heap
+        # workspace, allocated per block)
+        sch.set_scope(conv, 0, "local")
+        sch.reverse_compute_at(sch.get_sblock("out"), oco if config["order"] == "pixels" else owo)
+        vectorize_inner(sch, sch.get_sblock("out"), TILE_N)
+        sch.annotate(outer, "pragma_import_llvm", step.config_ir(self.config_function(spec, config), th, tw,
+                                                                  ob // TILE_N, step.chunk(spec.in_channels)))
+        # a single row's unit loop stays outside (the intrinsic has no row variable then)
+        sch.tensorize(ohi if th > 1 else owi, step.tensor_intrin(spec, th, tw, ob // TILE_N))
+
+    def finish(self, func: Any, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """Each parallel task configures the tiles first and releases them last."""
+        import tvm_ffi
+        from tvm import tirx
+
+        name = self.config_function(spec, config)
+        configure = tirx.Evaluate(tirx.call_extern("void", name))
+        release = tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.x86.tilerelease"))
+
+        def on_for(loop: Any) -> Any:
+            if loop.kind != tirx.ForKind.PARALLEL or not _has_tiles(loop.body):
+                return loop
+            return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
+                            tirx.SeqStmt([configure, loop.body, release]), loop.thread_binding, loop.annotations)
+
+        return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, on_for), order="post"))
+
+
+def _has_tiles(stmt: Any) -> bool:
+    """Does ``stmt`` hold a tensorized tile product?"""
+    import tvm
+    import tvm_ffi
+
+    found = []
+    intrin = tvm.ir.Op.get("tirx.call_llvm_intrin")
+
+    def on_call(call: Any) -> None:
+        if call.op.same_as(intrin):
+            found.append(call)
+
+    tvm_ffi.structural_walk(stmt, [(tvm.ir.Call, on_call)])
+    return bool(found)
+
+
+class AmxInt8X86(AmxX86, name="x86.amx_int8", version=1, families=("x86",), dtypes=("uint8",), priority=40):
+    """u8 x s8 -> s32 convolution on AMX-INT8's ``tdpbusd``: exact integer sums."""
+
+    step = TDPBUSD
+
+
+class AmxBF16X86(AmxX86, name="x86.amx_bf16", version=1, families=("x86",), dtypes=("bfloat16",), priority=40):
+    """bf16 convolution on AMX-BF16's ``tdpbf16ps``: fp32 sums of bf16 products."""
+
+    step = TDPBF16PS
+
+
+register(AmxInt8X86())
+register(AmxBF16X86())

@@ -1,0 +1,164 @@
+"""AMX tile templates (``x86.amx_int8``, ``x86.amx_bf16``): spaces, compilation, exact results.
+
+Spaces and the tile budget are plain data (no TVM, no AMX); the kernels compile on any
+machine (the x86-amx target's code); they run where the CPU has AMX (and Linux grants its
+tile state), against the numpy reference: int8 bit for bit on full-range data, bf16 to fp32
+rounding on bf16 values. Elsewhere those tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import convgen
+from convgen import ConvSpec
+from convgen.reference import conv2d_reference, random_inputs, relative_tolerance, tolerance
+from convgen.schedules import get_template
+from convgen.schedules.x86_amx import TILES, TILE_N, tile_shapes
+
+AMX = convgen.get_target("x86-amx")
+RUNS = AMX.runs_here()
+WHY = "this CPU has no AMX (amx_tile, amx_int8, amx_bf16), or Linux did not grant its tile state"
+
+INT8 = [
+    # 1x1, two rows of tiles, a residual and ReLU on s32 sums
+    ConvSpec(in_channels=64, out_channels=32, height=8, width=8, kernel=1, layout="NHWC", dtype="uint8",
+             bias=True, residual=True, activation="relu"),
+    # 3x3 padded: taps inside the tile product; the padding holds a zero point
+    ConvSpec(in_channels=64, out_channels=64, height=10, width=10, kernel=3, padding=1, layout="NHWC", dtype="uint8",
+             data_zero_point=7),
+    # stride 2 (a tile row is every other pixel), 48 filters (three C tiles), batch 2
+    ConvSpec(batch=2, in_channels=64, out_channels=48, height=14, width=14, kernel=3, padding=1, stride=2,
+             layout="NHWC", dtype="uint8"),
+    # dilation 2; 96 channels (tile rows of 48 bytes); 24 filters padded to 32
+    ConvSpec(in_channels=96, out_channels=24, height=9, width=9, kernel=3, padding=2, dilation=2, layout="NHWC",
+             dtype="uint8", bias=True),
+    # requantized to u8 with a u8 residual in its own scale: the int8 model's blocks
+    ConvSpec(in_channels=32, out_channels=64, height=7, width=7, kernel=1, layout="NHWC", dtype="uint8",
+             output_dtype="uint8", bias=True, residual=True, residual_dtype="uint8", activation="relu"),
+]
+BF16 = [
+    ConvSpec(in_channels=64, out_channels=32, height=8, width=8, kernel=1, layout="NHWC", dtype="bfloat16",
+             activation="relu6"),
+    ConvSpec(in_channels=32, out_channels=48, height=9, width=9, kernel=3, padding=1, layout="NHWC",
+             dtype="bfloat16", output_dtype="float32", bias=True, residual=True),
+    ConvSpec(in_channels=48, out_channels=32, height=11, width=11, kernel=3, padding=1, stride=2, layout="NHWC",
+             dtype="bfloat16"),
+]
+
+
+def full_range(spec: ConvSpec, seed: int) -> list[np.ndarray]:
+    """u8 data 0..255 and s8 weights -128..127 (where int16 pair sums would saturate)."""
+    arrays = random_inputs(spec, seed)
+    rng = np.random.default_rng(seed)
+    arrays[0] = rng.integers(0, 256, size=spec.input_shape).astype(np.uint8)
+    arrays[1] = rng.integers(-128, 128, size=spec.weight_shape).astype(np.int8)
+    return arrays
+
+
+def configs(tmpl, spec, n=2):
+    space = tmpl.space(spec, AMX)
+    return [tmpl.default(spec, AMX)] + space.sample(random.Random(7), n)
+
+
+@pytest.mark.parametrize("name", ["x86.amx_int8", "x86.amx_bf16"])
+def test_the_tile_budget_and_spaces_are_data(name):
+    """Every config of the space keeps C, A and B tiles within the eight registers; the
+    space is listed and hashed without TVM or AMX; the default lies in it."""
+    tmpl = get_template(name)
+    assert all(th * nb + th + nb <= TILES for th, nb in tile_shapes(12))
+    for spec in INT8 + BF16:
+        spec = spec.replace(dtype="uint8" if name.endswith("int8") else "bfloat16", output_dtype=None,
+                            residual_dtype=None, data_zero_point=0) if spec.dtype != tmpl.dtypes[0] else spec
+        assert tmpl.serves(spec, AMX) is None, spec.describe()
+        space = tmpl.space(spec, AMX)
+        configs_ = list(space)
+        assert configs_ and space.hash == tmpl.space(spec, AMX).hash
+        for c in configs_:
+            th, nb = c["tile_oh"], c["tile_oc"] // TILE_N
+            assert th * nb + th + nb <= TILES and c["tile_ow"] <= 16
+        assert tmpl.default(spec, AMX) in configs_
+
+
+def test_the_tile_templates_refuse_what_they_cannot_serve():
+    tmpl = get_template("x86.amx_int8")
+    spec = INT8[0]
+    assert "AMX" in tmpl.serves(spec, convgen.get_target("x86-avx512-bf16"))
+    assert "NCHW" in tmpl.serves(spec.replace(layout="NCHW"), AMX)
+    assert "input channels" in tmpl.serves(spec.replace(in_channels=3, residual=False), AMX)  # an RGB stem: VNNI's
+    assert "grouped" in tmpl.serves(spec.replace(groups=2, residual=False), AMX)
+    assert get_template("x86.amx_bf16").serves(spec, AMX) is not None  # uint8 data
+
+
+def test_amx_kernels_compile_anywhere_with_tile_instructions():
+    """The x86-amx target's code builds on any machine: the tile product, the tile
+    configuration and the operating system's leave asked for in the library."""
+    from convgen.builder import compile_module
+
+    for spec, name, op in ((INT8[1], "x86.amx_int8", "tdpbusd"), (BF16[0], "x86.amx_bf16", "tdpbf16ps")):
+        tmpl = get_template(name)
+        asm = compile_module(spec, AMX, tmpl, tmpl.default(spec, AMX)).mod.inspect_source("asm")
+        assert op in asm and "ldtilecfg" in asm and "tilerelease" in asm and "tilestored" in asm
+
+
+@pytest.mark.skipif(not RUNS, reason=WHY)
+@pytest.mark.parametrize("spec", INT8, ids=lambda s: s.describe())
+def test_tdpbusd_kernels_are_exact_on_full_range_data(spec):
+    tmpl = get_template("x86.amx_int8")
+    arrays = full_range(spec, 3)
+    want = conv2d_reference(spec, *arrays)
+    for config in configs(tmpl, spec):
+        k = convgen.build(spec, AMX, config, template="x86.amx_int8")
+        got = k(*arrays)
+        if spec.scaled:  # float epilogue: within one step where a fused multiply-add rounds the other way
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), atol=tolerance(spec),
+                                       rtol=relative_tolerance(spec))
+            assert (got == want).mean() > 0.99
+        else:
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]), got)
+
+
+@pytest.mark.skipif(not RUNS, reason=WHY)
+@pytest.mark.parametrize("spec", BF16, ids=lambda s: s.describe())
+def test_tdpbf16ps_kernels_match_the_bf16_reference(spec):
+    tmpl = get_template("x86.amx_bf16")
+    arrays = random_inputs(spec, seed=5)
+    want = conv2d_reference(spec, *arrays).astype(np.float64)
+    for config in configs(tmpl, spec):
+        got = convgen.build(spec, AMX, config, template="x86.amx_bf16")(*arrays)
+        assert got.dtype == np.dtype(spec.out_dtype) if spec.out_dtype == "float32" else True
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=relative_tolerance(spec), atol=tolerance(spec))
+
+
+def test_an_amx_kernel_is_refused_clearly_where_the_cpu_lacks_the_feature(tmp_path, monkeypatch):
+    import convgen.target as target_module
+
+    spec = INT8[1]
+    path = str(tmp_path / "amx.so")
+    convgen.build(spec, AMX, template="x86.amx_int8").export(path)  # builds anywhere
+    monkeypatch.setattr(target_module, "host_cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512_vnni"})
+    k = convgen.load(path)
+    with pytest.raises(convgen.KernelError, match="amx_tile"):
+        k(*full_range(spec, 0))
+
+
+def test_records_tuned_without_the_tile_template_do_not_outrank_it():
+    """A uint8 record tuned for x86-avx512-bf16 (which has no AMX) serves that target, but on
+    x86-amx the tile template's default does: the record never competed with it. Float32
+    records of the parent still serve (no tile template for float32)."""
+    from convgen.records import Record, find_config, make_record
+
+    u8 = INT8[1]
+    vnni = get_template("x86.direct_vnni")
+    parent = convgen.get_target("x86-avx512-bf16")
+    rec = Record(make_record(u8, parent, vnni, vnni.default(u8, parent), times=[1e-4] * 3))
+    assert find_config(u8, parent, [rec])[0].name == "x86.direct_vnni"
+    assert find_config(u8, AMX, [rec]) is None
+    fp32 = u8.replace(dtype="float32", data_zero_point=0)
+    direct = get_template("x86.direct")
+    rec32 = Record(make_record(fp32, parent, direct, direct.default(fp32, parent), times=[1e-4] * 3))
+    assert find_config(fp32, AMX, [rec32])[0].name == "x86.direct"
