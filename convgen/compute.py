@@ -23,6 +23,11 @@ A template whose instruction sums a fixed number of input channels at once (``vp
 asks for ``input_block``: the reduction then runs over ``C`` rounded up to it, ``data_pad``
 adds the missing channels and ``weight_pad`` gives them zero filters, so they add nothing
 (an RGB stem's 3 channels as one 4-channel step).
+
+A template whose tile takes a fixed number of output rows (AMX's tiles: one per row) asks for
+``row_block``: ``conv`` then computes the output height rounded up to a multiple of it,
+``data_pad`` adds the input rows the extra output rows read (with the padding's value), and
+``out`` reads only the real rows: a 7-row map in blocks of 2 rows computes 8.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ def padded_inputs(spec: ConvSpec, input_block: int) -> int:
     if spec.groups != 1:
         raise ValueError(f"input channel padding serves groups == 1, not {spec.describe()}")
     return -(-c // input_block) * input_block
+
+
+def padded_rows(spec: ConvSpec, row_block: int) -> int:
+    """Output rows of the ``conv`` stage for ``row_block`` (the height rounded up to it)."""
+    return -(-spec.out_height // max(row_block, 1)) * max(row_block, 1)
 
 
 def pad_data(spec: ConvSpec, data: te.Tensor, padding: tuple[int, int, int, int] | None = None,
@@ -155,7 +165,7 @@ def gelu(y: Any, dt: str) -> Any:
 
 
 def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1, input_block: int = 1,
-              prepadded: bool = False) -> tuple[list[te.Tensor], te.Tensor]:
+              row_block: int = 1, prepadded: bool = False) -> tuple[list[te.Tensor], te.Tensor]:
     """The TE tensors: ``([data, weight, (bias), (residual)], out)``.
 
     ``acc_dtype`` (default ``spec.acc_dtype``) is the type of the ``conv`` stage: fp16 on
@@ -163,7 +173,7 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
     function's arguments and result keep the spec's dtypes either way. ``channel_block``:
     see :func:`padded_channels`; ``input_block``: :func:`padded_inputs`; ``prepadded``: the
     weight argument holds the padded filters already (the form whose packing becomes
-    ``main_prepacked``).
+    ``main_prepacked``); ``row_block``: :func:`padded_rows`.
     """
     nchw = spec.layout == "NCHW"
     kh_, kw_ = spec.kernel
@@ -177,7 +187,11 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
     c_pad = c_red + (k_pad - spec.out_channels if spec.groups > 1 else 0)
 
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
-    padded = pad_data(spec, data, channels=c_pad)
+    h_pad = padded_rows(spec, row_block)
+    # the input rows the extra output rows read: below the image, in the bottom padding
+    pt, pl, pb, pr = spec.padding
+    pb += max(0, (h_pad - 1) * sh + (kh_ - 1) * dh + 1 - (spec.height + pt + pb))
+    padded = pad_data(spec, data, padding=(pt, pl, pb, pr), channels=c_pad)
     wshape = padded_weight_shape(spec, channel_block, input_block)
     if prepadded or wshape == spec.weight_shape:
         weight = filters = te.placeholder(wshape, spec.filter_dtype, name="weight")
@@ -199,7 +213,7 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
     def cast(x):
         return x if x.dtype == acc else x.astype(acc)
 
-    n, h, w = spec.batch, spec.out_height, spec.out_width
+    n, h, w = spec.batch, h_pad, spec.out_width
     if nchw:
 
         def body(n, oc, oh, ow):
@@ -220,9 +234,10 @@ def conv2d_te(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: in
 
 
 def conv2d_primfunc(spec: ConvSpec, acc_dtype: str | None = None, *, channel_block: int = 1, input_block: int = 1,
-                    prepadded: bool = False) -> tirx.PrimFunc:
+                    row_block: int = 1, prepadded: bool = False) -> tirx.PrimFunc:
     """The PrimFunc ``main(data, weight, [bias], [residual], out)`` every template schedules."""
-    args, out = conv2d_te(spec, acc_dtype, channel_block=channel_block, input_block=input_block, prepadded=prepadded)
+    args, out = conv2d_te(spec, acc_dtype, channel_block=channel_block, input_block=input_block,
+                          row_block=row_block, prepadded=prepadded)
     return te.create_prim_func(args + [out]).with_attr("global_symbol", "main")
 
 

@@ -80,7 +80,8 @@ class Template:
         from convgen.compute import conv2d_primfunc
 
         return conv2d_primfunc(spec, channel_block=self.channel_block(spec, target, config),
-                               input_block=self.input_block(spec, target))
+                               input_block=self.input_block(spec, target),
+                               row_block=self.row_block(spec, target, config))
 
     def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
         """Output channels the kernel computes in one vector block: the compute pads ``K`` up
@@ -91,6 +92,11 @@ class Template:
         """Input channels the kernel's instruction sums at once: the compute pads ``C`` up to
         a multiple of it with zero filters (see :func:`convgen.compute.padded_inputs`); 1
         for none."""
+        return 1
+
+    def row_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
+        """Output rows the kernel's tile takes at once: the compute rounds the height up to a
+        multiple of it (see :func:`convgen.compute.padded_rows`); 1 for none."""
         return 1
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
@@ -175,7 +181,8 @@ class Template:
 
         block, inputs = self.channel_block(spec, target, config), self.input_block(spec, target)
         if padded_weight_shape(spec, block, inputs) != spec.weight_shape:
-            main = scheduled(conv2d_primfunc(spec, channel_block=block, input_block=inputs, prepadded=True))
+            main = scheduled(conv2d_primfunc(spec, channel_block=block, input_block=inputs, prepadded=True,
+                                             row_block=self.row_block(spec, target, config)))
         prepacked = s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(
             tvm.IRModule({"main": main}))["main"]
         if [int(x) for x in prepacked.params[1].shape] != [int(x) for x in pack.params[1].shape]:

@@ -62,8 +62,11 @@ runtime also asks before it runs one (:func:`convgen.cpufeatures.request_amx`, i
 
 Measured (Intel Xeon family 6 model 207, Emerald Rapids, 2 vCPUs, 2 threads; interleaved
 with the tuned ``vpdpbusd`` kernels and oneDNN's through ``torch.ao``, int8 requantized to
-u8): ResNet-50's 3x3 layers 1.7-2.6x faster than ``x86.direct_vnni`` (0.45-0.87x
-``torch.ao``'s speed), its 1x1 layers 1.1-1.6x (0.81-0.96x ``torch.ao``'s), untuned.
+u8, the defaults): ResNet-50's 3x3 layers 1.7-2.6x faster than ``x86.direct_vnni`` (0.75-0.86x
+``torch.ao``'s speed), its 1x1 layers 1.1-1.6x (0.94-1.02x ``torch.ao``'s); 5.1-5.8x this
+CPU's fp32 kernels but on 64->256 1x1 at 56x56 (3.4x). Small maps are the weak spot: a
+7-wide row fills 7 of a tile's 16 rows, and the weights of a 512->512 3x3 layer stream from
+L2 for every block of rows.
 """
 
 from __future__ import annotations
@@ -313,9 +316,10 @@ TDPBF16PS = TileStep("tdpbf16ps", ("amx_tile", "amx_bf16"), ("+amx-tile", "+amx-
 
 
 def tile_shapes(out_height: int) -> list[tuple[int, int]]:
-    """``(tile_oh, C tiles per row)`` pairs within the eight tiles (module docstring)."""
+    """``(tile_oh, C tiles per row)`` pairs within the eight tiles (module docstring); a
+    ``tile_oh`` that does not divide the height computes the last block's rows past it."""
     return [(th, nb) for th in (1, 2, 3) for nb in (1, 2, 3)
-            if th * nb + th + nb <= TILES and out_height % th == 0]
+            if th * nb + th + nb <= TILES and th <= out_height]
 
 
 class AmxX86(Template):
@@ -337,8 +341,8 @@ class AmxX86(Template):
         if spec.in_channels % step.depth or spec.in_channels < 4 * step.depth:
             # an RGB stem would fill 4 of a row's 64 bytes: vpdpbusd serves it
             return f"{spec.in_channels} input channels (a multiple of {step.depth}, at least {4 * step.depth})"
-        if not divisors(spec.out_width, upto=ROWS)[-1] > 1 and spec.out_width > 1:
-            return f"output width {spec.out_width} has no divisor up to {ROWS} for a tile's rows"
+        if divisors(spec.out_width, upto=ROWS)[-1] == 1:  # a classifier's 1x1 map: vpdpbusd's
+            return f"output width {spec.out_width} has no divisor in 2..{ROWS} for a tile's rows"
         return None
 
     def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
@@ -346,6 +350,12 @@ class AmxX86(Template):
 
     def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
         return config["tile_oc"], spec.in_channels
+
+    def row_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
+        # a 7-row map in blocks of 2 rows computes 8: each weight tile loaded feeds twice the
+        # products of single rows (ResNet-50's 7x7 layers are bound by the weights' traffic
+        # from L2: 1 KB per B tile for 7 pixels x 16 channels)
+        return config["tile_oh"]
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         tile_oc = tuple(t for t in channel_tiles(spec.out_channels, TILE_N) if t <= 3 * TILE_N)
@@ -370,10 +380,12 @@ class AmxX86(Template):
     def default(self, spec: ConvSpec, target: Target) -> Config:
         space = self.space(spec, target)
 
-        # the most products per tile loaded (2 x 2 where the shape allows), then the widest rows
+        # the most products per tile loaded (2 x 2 where the shape allows) per row computed
+        # (rows past the map are waste), then the widest rows
         def score(c: Config) -> tuple:
             th, nb = c["tile_oh"], c["tile_oc"] // TILE_N
-            return (th * nb / (th + nb), c["tile_ow"], -c["tile_oc"])
+            waste = -(-spec.out_height // th) * th / spec.out_height
+            return (th * nb / (th + nb) / waste, c["tile_ow"], -c["tile_oc"])
 
         # rows in parallel (each thread reads every weight, writes whole output rows) unless the
         # weights outweigh the input 4:1 (ResNet-50's 7x7 layers: 2.4 MB of 3x3 filters, 25 KB

@@ -36,6 +36,10 @@ INT8 = [
     # dilation 2; 96 channels (tile rows of 48 bytes); 24 filters padded to 32
     ConvSpec(in_channels=96, out_channels=24, height=9, width=9, kernel=3, padding=2, dilation=2, layout="NHWC",
              dtype="uint8", bias=True),
+    # a 7-row map: blocks of 2 or 3 rows compute rows past it (read from the bottom padding)
+    ConvSpec(in_channels=64, out_channels=32, height=7, width=7, kernel=3, padding=1, layout="NHWC", dtype="uint8",
+             bias=True, activation="relu"),
+    ConvSpec(in_channels=128, out_channels=32, height=7, width=7, kernel=1, layout="NHWC", dtype="uint8"),
     # requantized to u8 with a u8 residual in its own scale: the int8 model's blocks
     ConvSpec(in_channels=32, out_channels=64, height=7, width=7, kernel=1, layout="NHWC", dtype="uint8",
              output_dtype="uint8", bias=True, residual=True, residual_dtype="uint8", activation="relu"),
@@ -162,3 +166,19 @@ def test_records_tuned_without_the_tile_template_do_not_outrank_it():
     direct = get_template("x86.direct")
     rec32 = Record(make_record(fp32, parent, direct, direct.default(fp32, parent), times=[1e-4] * 3))
     assert find_config(fp32, AMX, [rec32])[0].name == "x86.direct"
+
+
+@pytest.mark.parametrize("spec", [INT8[5], INT8[2].replace(height=13, width=14), INT8[3]], ids=lambda s: s.describe())
+def test_the_row_blocked_definition_computes_the_real_rows_exactly(spec):
+    """``row_block`` (rows past the map, read from the bottom padding) changes no output:
+    the one definition, unscheduled, compiled for the CPU, against the reference."""
+    import tvm
+
+    from convgen.compute import conv2d_primfunc, padded_rows
+
+    assert padded_rows(spec, 3) % 3 == 0 and padded_rows(spec, 3) >= spec.out_height
+    lib = tvm.compile(conv2d_primfunc(spec, row_block=3), target="llvm")
+    arrays = full_range(spec, 4)
+    out = tvm.runtime.empty(spec.output_shape, spec.out_dtype)
+    lib["main"](*[tvm.runtime.tensor(a) for a in arrays], out)
+    np.testing.assert_array_equal(out.numpy(), conv2d_reference(spec, *arrays))
