@@ -89,7 +89,8 @@ from .x86 import channel_tiles
 TILES = 8
 #: the widest tile row (bytes) and the most rows
 ROW_BYTES, ROWS = 64, 16
-#: parallel tasks a kernel is split into (at most)
+#: output-channel blocks (x batch) from which those alone are the parallel tasks (each
+#: configures the tiles once): below it, the row blocks are split too
 TASKS = 8
 #: output channels of one C tile: 16 32-bit lanes of a 64-byte row
 TILE_N = 16
@@ -181,7 +182,7 @@ configure:
         from tvm.s_tir import TensorIntrin
         from tvm.script import tirx as T
 
-        name = (f"convgen.x86.{self.instruction_name}_{th}x{tw}x{nb}_c{spec.in_channels}_k{spec.kernel[0]}x{spec.kernel[1]}"
+        name = (f"convgen.x86.{self.instruction}_{th}x{tw}x{nb}_c{spec.in_channels}_k{spec.kernel[0]}x{spec.kernel[1]}"
                 f"_s{spec.stride[0]}x{spec.stride[1]}_d{spec.dilation[0]}x{spec.dilation[1]}")
         if TensorIntrin.get(name, allow_missing=True) is None:
             source, where = self.intrin_source(spec, th, tw, nb), f"<{name}>"
@@ -191,10 +192,6 @@ configure:
             exec(compile(source, where, "exec"), scope)  # noqa: S102 - text made above, from numbers
             TensorIntrin.register(name, scope["desc"], scope["impl"])
         return name
-
-    @property
-    def instruction_name(self) -> str:
-        return self.instruction
 
     def intrin_source(self, spec: ConvSpec, th: int, tw: int, nb: int) -> str:
         """TVMScript of the description and implementation of :meth:`tensor_intrin`."""
