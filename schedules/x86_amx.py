@@ -142,10 +142,10 @@ class TileStep:
 
         for t in range(th * nb):
             tile(t, tw, ROW_BYTES)
-        for r in range(th):
+        for r in range(a_tiles(th)):
             tile(th * nb + r, tw, chunk * self.element_bytes)
         for j in range(nb):
-            tile(th * nb + th + j, chunk // self.depth, ROW_BYTES)
+            tile(th * nb + a_tiles(th) + j, chunk // self.depth, ROW_BYTES)
         data = "".join(f"\\{b:02X}" for b in cfg)
         # the first call in a process asks Linux for the tile state (module docstring), so
         # the library runs in any process that loads it (a tuner's worker, an RPC server)
@@ -200,7 +200,7 @@ configure:
         chunk = self.chunk(C)
         ah, aw = (th - 1) * sh + (R - 1) * dh + 1, (tw - 1) * sw + (S - 1) * dw + 1  # the input region
         rows, taps_h, taps_w = th > 1, R > 1, S > 1
-        a_first, b_first = th * nb, th * nb + th  # tile numbers: C tiles, then A, then B
+        a_first, b_first = th * nb, th * nb + a_tiles(th)  # tile numbers: C tiles, then A, then B
 
         def idx(*parts: tuple[bool, str]) -> str:
             return ", ".join(p for keep, p in parts if keep)
@@ -237,7 +237,7 @@ configure:
             row = " + ".join([f"{r * sh}"] + ([f"kr * {dh}"] if taps_h else []))
             col = "ks" + (f" * {dw}" if dw != 1 else "") if taps_w else "0"
             at = idx((rows or taps_h, row), (True, col), (True, f"kc * {chunk}"))
-            return (f"T.call_llvm_intrin('void', 'llvm.x86.tileloadd64', T.int8({a_first + r}), "
+            return (f"T.call_llvm_intrin('void', 'llvm.x86.tileloadd64', T.int8({a_first + r % 2}), "
                     f"T.address_of(Av[{at}]), T.Cast('int64', sa * {sw * esize}))")
 
         def b_tile(j: int) -> str:
@@ -251,9 +251,13 @@ configure:
                     f"T.Cast('int64', sc * 4))")
 
         body = [f"T.evaluate(T.call_llvm_intrin('void', 'llvm.x86.tilezero', T.int8({t})))" for t in range(th * nb)]
-        inner = [a_tile(r) for r in range(th)] + [b_tile(j) for j in range(nb)]
-        inner += [f"T.call_llvm_intrin('void', '{self.llvm_name}', T.int8({t}), T.int8({a_first + t // nb}), "
-                  f"T.int8({b_first + t % nb}))" for t in range(th * nb)]
+        # B tiles first, then each row's A tile (two registers in turn: a row's load overlaps
+        # the previous row's products) and its products with every B tile
+        inner = [b_tile(j) for j in range(nb)]
+        for r in range(th):
+            inner.append(a_tile(r))
+            inner += [f"T.call_llvm_intrin('void', '{self.llvm_name}', T.int8({r * nb + j}), "
+                      f"T.int8({a_first + r % 2}), T.int8({b_first + j}))" for j in range(nb)]
         level = 0  # for taps (those of extent > 1), for chunks: load A, B; the products
         for v, e in (("kr", R), ("ks", S)):
             if e > 1:
@@ -312,11 +316,21 @@ TDPBF16PS = TileStep("tdpbf16ps", ("amx_tile", "amx_bf16"), ("+amx-tile", "+amx-
                      "float32", 2, "llvm.x86.tdpbf16ps")
 
 
+def a_tiles(th: int) -> int:
+    """A tile registers of a block of ``th`` rows: one per row up to two, reloaded in turn."""
+    return min(th, 2)
+
+
+def tiles_used(th: int, nb: int) -> int:
+    """Tile registers of a block: ``th * nb`` C, :func:`a_tiles` A, ``nb`` B."""
+    return th * nb + a_tiles(th) + nb
+
+
 def tile_shapes(out_height: int) -> list[tuple[int, int]]:
     """``(tile_oh, C tiles per row)`` pairs within the eight tiles (module docstring); a
     ``tile_oh`` that does not divide the height computes the last block's rows past it."""
-    return [(th, nb) for th in (1, 2, 3) for nb in (1, 2, 3)
-            if th * nb + th + nb <= TILES and th <= out_height]
+    return [(th, nb) for th in (1, 2, 3, 4) for nb in (1, 2, 3)
+            if tiles_used(th, nb) <= TILES and th <= out_height]
 
 
 class AmxX86(Template):
@@ -361,7 +375,8 @@ class AmxX86(Template):
             Knob("tile_oc", tile_oc, "output channels per block: 16 per C tile, one B tile each"),
             Knob("tile_ow", tuple(d for d in divisors(spec.out_width, upto=ROWS) if d > 1),
                  "output pixels of a row: the rows of the A and C tiles"),
-            Knob("tile_oh", tuple(sorted({th for th, _ in tile_shapes(spec.out_height)})), "output rows: one A tile each"),
+            Knob("tile_oh", tuple(sorted({th for th, _ in tile_shapes(spec.out_height)})),
+                 "output rows: one A tile load each (two registers in turn)"),
             Knob("order", ("channels", "pixels"),
                  "parallel over output-channel blocks, pixels inner (each thread keeps its weight panel), "
                  "or over rows, channel blocks inner (each keeps its pixels)"),
@@ -369,7 +384,7 @@ class AmxX86(Template):
 
         def fits(config: Config) -> str | None:
             th, nb = config["tile_oh"], config["tile_oc"] // TILE_N
-            tiles = th * nb + th + nb
+            tiles = tiles_used(th, nb)
             return None if tiles <= TILES else f"{tiles} tiles > {TILES}"
 
         return Space(self.name, self.version, knobs, fits)
@@ -377,20 +392,23 @@ class AmxX86(Template):
     def default(self, spec: ConvSpec, target: Target) -> Config:
         space = self.space(spec, target)
 
-        # the most products per tile loaded (2 x 2 where the shape allows) per row computed
-        # (rows past the map are waste), then the widest rows
+        # the most multiply-adds per 64-byte row loaded: a step loads th A tiles of tile_ow
+        # rows and nb B tiles of 16 for th * nb products of tile_ow x 16 sums, per row
+        # computed (rows past the map are waste); then the widest rows. 2 x 2 on 14-wide
+        # rows, 4 x 1 on 7-wide ones (512->512 3x3 at 7x7: 68 us, 2 x 2 74, 1 x 2 79)
         def score(c: Config) -> tuple:
-            th, nb = c["tile_oh"], c["tile_oc"] // TILE_N
+            th, nb, tw = c["tile_oh"], c["tile_oc"] // TILE_N, c["tile_ow"]
             waste = -(-spec.out_height // th) * th / spec.out_height
-            return (th * nb / (th + nb) / waste, c["tile_ow"], -c["tile_oc"])
+            return (th * tw * nb * TILE_N / (th * tw + nb * TILE_N) / waste, tw, -c["tile_oc"])
 
-        # rows in parallel (each thread reads every weight, writes whole output rows) unless the
-        # weights outweigh the input 4:1 (ResNet-50's 7x7 layers: 2.4 MB of 3x3 filters, 25 KB
-        # of pixels), where each thread keeps its own weight panel instead. Measured on a
-        # Xeon with AMX, 2 threads: rows 71 us vs panels 142 us on 64->256 1x1 at 56x56,
-        # panels 2.2x faster on 512->512 3x3 at 7x7
-        weights = spec.kernel[0] * spec.kernel[1] * spec.in_channels * spec.out_channels
-        order = "pixels" if weights <= 4 * spec.height * spec.width * spec.in_channels else "channels"
+        # rows in parallel (each thread reads every weight for each block of rows, writes
+        # whole output rows) where the weights stay in L2 between the blocks; else channel
+        # blocks in parallel, each thread keeping its panel in L2 across the rows. Measured on
+        # a Xeon with AMX (2 MB L2), 2 threads: 64->256 1x1 at 56x56 (16 KB of weights) rows
+        # 71 us vs panels 142; 2048->512 1x1 at 7x7 (1 MB) 41 vs 55; 512->512 3x3 at 7x7
+        # (2.4 MB) panels 2.2x faster
+        weights = spec.kernel[0] * spec.kernel[1] * spec.in_channels * spec.out_channels * self.step.element_bytes
+        order = "pixels" if weights <= int(target.isa.get("l2_kib", 1024)) * 1024 else "channels"
         return max((c for c in space if c["order"] == order), key=score)
 
     def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
