@@ -16,13 +16,15 @@ every ``chunk`` of input channels (64 int8 or 32 bf16: one 64-byte tile row)::
 
     tilezero C tiles
     for kh, kw, channel chunks:
-        tileloadd A tiles   # tile_ow pixels of one row, straight from the (padded) NHWC input
         tileloadd B tiles   # 16 output channels each, from the packed weights
-        tdpbusd  C[r][j] += A[r] . B[j]
+        for each row r:
+            tileloadd A     # tile_ow pixels of row r, straight from the (padded) NHWC input
+            tdpbusd  C[r][j] += A . B[j]  for every B tile j
     tilestored C tiles      # to the block's 32-bit buffer, on the stack
     epilogue (vector code)  # bias, residual, activation, requantization, as every template
 
-- **A** (``tile_oh`` tiles): pixel ``ow`` of tap ``kw`` sits at input column
+- **A** (one tile per row of pixels, two registers in turn, so a row's load overlaps the
+  previous row's products): pixel ``ow`` of tap ``kw`` sits at input column
   ``ow * stride + kw * dilation``, so a tile row is ``chunk`` channels of one pixel and the
   next row is ``stride * C`` elements further: one strided ``tileloadd`` per row of pixels,
   no copy, any stride and dilation;
@@ -35,11 +37,15 @@ every ``chunk`` of input channels (64 int8 or 32 bf16: one 64-byte tile row)::
 
 Tile budget, eight registers (the AMX analogue of :mod:`schedules.cpu`'s register budget)::
 
-    tiles = tile_oh * tile_oc / 16 (C) + tile_oh (A) + tile_oc / 16 (B)  <= 8
+    tiles = tile_oh * tile_oc / 16 (C) + min(tile_oh, 2) (A) + tile_oc / 16 (B)  <= 8
 
 2 x 2 (4 C, 2 A, 2 B) is the classic kernel: each A and B tile loaded feeds two products.
 A tile's rows are the pixels of a row of the output (``tile_ow`` divides the width, <= 16):
-56, 28 and 14 wide maps fill 14 of the 16 rows, 7 wide ones 7.
+56, 28 and 14 wide maps fill 14 of the 16 rows, 7 wide ones 7, where 4 rows x 16 channels
+(4 C, 2 A, 1 B) load fewer bytes per product than 2 x 2: the default weighs the rows a step
+loads (``tile_oh * tile_ow`` of A, 16 per B tile) against its multiply-adds. The parallel
+loop runs over rows where the weights stay in L2 between blocks of rows, else over blocks of
+output channels (each thread keeps its weight panel in L2 across the rows).
 
 Tile shapes are set by ``ldtilecfg`` from a 64-byte constant (:meth:`TileStep.config_ir`, an
 LLVM function imported into the module), once per parallel task, and released
@@ -62,11 +68,8 @@ runtime also asks before it runs one (:func:`convgen.cpufeatures.request_amx`, i
 
 Measured (Intel Xeon family 6 model 207, Emerald Rapids, 2 vCPUs, 2 threads; interleaved
 with the tuned ``vpdpbusd`` kernels and oneDNN's through ``torch.ao``, int8 requantized to
-u8, the defaults): ResNet-50's 3x3 layers 1.7-2.6x faster than ``x86.direct_vnni`` (0.75-0.86x
-``torch.ao``'s speed), its 1x1 layers 1.1-1.6x (0.94-1.02x ``torch.ao``'s); 5.1-5.8x this
-CPU's fp32 kernels but on 64->256 1x1 at 56x56 (3.4x). Small maps are the weak spot: a
-7-wide row fills 7 of a tile's 16 rows, and the weights of a 512->512 3x3 layer stream from
-L2 for every block of rows.
+u8, the defaults): ResNet-50's 3x3 layers 2.0-2.7x faster than ``x86.direct_vnni`` (0.77-0.89x
+``torch.ao``'s speed), its 1x1 layers 1.4-1.6x (0.84-1.06x ``torch.ao``'s).
 """
 
 from __future__ import annotations
