@@ -477,8 +477,10 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
             if best is None or rank < best[0]:
                 best = (rank, r)
         if best is not None:
-            if best[1].target != target.name and _unseen_template(rule, spec, target, best[1]):
-                return None  # the target's own better template wins untuned (see below)
+            if template is None and best[1].target != target.name and _unseen_template(rule, spec, target,
+                                                                                      best[1]):
+                return None  # the target's own better template wins untuned (see below); one
+                # the caller names keeps its records
             return rule.template(best[1].template), dict(best[1].config), tuned
     return None
 

@@ -162,6 +162,8 @@ def test_records_tuned_without_the_tile_template_do_not_outrank_it():
     rec = Record(make_record(u8, parent, vnni, vnni.default(u8, parent), times=[1e-4] * 3))
     assert find_config(u8, parent, [rec])[0].name == "x86.direct_vnni"
     assert find_config(u8, AMX, [rec]) is None
+    # asked for by name, the template keeps its records on the child target too
+    assert find_config(u8, AMX, [rec], template="x86.direct_vnni")[0].name == "x86.direct_vnni"
     fp32 = u8.replace(dtype="float32", data_zero_point=0)
     direct = get_template("x86.direct")
     rec32 = Record(make_record(fp32, parent, direct, direct.default(fp32, parent), times=[1e-4] * 3))
