@@ -477,10 +477,11 @@ def find_config(spec: ConvSpec, target: Target, records: Iterable[Record], *, te
             if best is None or rank < best[0]:
                 best = (rank, r)
         if best is not None:
-            if template is None and best[1].target != target.name and _unseen_template(rule, spec, target,
-                                                                                      best[1]):
-                return None  # the target's own better template wins untuned (see below); one
-                # the caller names keeps its records
+            # a record of a parent target yields to a better template the parent lacks (see
+            # below), unless the caller names the record's template
+            if template is None and best[1].target != target.name and \
+                    _unseen_template(rule, spec, target, best[1]):
+                return None
             return rule.template(best[1].template), dict(best[1].config), tuned
     return None
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from .cpufeatures import host_cpu_flags  # noqa: F401 - re-exported: the auxiliary vector, cpuinfo or CPUID
-from .cpufeatures import request_amx
+from .cpufeatures import host_cpu_flags, request_amx  # noqa: F401 - host_cpu_flags re-exported: auxv, cpuinfo or CPUID
 from .cuda.device import device_problem
 from .errors import TargetError
 

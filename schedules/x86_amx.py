@@ -135,7 +135,7 @@ class TileStep:
     def config_ir(self, name: str, th: int, tw: int, nb: int, chunk: int) -> str:
         """LLVM IR of ``void @name()``: ``ldtilecfg`` from a constant 64-byte configuration
         (palette 1; per tile its bytes per row at offset 16 + 2t and rows at 48 + t) for
-        ``th * nb`` C tiles, then ``th`` A tiles, then ``nb`` B tiles."""
+        ``th * nb`` C tiles, then :func:`a_tiles` A tiles, then ``nb`` B tiles."""
         cfg = bytearray(64)
         cfg[0] = 1
 
@@ -366,9 +366,8 @@ class AmxX86(Template):
         return config["tile_oc"], spec.in_channels
 
     def row_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
-        # a 7-row map in blocks of 2 rows computes 8: each weight tile loaded feeds twice the
-        # products of single rows (ResNet-50's 7x7 layers are bound by the weights' traffic
-        # from L2: 1 KB per B tile for 7 pixels x 16 channels)
+        # a 7-row map in blocks of 4 rows computes 8: each weight tile loaded (1 KB, from L2)
+        # feeds 4 rows of 7 pixels instead of one
         return config["tile_oh"]
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
@@ -485,15 +484,15 @@ def _has_tiles(stmt: Any) -> bool:
     import tvm
     import tvm_ffi
 
-    found = []
+    found = False
     intrin = tvm.ir.Op.get("tirx.call_llvm_intrin")
 
     def on_call(call: Any) -> None:
-        if call.op.same_as(intrin):
-            found.append(call)
+        nonlocal found
+        found = found or call.op.same_as(intrin)
 
     tvm_ffi.structural_walk(stmt, [(tvm.ir.Call, on_call)])
-    return bool(found)
+    return found
 
 
 class AmxInt8X86(AmxX86, name="x86.amx_int8", version=1, families=("x86",), dtypes=("uint8",), priority=40):

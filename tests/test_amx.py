@@ -15,6 +15,7 @@ import pytest
 
 import convgen
 from convgen import ConvSpec
+from convgen.arrays import numpy_dtype
 from convgen.reference import conv2d_reference, random_inputs, relative_tolerance, tolerance
 from convgen.schedules import get_template
 from convgen.schedules.x86_amx import TILES, TILE_N, tile_shapes, tiles_used
@@ -134,7 +135,7 @@ def test_tdpbf16ps_kernels_match_the_bf16_reference(spec):
     want = conv2d_reference(spec, *arrays).astype(np.float64)
     for config in configs(tmpl, spec):
         got = convgen.build(spec, AMX, config, template="x86.amx_bf16")(*arrays)
-        assert got.dtype == np.dtype(spec.out_dtype) if spec.out_dtype == "float32" else True
+        assert got.dtype == numpy_dtype(spec.out_dtype)
         np.testing.assert_allclose(got.astype(np.float64), want, rtol=relative_tolerance(spec), atol=tolerance(spec))
 
 
