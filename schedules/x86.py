@@ -43,7 +43,7 @@ from convgen.spec import ConvSpec
 from convgen.target import Target
 
 from .base import Template, register
-from .common import channels_innermost, pack_weights, parallel_outer, spatial_loops, vectorize_inner
+from .common import channels_innermost, has_block, pack_weights, parallel_outer, spatial_loops, vectorize_inner
 from .cpu import direct_loops, guard_dead_taps, partition_config, pixel_tiles, register_fit, tile_knobs, tile_registers
 
 
@@ -281,6 +281,98 @@ class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",),
         sch.decompose_reduction(conv, L["ic"])
 
 
+class DepthwiseNHWCX86(Template, name="x86.depthwise_nhwc", version=1, families=("x86",),
+                       dtypes=("float32", "bfloat16"), priority=22):
+    """Depthwise on NHWC data, the threads splitting output *rows*: a row's pixel tiles each
+    walk every channel block, so the input is read along NHWC memory as it lies.
+
+    :class:`DepthwiseX86` makes a channel block the outer parallel loop (``n, c/tile_c, oh``):
+    each task reads ``tile_c`` of every pixel's channels, 64-256 bytes out of each
+    ``4*C``-byte pixel, a strided walk whose lines other tasks fetch again later from L3.
+    Here a task is one output row; under each tile of ``tile_ow`` pixels the channel blocks
+    run in turn, so the ``R`` input rows are read contiguously, once per row task (stride-2
+    layers: 1.5 times), and the output row is written in order. The register tile is still
+    ``tile_ow`` pixels x ``tile_c`` channels (``tile_ow * tile_c/lanes`` accumulators, the
+    ``R*S`` taps' weight vectors loaded per tap and reused across the pixels).
+
+    Padding (``pad``): ``inline`` reads the input through the bounds test (the padded stage
+    is inlined: a select per load, uniform over the channel lanes), with ``partition`` the
+    loop partition pass splits the border tiles from the interior ones where it can;
+    ``tile`` copies each tile's padded window first (as :class:`DepthwiseX86`'s ``tile``).
+    Measured on a 2-vCPU Intel Xeon (Emerald Rapids), MobileNet-v2's 10 distinct NHWC
+    depthwise layers, every config of both templates, hot loop: the best of this space ran
+    1.1-2.6x faster than :class:`DepthwiseX86`'s default (96 channels at 112x112 stride 2:
+    96 vs 228 us, where the best of that template's space took 204), 16-channel tiles of 7-8
+    pixels and ``inline`` best on most; ``partition`` within 10% either way.
+    """
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        if not (spec.is_depthwise and spec.out_per_group == 1):
+            return "not depthwise with channel multiplier 1"
+        if spec.layout != "NHWC":
+            return "NCHW data (x86.depthwise and x86.depthwise_rows serve it)"
+        return None  # a channel count off the lanes is padded (input and output channels)
+
+    def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
+        return config["tile_c"]
+
+    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
+        return config["tile_c"], 1
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        lanes, regs = target.vector_lanes, target.registers
+        pads = ("inline", "tile") if any(spec.padding) else ("inline",)
+
+        def fits(config: Config) -> str | None:
+            vec = config["tile_c"] // lanes
+            return register_fit(target, config["tile_ow"] * vec, vec)
+
+        return Space(self.name, self.version, (
+            Knob("tile_c", channel_tiles(spec.out_channels, lanes), "channels per register tile"),
+            Knob("tile_ow", tuple(divisors(spec.out_width, upto=regs // 2)), "output pixels per register tile"),
+            Knob("pad", pads, "padding: a bounds test per load (inline) or a padded window per tile"),
+            Knob("partition", (False, True), "split border tiles from interior ones (loop partition)"),
+        ), fits)
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        # one vector of channels, the longest pixel tile up to 8 (4-8 accumulators hide the
+        # FMA latency; longer tiles only lengthen the row's tail): the measured best or
+        # within 10% of it on 8 of the 10 layers above
+        space = self.space(spec, target)
+        tile_ow = max(w for w in space["tile_ow"].values if w <= 8)
+        return {"tile_c": space["tile_c"].values[0], "tile_ow": tile_ow, "pad": "inline", "partition": False}
+
+    def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
+        return {"s_tir.LoopPartition": {"partition_const_loop": True}} if config["partition"] else {}
+
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        cb = config["tile_c"]
+        return lambda h, w, i, o: (o // cb, i, h, w, o % cb)
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        cb, rw = config["tile_c"], config["tile_ow"]
+        conv, out = sch.get_sblock("conv"), sch.get_sblock("out")
+        data = sch.get_sblock("data_pad") if has_block(sch, "data_pad") else None
+        pack_weights(sch, spec, conv, self.weight_pack(spec, target, config), cb, 1)
+        L = spatial_loops(sch, spec, conv)
+        oco, oci = sch.split(L["oc"], [None, cb])
+        owo, owi = sch.split(L["ow"], [None, rw])
+        sch.reorder(L["n"], L["oh"], owo, oco, L["ic"], L["kh"], L["kw"], owi, oci)
+        sch.parallel(sch.fuse(L["n"], L["oh"]))
+        sch.reverse_compute_at(out, oco)
+        if data is not None:
+            if config["pad"] == "inline":
+                sch.compute_inline(data)
+            else:
+                sch.compute_at(data, oco)
+                vectorize_inner(sch, data, target.vector_lanes)
+        sch.vectorize(oci)
+        sch.unroll(owi)
+        sch.unroll(L["kw"])
+        vectorize_inner(sch, out, target.vector_lanes)
+        sch.decompose_reduction(conv, L["ic"])
+
+
 class DepthwiseRowsX86(Template, name="x86.depthwise_rows", version=1, families=("x86",), dtypes=("float32",),
                        priority=25):
     """Depthwise on NCHW data as given: output rows in vector lanes, no layout change.
@@ -390,5 +482,6 @@ class DepthwiseInt8X86(DepthwiseX86, name="x86.depthwise_int8", version=1, famil
 
 register(DirectX86())
 register(DepthwiseX86())
+register(DepthwiseNHWCX86())
 register(DepthwiseRowsX86())
 register(DepthwiseInt8X86())

@@ -122,6 +122,43 @@ def test_every_place_of_the_depthwise_padded_input_matches_reference(spec, host)
         check_kernel(convgen.build(spec, host, config, template=tmpl.name), spec)
 
 
+
+# NHWC depthwise split by output rows (x86.depthwise_nhwc): stride 2 with channels off the
+# lanes and batch 2, dilation 2, 5x5 and 7x7 windows, asymmetric padding, none, bf16 data
+NHWC_DEPTHWISE_SPECS = [
+    ConvSpec(batch=2, in_channels=20, out_channels=20, height=10, width=10, kernel=3, stride=2, padding=1, groups=20,
+             layout="NHWC", bias=True, activation="relu6"),
+    ConvSpec(in_channels=32, out_channels=32, height=12, width=9, kernel=3, padding=2, dilation=2, groups=32,
+             layout="NHWC", residual=True),
+    ConvSpec(in_channels=24, out_channels=24, height=9, width=14, kernel=(5, 7), padding=(2, 3, 1, 0), groups=24,
+             layout="NHWC", flip=True),
+    ConvSpec(in_channels=16, out_channels=16, height=8, width=8, kernel=3, groups=16, layout="NHWC", bias=True),
+    ConvSpec(in_channels=48, out_channels=48, height=7, width=7, kernel=3, padding=1, groups=48, layout="NHWC",
+             dtype="bfloat16", bias=True, activation="relu"),
+]
+
+
+@pytest.mark.parametrize("spec", NHWC_DEPTHWISE_SPECS, ids=lambda s: s.describe())
+def test_row_split_nhwc_depthwise_matches_reference_for_every_padding_and_partition(spec, host):
+    tmpl = all_templates()["x86.depthwise_nhwc"]
+    space = tmpl.space(spec, host)
+    assert space["pad"].values == (("inline", "tile") if any(spec.padding) else ("inline",))
+    default = tmpl.default(spec, host)
+    assert default in space
+    for pad in space["pad"].values:
+        for partition in (False, True):
+            config = dict(default, pad=pad, partition=partition)
+            check_kernel(convgen.build(spec, host, config, template=tmpl.name), spec)
+    # the longest pixel tile too (a ragged-free divisor of the width, up to half the registers)
+    widest = dict(default, tile_ow=max(w for w in space["tile_ow"].values if dict(default, tile_ow=w) in space))
+    check_kernel(convgen.build(spec, host, widest, template=tmpl.name), spec)
+
+
+def test_nhwc_depthwise_defaults_to_the_row_split_template(host):
+    nhwc = ConvSpec(in_channels=32, out_channels=32, height=14, width=14, kernel=3, padding=1, groups=32, layout="NHWC")
+    assert candidates(nhwc, host)[0].name == "x86.depthwise_nhwc"
+    assert "x86.depthwise_nhwc" not in [t.name for t in candidates(nhwc.replace(layout="NCHW"), host)]
+
 def test_unpadded_nhwc_depthwise_has_no_copy_to_place(host):
     spec = ConvSpec(in_channels=16, out_channels=16, height=8, width=8, kernel=3, groups=16, layout="NHWC")
     tmpl = all_templates()["x86.depthwise"]
