@@ -339,6 +339,10 @@ class DepthwiseNHWCX86(Template, name="x86.depthwise_nhwc", version=1, families=
         # FMA latency; longer tiles only lengthen the row's tail): the measured best or
         # within 10% of it on 8 of the 10 layers above
         space = self.space(spec, target)
+        if spec.kernel == (1, 1):
+            # a per-channel scale (convgen.torch's quantizers): no weights to reuse across
+            # pixels, so one pixel's channels in the widest tile, as DepthwiseX86.default
+            return {"tile_c": max(space["tile_c"].values), "tile_ow": 1, "pad": "inline", "partition": False}
         tile_ow = max(w for w in space["tile_ow"].values if w <= 8)
         return {"tile_c": space["tile_c"].values[0], "tile_ow": tile_ow, "pad": "inline", "partition": False}
 
@@ -442,9 +446,9 @@ class DepthwiseRowsX86(Template, name="x86.depthwise_rows", version=1, families=
         sch.decompose_reduction(conv, L["ic"])
 
 
-class DepthwiseInt8X86(DepthwiseX86, name="x86.depthwise_int8", version=1, families=("x86",), dtypes=("uint8",),
-                       priority=20):
-    """Depthwise on u8 data and s8 weights: :class:`DepthwiseX86`'s schedule, its sums in float32.
+class Int8Depthwise:
+    """Depthwise on u8 data and s8 weights, its sums in float32: what a float depthwise
+    schedule (:class:`DepthwiseX86`, :class:`DepthwiseNHWCX86`) needs to run 8-bit layers.
 
     A depthwise output sums ``R*S`` products of one channel, ``|u8 * s8| <= 255 * 128``: below
     2**24 up to 514 taps (22x22), so float32 holds every partial sum exactly and the kernel's
@@ -480,8 +484,21 @@ class DepthwiseInt8X86(DepthwiseX86, name="x86.depthwise_int8", version=1, famil
         return conv2d_primfunc(spec, acc_dtype="float32", channel_block=self.channel_block(spec, target, config))
 
 
+class DepthwiseInt8X86(Int8Depthwise, DepthwiseX86, name="x86.depthwise_int8", version=1, families=("x86",),
+                       dtypes=("uint8",), priority=20):
+    """:class:`DepthwiseX86`'s schedule on u8 data (:class:`Int8Depthwise`)."""
+
+
+class DepthwiseNHWCInt8X86(Int8Depthwise, DepthwiseNHWCX86, name="x86.depthwise_nhwc_int8", version=1,
+                           families=("x86",), dtypes=("uint8",), priority=22):
+    """:class:`DepthwiseNHWCX86`'s schedule (threads split output rows) on u8 data
+    (:class:`Int8Depthwise`): a quarter of the float template's input bytes, read the same
+    way, along NHWC memory."""
+
+
 register(DirectX86())
 register(DepthwiseX86())
 register(DepthwiseNHWCX86())
 register(DepthwiseRowsX86())
 register(DepthwiseInt8X86())
+register(DepthwiseNHWCInt8X86())

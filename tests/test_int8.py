@@ -250,25 +250,29 @@ DEPTHWISE = [
 
 @pytest.mark.parametrize("spec", DEPTHWISE, ids=lambda s: s.describe())
 def test_depthwise_int8_is_exact_on_full_range_data(spec):
-    """x86.depthwise_int8 sums in float32, exact below 2**24: full-range data reaches the
-    largest sums a depthwise layer can have; s32 results equal numpy's int64 arithmetic,
+    """The 8-bit depthwise templates sum in float32, exact below 2**24: full-range data reaches
+    the largest sums a depthwise layer can have; s32 results equal numpy's int64 arithmetic,
     scaled ones are the reference's float32 epilogue on the same exact sums."""
     host = x86_host()
+    for tmpl in (get_template("x86.depthwise_int8"), get_template("x86.depthwise_nhwc_int8")):
+        assert tmpl.serves(spec, host) is None
+        space = tmpl.space(spec, host)
+        for config in [tmpl.default(spec, host)] + space.sample(random.Random(3), 2):
+            check_exact_depthwise(convgen.build(spec, host, config, template=tmpl.name), spec)
+
+
+def check_exact_depthwise(k, spec):
+    """``k`` against the reference on full-range u8 data: s32 sums exactly, scaled outputs
+    within the float32 epilogue's tolerance."""
     from convgen.reference import random_inputs, relative_tolerance, tolerance
 
-    tmpl = get_template("x86.depthwise_int8")
-    assert tmpl.serves(spec, host) is None
-    space = tmpl.space(spec, host)
-    for config in [tmpl.default(spec, host)] + space.sample(random.Random(3), 2):
-        k = convgen.build(spec, host, config, template="x86.depthwise_int8")
-        if spec.scaled:
-            arrays = random_inputs(spec, seed=5)
-            arrays[0] = np.random.default_rng(5).integers(0, 256, size=spec.input_shape).astype(np.uint8)
-            want = conv2d_reference(spec, *arrays).astype(np.float64)
-            np.testing.assert_allclose(k(*arrays).astype(np.float64), want, atol=tolerance(spec),
-                                       rtol=relative_tolerance(spec))
-        else:
-            check(k, spec, seed=7)
+    if not spec.scaled:
+        check(k, spec, seed=7)
+        return
+    arrays = random_inputs(spec, seed=5)
+    arrays[0] = np.random.default_rng(5).integers(0, 256, size=spec.input_shape).astype(np.uint8)
+    want = conv2d_reference(spec, *arrays).astype(np.float64)
+    np.testing.assert_allclose(k(*arrays).astype(np.float64), want, atol=tolerance(spec), rtol=relative_tolerance(spec))
 
 
 def test_depthwise_int8_refuses_what_float32_sums_cannot_hold_exactly():
@@ -311,7 +315,7 @@ def test_mobilenet_blocks_run_their_depthwise_layers_in_int8_chained_and_close_t
     assert err < 8e-2
     text = ct.explain(fast)
     assert "dw NCHW uint8->uint8" in text  # a depthwise layer in int8, writing u8 for the next
-    assert "x86.depthwise_int8" in text
+    assert "x86.depthwise_nhwc_int8" in text or "x86.depthwise_int8" in text
 
 
 def test_a_padded_layer_whose_input_has_a_zero_point_pads_with_it(tmp_path):
@@ -332,12 +336,12 @@ def test_a_padded_layer_whose_input_has_a_zero_point_pads_with_it(tmp_path):
         assert zero and f"k3x3 s1 p1 NCHW uint8->float32 z{zero}" in text
 
 
-@pytest.mark.parametrize("template", ["cpu.generic", "x86.direct_vnni", "x86.depthwise_int8"])
+@pytest.mark.parametrize("template", ["cpu.generic", "x86.direct_vnni", "x86.depthwise_int8", "x86.depthwise_nhwc_int8"])
 def test_kernels_pad_with_the_data_zero_point_exactly(template):
     host = x86_host()
     spec = ConvSpec(in_channels=16, out_channels=32, height=7, width=6, kernel=3, padding=(2, 1, 1, 0),
                     layout="NHWC", dtype="uint8", data_zero_point=200)
-    if template == "x86.depthwise_int8":
+    if template.startswith("x86.depthwise"):
         spec = spec.replace(out_channels=16, groups=16)
     target = VNNI_TARGET if template == "x86.direct_vnni" else host
     if not target.runs_here():
