@@ -281,7 +281,7 @@ class DepthwiseX86(Template, name="x86.depthwise", version=2, families=("x86",),
         sch.decompose_reduction(conv, L["ic"])
 
 
-class DepthwiseNHWCX86(Template, name="x86.depthwise_nhwc", version=1, families=("x86",),
+class DepthwiseNHWCX86(DepthwiseX86, name="x86.depthwise_nhwc", version=1, families=("x86",),
                        dtypes=("float32", "bfloat16"), priority=22):
     """Depthwise on NHWC data, the threads splitting output *rows*: a row's pixel tiles each
     walk every channel block, so the input is read along NHWC memory as it lies.
@@ -306,18 +306,12 @@ class DepthwiseNHWCX86(Template, name="x86.depthwise_nhwc", version=1, families=
     pixels and ``inline`` best on most; ``partition`` within 10% either way.
     """
 
+    # what it serves, its channel blocks and weight packing are DepthwiseX86's (NHWC only)
+
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        if not (spec.is_depthwise and spec.out_per_group == 1):
-            return "not depthwise with channel multiplier 1"
         if spec.layout != "NHWC":
             return "NCHW data (x86.depthwise and x86.depthwise_rows serve it)"
-        return None  # a channel count off the lanes is padded (input and output channels)
-
-    def channel_block(self, spec: ConvSpec, target: Target, config: Config) -> int:
-        return config["tile_c"]
-
-    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
-        return config["tile_c"], 1
+        return super().supports(spec, target)
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
         lanes, regs = target.vector_lanes, target.registers
@@ -348,10 +342,6 @@ class DepthwiseNHWCX86(Template, name="x86.depthwise_nhwc", version=1, families=
 
     def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
         return {"s_tir.LoopPartition": {"partition_const_loop": True}} if config["partition"] else {}
-
-    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
-        cb = config["tile_c"]
-        return lambda h, w, i, o: (o // cb, i, h, w, o % cb)
 
     def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         cb, rw = config["tile_c"], config["tile_ow"]
