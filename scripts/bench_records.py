@@ -19,6 +19,15 @@ and one per ``--records`` file, whose records rank before the shipped ones
 
     python scripts/bench_records.py --model resnet50 --records r50_fp32.jsonl
     python scripts/bench_records.py --model resnet50 --precision bfloat16 --records r50_bf16.jsonl --layers
+
+Where a campaign's file wins on some layers and loses on others (the tuner's isolated timing
+does not rank every template as the model does), ``--winners OUT`` keeps what won: with
+``--layers``, one ``--records`` file and the shipped variant, it writes to ``OUT`` the
+records of that file for the specs whose layers together ran at least ``--margin`` (5%)
+faster inside the model than with the shipped records; merge ``OUT`` into the shipped file
+(``convgen records merge``) and check the result with another run of this script.
+
+    python scripts/bench_records.py --model mobilenet_v2 --records mb.jsonl --layers --winners mb.win.jsonl
 """
 
 from __future__ import annotations
@@ -45,7 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     p.add_argument("--layers", action="store_true", help="also time each convolution inside the model")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--winners", metavar="OUT", help="with --layers and one --records file: write its records of "
+                   "the specs that ran faster inside the model than with the shipped records (see below)")
+    p.add_argument("--margin", type=float, default=0.05,
+                   help="--winners: how much faster a spec's layers must run (default 0.05: 5%%)")
     args = p.parse_args(argv)
+    if args.winners and (not args.layers or len(args.records) != 1 or args.no_shipped):
+        p.error("--winners needs --layers, one --records file and the shipped variant")
+    if not 0 <= args.margin < 1:
+        p.error(f"--margin must be in [0, 1), got {args.margin}")
     for path in args.records:
         if not os.path.isfile(path):
             p.error(f"--records: no such file: {path}")
@@ -81,13 +98,45 @@ def main(argv: list[str] | None = None) -> int:
         ratio = 1 / benchutil.paired_ratio(samples, [first], name)  # this variant's time / the first's
         print(f"  {name:30s} {statistics.median(samples[name]) * 1e3:8.2f} ms  x{ratio:.3f}")
     if args.layers:
-        _layers(variants, x, args.rounds)
+        medians = _layers(variants, x, args.rounds)
+        if args.winners:
+            kept, won, specs = _winners(variants["shipped"], medians, args.records[0], args.winners, args.margin)
+            print(f"\n--winners: {won} of {specs} specs ran >= {args.margin:.0%} faster inside the model; "
+                  f"{kept} of their records written to {args.winners}")
     return 0
 
 
-def _layers(variants: dict[str, Any], x: Any, rounds: int) -> None:
+def _winners(fast: Any, medians: dict[str, dict[str, float]], path: str, out: str, margin: float) -> tuple[int, int, int]:
+    """Write to ``out`` the records of ``path`` whose spec (or a stand-in of it) is that of
+    layers that together ran at least ``margin`` faster with ``path`` than with the shipped
+    records; returns (records written, specs won, specs compared)."""
+    from convgen import records
+
+    name = os.path.basename(path)
+    sums: dict[str, list[float]] = {}  # spec key -> [shipped us, variant us] over its layers
+    keys: dict[str, set[str]] = {}  # spec key -> its key and its stand-ins' (the records that serve it)
+    for layer, med in medians.items():
+        module = fast.get_submodule(layer)
+        kernel = next(iter(module.kernels.values()), None)
+        spec = getattr(kernel, "spec", None) or module.spec
+        totals = sums.setdefault(spec.key, [0.0, 0.0])
+        totals[0] += med["shipped"]
+        totals[1] += med[name]
+        keys[spec.key] = {spec.key} | {s.key for s in spec.stand_ins()}
+    won = {k for k, (old, new) in sums.items() if new <= (1 - margin) * old}
+    lost = set().union(*(keys[k] for k in sums if k not in won)) if len(won) < len(sums) else set()
+    serve = set().union(*(keys[k] for k in won)) - lost if won else set()
+    chosen = [r.data for r in records.read(path) if r.spec_key in serve]
+    if os.path.exists(out):
+        os.remove(out)
+    records.append(out, chosen)
+    return len(chosen), len(won), len(sums)
+
+
+def _layers(variants: dict[str, Any], x: Any, rounds: int) -> dict[str, dict[str, float]]:
     """Per convolution inside the model: the median over rounds of each variant's call
-    (``bench_layers.ConvTimer``'s hooks), variants interleaved."""
+    (``bench_layers.ConvTimer``'s hooks), variants interleaved; printed where the kernels
+    differ, returned for every layer (``{path: {variant: us}}``)."""
     import torch
     from bench_layers import ConvTimer
 
@@ -116,8 +165,9 @@ def _layers(variants: dict[str, Any], x: Any, rounds: int) -> None:
     print(f"\nper convolution inside the model, us (median of {rounds}); layers whose kernels differ:")
     print(f"  {'layer':24s} {'spec':46s}" + "".join(f"{n[:14]:>15s}" for n in names))
     totals = dict.fromkeys(names, 0.0)
+    medians: dict[str, dict[str, float]] = {}
     for path in seconds[names[0]]:
-        med = {n: statistics.median(seconds[n][path]) * 1e6 for n in names}
+        med = medians[path] = {n: statistics.median(seconds[n][path]) * 1e6 for n in names}
         for n in names:
             totals[n] += med[n]
         kinds = {kernel(n, path) for n in names}
@@ -127,6 +177,7 @@ def _layers(variants: dict[str, Any], x: Any, rounds: int) -> None:
             for n in names:
                 print(f"      {n[:14]:14s} {kernel(n, path)}")
     print(f"  {'all convolutions':71s}" + "".join(f"{totals[n]:15.0f}" for n in names))
+    return medians
 
 
 if __name__ == "__main__":
