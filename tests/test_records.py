@@ -261,3 +261,38 @@ def test_the_default_timing_flushes_the_arguments_on_cpus_only():
     g = MeasureOptions().for_target(gpu)
     assert not g.flush_args and g.cache_flush_bytes == 0 and g.timing() == "hot"
     assert not _timing(MeasureOptions(flush_args=False, cache_flush_bytes=0))["flush_args"]
+
+
+def test_bench_records_winners_keeps_the_records_of_specs_that_won_inside_the_model(tmp_path):
+    """scripts/bench_records.py --winners: a campaign's records are kept for the specs whose
+    layers together ran >= the margin faster in the model, dropped for the others (one spec
+    that won on one layer and lost more on another is a loss)."""
+    import os
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        from bench_records import _winners
+    finally:
+        sys.path.pop(0)
+    fast_spec, slow_spec, mixed_spec = SPEC, SPEC.replace(out_channels=32), SPEC.replace(out_channels=48)
+    layers = {"a": fast_spec, "b": slow_spec, "c1": mixed_spec, "c2": mixed_spec}
+
+    class Model:
+        def get_submodule(self, path):
+            spec = layers[path]
+            return SimpleNamespace(spec=spec, kernels={(1, 8, 8, "NCHW"): SimpleNamespace(spec=spec)})
+
+    path = str(tmp_path / "campaign.jsonl")
+    a, b = configs(2)
+    rec.append(path, [dict(record(a, 1e-3), spec=fast_spec.to_dict(), spec_key=fast_spec.key),
+                      dict(record(b, 1e-3), spec=fast_spec.to_dict(), spec_key=fast_spec.key),
+                      dict(record(a, 1e-3), spec=slow_spec.to_dict(), spec_key=slow_spec.key),
+                      dict(record(a, 1e-3), spec=mixed_spec.to_dict(), spec_key=mixed_spec.key)])
+    name = "campaign.jsonl"
+    medians = {"a": {"shipped": 100.0, name: 80.0}, "b": {"shipped": 100.0, name: 97.0},
+               "c1": {"shipped": 100.0, name: 50.0}, "c2": {"shipped": 100.0, name: 160.0}}
+    out = str(tmp_path / "win.jsonl")
+    assert _winners(Model(), medians, path, out, 0.05) == (2, 1, 3)
+    assert {r.spec_key for r in rec.read(out)} == {fast_spec.key}
