@@ -300,8 +300,8 @@ class DepthwiseNHWCX86(DepthwiseX86, name="x86.depthwise_nhwc", version=1, famil
     loop partition pass splits the border tiles from the interior ones where it can;
     ``tile`` copies each tile's padded window first (as :class:`DepthwiseX86`'s ``tile``).
     Measured on a 2-vCPU Intel Xeon (Emerald Rapids), MobileNet-v2's 10 distinct NHWC
-    depthwise layers, every config of both templates, hot loop: the best of this space ran
-    1.1-2.6x faster than :class:`DepthwiseX86`'s default (96 channels at 112x112 stride 2:
+    depthwise layers, every config of this template against :class:`DepthwiseX86`'s default,
+    hot loop: the best of this space ran 1.1-2.6x faster than that default (96 channels at 112x112 stride 2:
     96 vs 228 us, where the best of that template's space took 204), 16-channel tiles of 7-8
     pixels and ``inline`` best on most; ``partition`` within 10% either way.
     """
