@@ -95,12 +95,15 @@ def needs_partition(spec: ConvSpec, config: Config) -> bool:
     return bool(spec.out_width % config.get("tile_ow", 1) or spec.out_height % config.get("tile_oh", 1))
 
 
+#: the TVM pass option that splits loops at constant bounds (a ragged tile's tail, a padded
+#: border) from their uniform part
+LOOP_PARTITION = {"s_tir.LoopPartition": {"partition_const_loop": True}}
+
+
 def partition_config(spec: ConvSpec, config: Config) -> dict[str, Any]:
     """The TVM pass options a config's build needs: loop partition for ragged tiles (only
     then, so the code of every other config stays what it was)."""
-    if needs_partition(spec, config):
-        return {"s_tir.LoopPartition": {"partition_const_loop": True}}
-    return {}
+    return dict(LOOP_PARTITION) if needs_partition(spec, config) else {}
 
 
 def tile_knobs(tile_oc: tuple, tile_ic: tuple, tile_ow: tuple, tile_oh: tuple) -> tuple[Knob, ...]:

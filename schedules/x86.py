@@ -44,7 +44,7 @@ from convgen.target import Target
 
 from .base import Template, register
 from .common import channels_innermost, has_block, pack_weights, parallel_outer, spatial_loops, vectorize_inner
-from .cpu import direct_loops, guard_dead_taps, partition_config, pixel_tiles, register_fit, tile_knobs, tile_registers
+from .cpu import LOOP_PARTITION, direct_loops, guard_dead_taps, partition_config, pixel_tiles, register_fit, tile_knobs, tile_registers
 
 
 def pad_places(spec: ConvSpec) -> tuple[str, ...]:
@@ -301,9 +301,10 @@ class DepthwiseNHWCX86(DepthwiseX86, name="x86.depthwise_nhwc", version=1, famil
     ``tile`` copies each tile's padded window first (as :class:`DepthwiseX86`'s ``tile``).
     Measured on a 2-vCPU Intel Xeon (Emerald Rapids), MobileNet-v2's 10 distinct NHWC
     depthwise layers, every config of this template against :class:`DepthwiseX86`'s default,
-    hot loop: the best of this space ran 1.1-2.6x faster than that default (96 channels at 112x112 stride 2:
-    96 vs 228 us, where the best of that template's space took 204), 16-channel tiles of 7-8
-    pixels and ``inline`` best on most; ``partition`` within 10% either way.
+    hot loop: the best of this space ran 1.1-2.6x faster than that default (96 channels at
+    112x112 stride 2: 96 vs 228 us, where the best of that template's space took 204),
+    16-channel tiles of 7-8 pixels and ``inline`` best on most; ``partition`` within 10%
+    either way.
     """
 
     # what it serves, its channel blocks and weight packing are DepthwiseX86's (NHWC only)
@@ -341,7 +342,7 @@ class DepthwiseNHWCX86(DepthwiseX86, name="x86.depthwise_nhwc", version=1, famil
         return {"tile_c": space["tile_c"].values[0], "tile_ow": tile_ow, "pad": "inline", "partition": False}
 
     def build_options(self, spec: ConvSpec, target: Target, config: Config) -> dict[str, Any]:
-        return {"s_tir.LoopPartition": {"partition_const_loop": True}} if config["partition"] else {}
+        return dict(LOOP_PARTITION) if config["partition"] else {}
 
     def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
         cb, rw = config["tile_c"], config["tile_ow"]

@@ -124,13 +124,10 @@ def _winners(fast: Any, medians: dict[str, dict[str, float]], path: str, out: st
         totals[1] += med[name]
         keys[spec.key] = {spec.key} | {s.key for s in spec.stand_ins()}
     won = {k for k, (old, new) in sums.items() if new <= (1 - margin) * old}
-    lost = set().union(*(keys[k] for k in sums if k not in won)) if len(won) < len(sums) else set()
-    serve = set().union(*(keys[k] for k in won)) - lost if won else set()
-    chosen = [r.data for r in records.read(path) if r.spec_key in serve]
-    if os.path.exists(out):
-        os.remove(out)
-    records.append(out, chosen)
-    return len(chosen), len(won), len(sums)
+    lost = set().union(*(keys[k] for k in sums if k not in won))
+    serve = set().union(*(keys[k] for k in won)) - lost
+    kept = records.rewrite(out, lambda: [r.data for r in records.read(path) if r.spec_key in serve])
+    return kept, len(won), len(sums)
 
 
 def _layers(variants: dict[str, Any], x: Any, rounds: int) -> dict[str, dict[str, float]]:
