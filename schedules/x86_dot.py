@@ -54,8 +54,8 @@ from convgen.target import Target
 
 from .base import Template, register
 from .common import vectorize_inner
-from .cpu import direct_loops, guard_dead_taps, partition_config, pixel_tiles, register_fit, tile_knobs
-from .x86 import channel_tiles
+from .cpu import direct_loops, guard_dead_taps, partition_config, pixel_tiles, prefetch_direct, register_fit, tile_knobs
+from .x86 import PrefetchNextPanel, channel_tiles
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ class DotX86(Template):
         loops = direct_loops(sch, spec, config, pack_map=self.weight_pack(spec, target, config),
                              data_lanes=step.lanes * step.depth,  # a zmm of data
                              oc_parts=(config["tile_oc"] // step.lanes, step.lanes),
-                             ic_parts=(config["tile_ic"] // step.depth, step.depth))
+                             ic_parts=(config["tile_ic"] // step.depth, step.depth), prefetch=self.prefetch)
         ocv, oc_lanes = loops["oc"]
         sch.unroll(ocv)
         vectorize_inner(sch, sch.get_sblock("out"), step.lanes)
@@ -260,9 +260,13 @@ class DotX86(Template):
             sch.annotate(outer, "pragma_import_llvm", step.llvm_ir())
             sch.tensorize(oc_lanes, step.tensor_intrin())
 
+    #: prefetch the next weight panel (:class:`~schedules.x86.PrefetchNextPanel`)
+    prefetch = False
+
     def finish(self, func: Any, spec: ConvSpec, target: Target, config: Config) -> Any:
         # as x86.direct; not where the padding holds a quantized input's non-zero zero point
-        return func if spec.data_zero_point else guard_dead_taps(func, spec, config)
+        func = func if spec.data_zero_point else guard_dead_taps(func, spec, config)
+        return prefetch_direct(func, spec, config) if self.prefetch else func
 
 
 class DirectBF16X86(DotX86, name="x86.direct_bf16", version=1, families=("x86",), dtypes=("bfloat16",),
@@ -279,5 +283,17 @@ class DirectVNNIX86(DotX86, name="x86.direct_vnni", version=1, families=("x86",)
     step = VPDPBUSD
 
 
+class DirectBF16PrefetchX86(PrefetchNextPanel, DirectBF16X86, name="x86.direct_bf16_prefetch", version=1,
+                            families=("x86",), dtypes=("bfloat16",), priority=31):
+    """``x86.direct_bf16`` prefetching the next weight panel (:class:`~schedules.x86.PrefetchNextPanel`)."""
+
+
+class DirectVNNIPrefetchX86(PrefetchNextPanel, DirectVNNIX86, name="x86.direct_vnni_prefetch", version=1,
+                            families=("x86",), dtypes=("uint8",), priority=31):
+    """``x86.direct_vnni`` prefetching the next weight panel (:class:`~schedules.x86.PrefetchNextPanel`)."""
+
+
 register(DirectBF16X86())
 register(DirectVNNIX86())
+register(DirectBF16PrefetchX86())
+register(DirectVNNIPrefetchX86())

@@ -83,14 +83,15 @@ def test_resume_counts_old_trials_and_never_repeats_them(tmp_path):
     path = str(tmp_path / "r.jsonl")
     first = make_tasks(LAYERS, TARGET)  # 3x3 layers get a direct and a Winograd task each
     Campaign(first, TARGET, measure=fake_measure(), records=path, strategy="model", batch_size=4, seed=1).run(24)
-    old = {(r.spec_key, config_key(r.config)) for r in rec.read(path)}
+    # (the key names the template: a prefetching variant has its template's knobs)
+    old = {(r.spec_key, r.template, config_key(r.config)) for r in rec.read(path)}
     second = make_tasks(LAYERS, TARGET)
     camp = Campaign(second, TARGET, measure=fake_measure(), records=path, strategy="model", batch_size=4, seed=1)
     assert camp.total_trials() == 24
     camp.run(40)
     rows = list(rec.read(path))
-    assert len(rows) == 40 and len({(r.spec_key, config_key(r.config)) for r in rows}) == 40
-    assert old <= {(r.spec_key, config_key(r.config)) for r in rows}
+    assert len(rows) == 40 and len({(r.spec_key, r.template, config_key(r.config)) for r in rows}) == 40
+    assert old <= {(r.spec_key, r.template, config_key(r.config)) for r in rows}
     assert all(math.isfinite(t.best_cost) for t in second)
 
 

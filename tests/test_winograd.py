@@ -76,10 +76,11 @@ def test_winograd_is_the_untuned_default_where_it_was_measured_to_win():
     avx512, avx2 = convgen.get_target("x86-avx512"), convgen.get_target("x86-avx2")
     wide = ConvSpec(in_channels=256, out_channels=256, height=28, width=28, kernel=3, padding=1, layout="NHWC")
     narrow = wide.replace(in_channels=32, out_channels=32)
-    assert candidates(wide, avx512)[0].name == "x86.winograd"
+    # 2.4 MB of weights (4.2 MB transformed): the variant that prefetches them (test_prefetch.py)
+    assert [t.name for t in candidates(wide, avx512)][:2] == ["x86.winograd_prefetch", "x86.winograd"]
     assert candidates(narrow, avx512)[0].name == "x86.direct"  # 32 registers: the direct tile wins there
     assert candidates(narrow, avx2)[0].name == "x86.winograd"
-    assert candidates(wide.replace(stride=2), avx512)[0].name == "x86.direct"  # not served: stride 2
+    assert candidates(wide.replace(stride=2), avx512)[0].name == "x86.direct_prefetch"  # not served: stride 2
 
 
 BF16_TARGET = convgen.get_target("x86-avx512-bf16")
