@@ -285,12 +285,16 @@ class DirectVNNIX86(DotX86, name="x86.direct_vnni", version=1, families=("x86",)
 
 class DirectBF16PrefetchX86(PrefetchNextPanel, DirectBF16X86, name="x86.direct_bf16_prefetch", version=1,
                             families=("x86",), dtypes=("bfloat16",), priority=31):
-    """``x86.direct_bf16`` prefetching the next weight panel (:class:`~schedules.x86.PrefetchNextPanel`)."""
+    """``x86.direct_bf16`` prefetching the next weight panel (:class:`~schedules.x86.PrefetchNextPanel`).
+    The defaults, weights evicted before each call (Emerald Rapids, 2 threads, ResNet-50's
+    layers with 0.5-4.7 MB of bf16 weights): 0.88-0.99x ``x86.direct_bf16``'s time."""
 
 
 class DirectVNNIPrefetchX86(PrefetchNextPanel, DirectVNNIX86, name="x86.direct_vnni_prefetch", version=1,
                             families=("x86",), dtypes=("uint8",), priority=31):
-    """``x86.direct_vnni`` prefetching the next weight panel (:class:`~schedules.x86.PrefetchNextPanel`)."""
+    """``x86.direct_vnni`` prefetching the next weight panel (:class:`~schedules.x86.PrefetchNextPanel`).
+    The defaults, as measured for ``x86.direct_bf16_prefetch``, on ResNet-50's stage-4 layers
+    (1-2.4 MB of s8 weights): 0.72-0.74x ``x86.direct_vnni``'s time."""
 
 
 register(DirectBF16X86())
