@@ -152,13 +152,19 @@ class DirectX86(Template, name="x86.direct", version=1, families=("x86",), dtype
         return prefetch_direct(func, spec, config) if self.prefetch else func
 
 
-#: weights from this size up are worth prefetching: a layer's weights are read once per
-#: forward, from memory (ResNet-50 holds 100 MB of them), and the first register tile of each
-#: panel waits for it. Measured on the Emerald Rapids Xeon (2 threads, ResNet-50 inside the
-#: model): every layer with 1-9.4 MB of weights ran 5-25% faster prefetching, and the 590 KB
-#: 3x3 layers of 128 channels on Winograd (1 MB transformed) 12%; below that the tiles'
-#: arithmetic hides the panels' latency and a template's prefetching variant does not serve
+#: weights from this size up are worth prefetching, on output maps of at most
+#: :data:`PREFETCH_MAX_PIXELS` pixels: a layer's weights are read once per forward, from
+#: memory (ResNet-50 holds 100 MB of them), and the first register tile of each panel waits
+#: for it. Measured on the Emerald Rapids Xeon (2 threads, weights evicted before each call):
+#: ResNet-50's and MobileNet-v2's layers with 0.6-9.4 MB of weights on 7x7 and 14x14 maps
+#: 0.70-0.94x the time (tuned, inside ResNet-50, 10 of its 12 such specs ran 5-25% faster)
 PREFETCH_WEIGHTS_BYTES = 512 * 1024
+#: output pixels per image up to which the direct variants serve: each image streams every
+#: panel past its pixel tiles, and on larger maps those tiles' work hides the panel's fetch
+#: while the prefetches cost the tile loop: the defaults on 512 -> 256 1x1 at 28x28 and 128
+#: channels 3x3 stride 2 at 56x56 (0.5-0.6 MB of weights) ran 1.03x and 1.14x
+#: ``x86.pointwise``'s / ``x86.direct``'s time (tuned, inside ResNet-50, 1.20x and 1.12x)
+PREFETCH_MAX_PIXELS = 14 * 14
 
 
 class PrefetchNextPanel:
@@ -166,20 +172,22 @@ class PrefetchNextPanel:
     compute on this one (:func:`schedules.cpu.prefetch_next_panel`): mixed in before the
     template it varies (``class DirectPrefetchX86(PrefetchNextPanel, DirectX86, ...)``).
 
-    Serves the layers with at least :data:`PREFETCH_WEIGHTS_BYTES` of weights, with the
-    template's space less the tiles that need the FMA's memory operand (one register over
-    the file): with the prefetches' address arithmetic in the loop LLVM loads every weight
-    vector into a register and spills accumulators (2048 -> 512 channels 1x1 at 7x7, 28
-    accumulators: 1.4x the time). Its priority, one above the template's, makes it the
-    default where it serves.
+    Serves the layers with at least :data:`PREFETCH_WEIGHTS_BYTES` of weights and output
+    maps of at most :data:`PREFETCH_MAX_PIXELS` pixels, with the template's space less the
+    tiles that need the FMA's memory operand (one register over the file): with the
+    prefetches' address arithmetic in the loop LLVM loads every weight vector into a
+    register and spills accumulators (2048 -> 512 channels 1x1 at 7x7, 28 accumulators: 1.4x
+    the time). Its priority, above the template's, makes it the default where it serves.
     """
 
     prefetch = True
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
-        size = weight_bytes(spec)
+        size, pixels = weight_bytes(spec), spec.out_height * spec.out_width
         if size < PREFETCH_WEIGHTS_BYTES:
             return f"{size // 1024} KiB of weights: prefetching pays from {PREFETCH_WEIGHTS_BYTES // 1024} KiB"
+        if pixels > PREFETCH_MAX_PIXELS:
+            return f"{pixels} output pixels per image: prefetching pays up to {PREFETCH_MAX_PIXELS}"
         return super().supports(spec, target)
 
     def space(self, spec: ConvSpec, target: Target) -> Space:

@@ -16,7 +16,7 @@ from convgen import ConvSpec
 from convgen.builder import schedule
 from convgen.schedules import all_templates, candidates
 from convgen.schedules.cpu import PREFETCH, register_fit, tile_registers
-from convgen.schedules.x86 import PREFETCH_WEIGHTS_BYTES, weight_bytes
+from convgen.schedules.x86 import PREFETCH_MAX_PIXELS, PREFETCH_WEIGHTS_BYTES, weight_bytes
 
 from .conftest import check_kernel
 
@@ -195,9 +195,11 @@ def test_layers_with_megabytes_of_weights_default_to_prefetching(host):
     big = ConvSpec(in_channels=256, out_channels=256, height=28, width=28, kernel=3, stride=2, padding=1, layout="NHWC")
     small = big.replace(in_channels=64, out_channels=64)
     assert weight_bytes(big) >= PREFETCH_WEIGHTS_BYTES > weight_bytes(small)
+    assert big.out_height * big.out_width <= PREFETCH_MAX_PIXELS < big.height * big.width
     assert candidates(big, host)[0].name == NAME
     assert candidates(small, host)[0].name == "x86.direct"
     assert NAME not in [t.name for t in candidates(small, host)]  # served only where prefetching pays
+    assert NAME not in [t.name for t in candidates(big.replace(stride=1), host)]  # 28x28 outputs: neither
     # 1x1 layers: above x86.pointwise where the weights are large
     wide = ConvSpec(in_channels=1024, out_channels=256, height=14, width=14, kernel=1, layout="NHWC")
     assert candidates(wide, host)[0].name == NAME
