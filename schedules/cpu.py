@@ -316,9 +316,10 @@ def prefetch_next_panel(func: Any, *, tasks: int, task: Any, weights: tuple[str,
     memory (the last panel: its own last line), but only this tile's share of the block's
     cache lines: tile ``task(mins)`` (``mins``: where the region of ``acc`` the step writes
     starts, per dimension) of ``tasks`` takes ``ceil(lines / tasks)`` of them, so the next
-    panel arrives spread evenly over the current one's work. The indices are clamped, not
-    branched on: a branch in the micro-kernel's loop cost an AVX-512 tile that uses the
-    FMA's memory operand its register allocation (spills, 1.4x the time). Where a marked loop
+    panel arrives spread evenly over the current one's work. The indices are clamped into
+    the buffer, not guarded by a branch in the micro-kernel's loop; their arithmetic still
+    takes registers, so a tile that needs the FMA's memory operand spills (the variants'
+    spaces leave those out: :class:`schedules.x86.PrefetchNextPanel`). Where a marked loop
     reads no contiguous block, it is left as it is.
     """
     import tvm
