@@ -230,6 +230,28 @@ def guard_dead_taps(func: Any, spec: ConvSpec, config: Config) -> Any:
     return skip_dead_taps(func, spec)
 
 
+def block_regions(body: Any, names: tuple[str, ...], kind: str) -> tuple[list[Any], list[tuple[Any, list]]]:
+    """The loops in ``body`` and its blocks' ``kind`` (``"reads"``/``"writes"``) regions of
+    the buffers ``names``: ``(buffer, [(min, extent)])`` per region, the mins in loop
+    variables (the blocks' bindings substituted)."""
+    import tvm
+    import tvm_ffi
+    from tvm import tirx
+    from tvm.s_tir.stmt import SBlockRealize
+
+    loops, found = [], []
+
+    def on_realize(realize: Any) -> None:
+        bind = {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
+        for region in getattr(realize.block, kind):
+            if getattr(region.source, "name", None) in names:
+                found.append((region.source, [(tvm_ffi.structural_map(r.min, (tvm.ir.Var, lambda v: bind.get(v, v))),
+                                               r.extent) for r in region.region]))
+
+    tvm_ffi.structural_walk(body, [(tirx.For, loops.append), (SBlockRealize, on_realize)])
+    return loops, found
+
+
 def skip_dead_taps(func: Any, spec: ConvSpec) -> Any:
     """``func`` (a scheduled direct convolution) with the body of each loop named ``kh``
     (``kw``) run only when the blocks under it read some row (column) of the image from the
@@ -241,10 +263,8 @@ def skip_dead_taps(func: Any, spec: ConvSpec) -> Any:
     variables outside, no assumption on the loop nest's shape. Exact only where the padding
     adds nothing: a quantized input whose padding holds a non-zero zero point is refused.
     """
-    import tvm
     import tvm_ffi
     from tvm import tirx
-    from tvm.s_tir.stmt import SBlockRealize
     from tvm.sym.analyzer import Analyzer
     from tvm.tirx.analysis import undefined_vars
     from tvm.sym.int_set import IntervalSet
@@ -254,26 +274,12 @@ def skip_dead_taps(func: Any, spec: ConvSpec) -> Any:
     # padded row (column) coordinates of the image: [pad, pad + size)
     image = {"kh": (spec.padding[0], spec.height), "kw": (spec.padding[1], spec.width)}
 
-    def reads(body: Any) -> tuple[list[Any], list[list[Any]]]:
-        """The loops in ``body`` and the ``data_pad`` regions its blocks read, as
-        ``[(min, extent)]`` per dimension in loop variables."""
-        loops, regions = [], []
-
-        def on_realize(realize: Any) -> None:
-            bind = {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
-            for region in realize.block.reads:
-                if getattr(region.source, "name", None) == "data_pad":
-                    regions.append([(tvm_ffi.structural_map(r.min, (tvm.ir.Var, lambda v: bind.get(v, v))), r.extent)
-                                    for r in region.region])
-
-        tvm_ffi.structural_walk(body, [(tirx.For, loops.append), (SBlockRealize, on_realize)])
-        return loops, regions
-
     def on_for(loop: Any) -> Any:
         tap = loop.loop_var.name
         if tap not in image:
             return loop
-        loops, regions = reads(loop.body)
+        loops, found = block_regions(loop.body, ("data_pad",), "reads")
+        regions = [region for _, region in found]
         analyzer = Analyzer()
         inner = {lp.loop_var: IntervalSet(lp.min, lp.min + lp.extent - 1) for lp in loops}
         start, size = image[tap]
@@ -325,24 +331,8 @@ def prefetch_next_panel(func: Any, *, tasks: int, task: Any, weights: tuple[str,
     import tvm
     import tvm_ffi
     from tvm import tirx
-    from tvm.s_tir.stmt import SBlockRealize
     from tvm.sym.analyzer import Analyzer
     from tvm.sym.int_set import IntervalSet
-
-    def regions(body: Any, names: tuple[str, ...], kind: str) -> tuple[list[Any], list[tuple[Any, list]]]:
-        """The loops in ``body`` and its blocks' ``kind`` (reads/writes) regions of the
-        buffers ``names``: ``(buffer, [(min, extent)])`` in loop variables."""
-        loops, found = [], []
-
-        def on_realize(realize: Any) -> None:
-            bind = {iv.var: value for iv, value in zip(realize.block.iter_vars, realize.iter_values)}
-            for region in getattr(realize.block, kind):
-                if getattr(region.source, "name", None) in names:
-                    found.append((region.source, [(tvm_ffi.structural_map(r.min, (tvm.ir.Var, lambda v: bind.get(v, v))),
-                                                   r.extent) for r in region.region]))
-
-        tvm_ffi.structural_walk(body, [(tirx.For, loops.append), (SBlockRealize, on_realize)])
-        return loops, found
 
     def relaxed(region: list, inner: dict, analyzer: Any) -> list[tuple[Any, int]] | None:
         """``(min, extent)`` per dimension over the inner loops; ``None`` if an extent is not constant."""
@@ -359,8 +349,8 @@ def prefetch_next_panel(func: Any, *, tasks: int, task: Any, weights: tuple[str,
     def on_for(loop: Any) -> Any:
         if PREFETCH not in loop.annotations:
             return loop
-        loops, read = regions(loop.body, weights, "reads")
-        _, wrote = regions(loop.body, (acc,), "writes")
+        loops, read = block_regions(loop.body, weights, "reads")
+        _, wrote = block_regions(loop.body, (acc,), "writes")
         if not read or not wrote:
             return loop
         analyzer = Analyzer()
