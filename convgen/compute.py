@@ -95,6 +95,10 @@ def pad_data(spec: ConvSpec, data: te.Tensor, padding: tuple[int, int, int, int]
     return te.compute(shape, pad, name="data_pad")
 
 
+#: 1.5 * 2**23: float32 sums with it are spaced 1 apart, and its low mantissa bits are zero
+MAGIC_ROUND = 12582912.0
+
+
 def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> tuple[list[te.Tensor], te.Tensor]:
     """The ``out`` stage over ``conv`` (the reduction's result in the output's layout; it may
     hold padded channels, of which only the real ones are read): ``* scale`` (a
@@ -128,9 +132,14 @@ def epilogue(spec: ConvSpec, conv: te.Tensor, acc_dtype: str | None = None) -> t
             y = tirx.min(y, tirx.const(6, math))
         if spec.activation == "gelu":
             y = gelu(y, math)
-        if spec.requantized:  # round half to even, clamp
-            info = {"uint8": (0, 255), "int8": (-128, 127)}[spec.out_dtype]
-            y = tirx.min(tirx.max(tirx.round(y), tirx.const(info[0], math)), tirx.const(info[1], math))
+        if spec.requantized:  # clamp, round half to even
+            lo, hi = {"uint8": (0, 255), "int8": (-128, 127)}[spec.out_dtype]
+            y = tirx.min(tirx.max(y, tirx.const(lo, math)), tirx.const(hi, math))
+            # y + 1.5 * 2**23 rounds y half to even (floats there are 1 apart) and holds it in
+            # its low mantissa bits, two's complement: its low byte is the 8-bit result. One
+            # add where round-then-convert costs a 2-uop vrndscaleps and a vcvttps2dq (x86)
+            y = tirx.reinterpret("int32", y + tirx.const(MAGIC_ROUND, math))
+            return y.astype(spec.out_dtype)
         return y if math == spec.out_dtype else y.astype(spec.out_dtype)
 
     return list(inputs.values()), te.compute(spec.output_shape, body, name="out")

@@ -69,7 +69,12 @@ runtime also asks before it runs one (:func:`convgen.cpufeatures.request_amx`, i
 Measured (Intel Xeon family 6 model 207, Emerald Rapids, 2 vCPUs, 2 threads; interleaved
 with the tuned ``vpdpbusd`` kernels and oneDNN's through ``torch.ao``, int8 requantized to
 u8, the defaults): ResNet-50's 3x3 layers 2.0-2.7x faster than ``x86.direct_vnni`` (0.77-0.89x
-``torch.ao``'s speed), its 1x1 layers 1.4-1.6x (0.84-1.06x ``torch.ao``'s).
+``torch.ao``'s speed), its 1x1 layers 1.4-1.6x (0.84-1.06x ``torch.ao``'s). Since the init
+became an empty intrinsic (:meth:`TileStep.tensor_intrin`), the padding copy moved into the
+tasks where it is cheap (:meth:`AmxX86.pad_place`), the requantizing epilogue lost its
+``vrndscaleps`` (:func:`convgen.compute.epilogue`) and a checked call its 16 us of argument
+wrapping (``scripts/bench_precision.py``, each call as a user makes it): the 3x3 layers
+0.97-1.07x ``torch.ao``'s speed, the 1x1 layers 1.17-1.38x.
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ ROW_BYTES, ROWS = 64, 16
 TASKS = 8
 #: output channels of one C tile: 16 32-bit lanes of a 64-byte row
 TILE_N = 16
+#: the most bytes the tasks may copy twice (halo rows) for the padding copy to go inside
+#: them (:meth:`AmxX86.pad_place`)
+PAD_EXTRA_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -172,10 +180,17 @@ configure:
 }}
 """
 
-    def tensor_intrin(self, spec: ConvSpec, th: int, tw: int, nb: int) -> str:
-        """Register (once per shape) and name the tensor intrinsic: the ``th x tw`` pixels by
-        ``nb * 16`` output channels of one block, summed over the whole reduction (every
-        tap, every input channel), the sums zeroed first (``tilezero``) and stored last.
+    def tensor_intrin(self, spec: ConvSpec, th: int, tw: int, nb: int) -> tuple[str, str]:
+        """Register (once per shape) and name the tensor intrinsics of one block: the ``th x
+        tw`` pixels by ``nb * 16`` output channels, ``(zero, update)``.
+
+        ``update`` sums the whole reduction (every tap, every input channel) into the sums
+        and stores them last; its implementation starts from ``tilezero``, never from the
+        sums in memory. ``zero`` is the reduction's init, which sets those sums to zero: its
+        implementation is empty, as the sums start at zero in the tiles. Without it the init
+        stays a loop of vector stores (a 3.5 KB memset per block of 2 x 14 x 32 int32 sums,
+        overwritten by the tiles' stores). The pair computes what the init and the update
+        describe; either alone does not, and the template places both, on one block.
 
         The description is the scheduled block's own arithmetic, written out as TVMScript
         (:meth:`intrin_source`): its variables are the block's, less those of unit extent
@@ -194,7 +209,8 @@ configure:
             scope = {"T": T, "tirx": tirx}
             exec(compile(source, where, "exec"), scope)  # noqa: S102 - text made above, from numbers
             TensorIntrin.register(name, scope["desc"], scope["impl"])
-        return name
+            TensorIntrin.register(name + "_zero", scope["zero_desc"], scope["zero_impl"])
+        return name + "_zero", name
 
     def intrin_source(self, spec: ConvSpec, th: int, tw: int, nb: int) -> str:
         """TVMScript of the description and implementation of :meth:`tensor_intrin`."""
@@ -223,6 +239,8 @@ configure:
                  ("k", C // depth, True), ("q", depth, True)]
         loop_vars = ", ".join(v for v, _, keep in loops if keep)
         loop_ext = ", ".join(str(e) for _, e, keep in loops if keep)
+        zero_vars = ", ".join(v for v, _, keep in loops[:3] if keep)
+        zero_ext = ", ".join(str(e) for _, e, keep in loops[:3] if keep)
         # block variables in the scheduled block's order: oh, ow, oc, ic, kh, kw
         binds = [f"v{v} = T.axis.spatial({e}, {v})" for v, e, keep in loops[:3] if keep]
         binds.append(f"vk = T.axis.reduce({C}, k * {depth} + q)")
@@ -279,16 +297,15 @@ def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
     B = T.match_buffer(b, ({b_shape}), '{self.weight}', offset_factor=1, align=1)
     C = T.match_buffer(c, ({c_shape}), '{acc}', offset_factor=1, align=1, scope='local')
     with T.sblock("root"):
-        T.reads(A[{full(a_shape)}], B[{full(b_shape)}])
+        T.reads(C[{full(c_shape)}], A[{full(a_shape)}], B[{full(b_shape)}])
         T.writes(C[{full(c_shape)}])
         for {loop_vars} in T.grid({loop_ext}):
             with T.sblock("update"):
                 {chr(10).join(" " * 16 + b if i else b for i, b in enumerate(binds))}
                 T.reads(C[{c_at}], A[{a_at}], B[{b_at}])
                 T.writes(C[{c_at}])
-                with T.init():
-                    C[{c_at}] = T.cast(0, '{acc}')
                 C[{c_at}] = C[{c_at}] + {cast_a} * {cast_b}
+
 
 
 {"; ".join(f"{n} = tirx.Var('{n}', 'int32')" for n in strides)}
@@ -300,13 +317,36 @@ def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
     B = T.match_buffer(b, ({b_shape}), '{self.weight}', offset_factor=1, align=1, strides=({b_strides}))
     C = T.match_buffer(c, ({c_shape}), '{acc}', offset_factor=1, align=1, strides=({c_strides}), scope='local')
     with T.sblock("root"):
-        T.reads(A[{full(a_shape)}], B[{full(b_shape)}])
+        T.reads(C[{full(c_shape)}], A[{full(a_shape)}], B[{full(b_shape)}])
         T.writes(C[{full(c_shape)}])
         # the tiles read raw memory: 16-bit views of bf16 buffers (TVM's bf16 legalization
         # widens every bf16 element it sees, an address's included)
         Av = T.decl_buffer(({a_shape}), '{bits}', data=A.data, elem_offset=A.elem_offset, strides=({a_strides}))
         Bv = T.decl_buffer(({b_shape}), '{bits}', data=B.data, elem_offset=B.elem_offset, strides=({b_strides}))
 {impl_body}
+
+
+@T.prim_func(s_tir=True)
+def zero_desc(c: T.handle) -> None:
+    C = T.match_buffer(c, ({c_shape}), '{acc}', offset_factor=1, align=1, scope='local')
+    with T.sblock("root"):
+        T.reads()
+        T.writes(C[{full(c_shape)}])
+        for {zero_vars} in T.grid({zero_ext}):
+            with T.sblock("init"):
+                {chr(10).join(" " * 16 + b if i else b for i, b in enumerate(binds[:-1 - taps_h - taps_w]))}
+                T.reads()
+                T.writes(C[{c_at}])
+                C[{c_at}] = T.cast(0, '{acc}')
+
+
+@T.prim_func(s_tir=True)
+def zero_impl(c: T.handle) -> None:
+    C = T.match_buffer(c, ({c_shape}), '{acc}', offset_factor=1, align=1, strides=({c_strides}), scope='local')
+    with T.sblock("root"):
+        T.reads()
+        T.writes(C[{full(c_shape)}])
+        T.evaluate(0)  # the update's tilezero
 """
 
 
@@ -383,6 +423,10 @@ class AmxX86(Template):
                  "parallel over output-channel blocks, pixels inner (each thread keeps its weight panel), "
                  "or over rows, channel blocks inner (each keeps its pixels)"),
         )
+        if any(spec.padding):
+            knobs += (Knob("pad", ("copy", "task"),
+                           "the padding copy: a parallel stage of its own, or inside each task of order=pixels "
+                           "(its block of rows and their halo, into L1; no stage to start and join)"),)
 
         def fits(config: Config) -> str | None:
             th, nb = config["tile_oh"], config["tile_oc"] // TILE_N
@@ -411,12 +455,36 @@ class AmxX86(Template):
         # (2.4 MB) panels 2.2x faster
         weights = spec.kernel[0] * spec.kernel[1] * spec.in_channels * spec.out_channels * self.step.element_bytes
         order = "pixels" if weights <= int(target.isa.get("l2_kib", 1024)) * 1024 else "channels"
-        return max((c for c in space if c["order"] == order), key=score)
+        best = max((c for c in space if c["order"] == order and c.get("pad", "copy") == "copy"), key=score)
+        if "pad" in space.names:
+            best = space.check({**best, "pad": self.pad_place(spec, best)})
+        return best
+
+    def pad_place(self, spec: ConvSpec, config: Config) -> str:
+        """Where the default copies the padded input: inside each task of ``order="pixels"``
+        (no parallel stage to start and join: ~2-4 us on 2 threads) unless the tasks' halo
+        rows, copied twice, add more than :data:`PAD_EXTRA_BYTES` (about what 2 cores copy in
+        that time). Measured (int8, defaults otherwise): ResNet-50's 3x3 layers at 28x28
+        and 14x14, stride 1 and 2, 0.95-0.99x the time with the copy in the tasks; 64->64 at
+        56x56, where the halo adds 200 KB, 1.04x."""
+        if config["order"] != "pixels":
+            return "copy"
+        (R, _), (s, _), (d, _) = spec.kernel, spec.stride, spec.dilation
+        th = config["tile_oh"]
+        rows = (th - 1) * s + (R - 1) * d + 1  # input rows of a task
+        tasks = spec.batch * -(-spec.out_height // th)
+        padded_h, padded_w = spec.height + spec.padding[0] + spec.padding[2], spec.width + spec.padding[1] + spec.padding[3]
+        extra = (tasks * rows - spec.batch * padded_h) * padded_w * spec.in_channels * self.step.element_bytes
+        return "task" if extra <= PAD_EXTRA_BYTES else "copy"
 
     def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
         ob, depth = config["tile_oc"], self.step.depth
         # x86_dot's layout with the whole reduction in one input block:
         # K/ob 1 R S C/depth ob depth
+        if spec.kernel[1] == 1 < spec.kernel[0]:
+            # an R x 1 kernel: its unit tap axis goes before R (the same memory). tensorize
+            # matches a block's region of the buffer only when its unit axes lead
+            return lambda h, w, i, o: (o // ob, i // spec.in_channels, w, h, i // depth, o % ob, i % depth)
         return lambda h, w, i, o: (o // ob, i // spec.in_channels, h, w, i // depth, o % ob, i % depth)
 
     def config_function(self, spec: ConvSpec, config: Config) -> str:
@@ -428,7 +496,11 @@ class AmxX86(Template):
         step = self.step
         ob, th, tw = config["tile_oc"], config["tile_oh"], config["tile_ow"]
         conv = sch.get_sblock("conv")
-        channels_innermost(sch, spec, conv, spec.in_channels, 64 // step.element_bytes)  # the padding copy
+        # the padding copy: a stage of its own (a parallel loop: ~4 us to start and join on 2
+        # threads) where a task's blocks read all rows; inside each task where it reads a block
+        # of rows (below)
+        in_task = config["order"] == "pixels" and config.get("pad", "copy") == "task"
+        data = channels_innermost(sch, spec, conv, spec.in_channels, ROW_BYTES // step.element_bytes, loops=not in_task)
         pack_weights(sch, spec, conv, self.weight_pack(spec, target, config), ob, spec.in_channels)
         L = spatial_loops(sch, spec, conv)
         oco, oci = sch.split(L["oc"], [None, ob])
@@ -451,6 +523,9 @@ class AmxX86(Template):
             sch.reorder(L["n"], oho, owo, oco, *units, *unit)
             outer = sch.fuse(L["n"], oho)
         sch.parallel(outer)
+        if data is not None and in_task:
+            sch.compute_at(data, outer)
+            vectorize_inner(sch, data, ROW_BYTES // step.element_bytes)
         # the block's sums: a stack buffer of the block (a global one that size is a heap
         # workspace, allocated per block)
         sch.set_scope(conv, 0, "local")
@@ -458,8 +533,14 @@ class AmxX86(Template):
         vectorize_inner(sch, sch.get_sblock("out"), TILE_N)
         sch.annotate(outer, "pragma_import_llvm", step.config_ir(self.config_function(spec, config), th, tw,
                                                                   ob // TILE_N, step.chunk(spec.in_channels)))
-        # a single row's unit loop stays outside (the intrinsic has no row variable then)
-        sch.tensorize(ohi if th > 1 else owi, step.tensor_intrin(spec, th, tw, ob // TILE_N))
+        # the init (zero sums) as its own block, before the block's loops, for the empty
+        # intrinsic that stands for it (TileStep.tensor_intrin); a single row's unit loop
+        # stays outside (the intrinsics have no row variable then)
+        zero, update = step.tensor_intrin(spec, th, tw, ob // TILE_N)
+        init = sch.decompose_reduction(conv, units[0] if units else ohi)
+        init_loops = sch.get_loops(init)[-3:]  # its ohi, owi, oci
+        sch.tensorize(init_loops[0] if th > 1 else init_loops[1], zero)
+        sch.tensorize(ohi if th > 1 else owi, update)
 
     def finish(self, func: Any, spec: ConvSpec, target: Target, config: Config) -> Any:
         """Each parallel task configures the tiles first and releases them last."""
@@ -509,3 +590,174 @@ class AmxBF16X86(AmxX86, name="x86.amx_bf16", version=1, families=("x86",), dtyp
 
 register(AmxInt8X86())
 register(AmxBF16X86())
+
+
+class FoldedStem:
+    """A stem's few input channels on AMX tiles: each output pixel's taps along a row folded
+    into one tile row (mixed into a tile template: :class:`AmxBF16StemX86`,
+    :class:`AmxInt8StemX86`).
+
+    An RGB image has 3 channels: one pixel's are 3-6 of a tile row's 64 bytes, which is why
+    the tile templates refuse it. A row of taps (``S`` of them, ``dw`` apart) reads ``S * C``
+    consecutive values of an NHWC row (21 for a 7x7 stem): the template copies them,
+    zero-filled to one tile row (:meth:`fold`: 32 bf16 or 64 u8 values), into a folded input
+    ``data_pad[n, r, ow, j]`` = padded row ``r`` at output column ``ow``, ``j = kw * C + c``,
+    and computes the convolution with kernel ``R x 1``, stride ``sh x 1`` on it: the tile
+    template's own loops, tile product and epilogue (:meth:`folded` is that spec). The
+    weights are folded the same way (``w[r, j // C, j % C, k]``, zeros past ``S * C``) by
+    ``pack_weights``. Pixels outside the image hold the data's zero point, as the spec's
+    padding does.
+
+    Arithmetic, ResNet-50's 7x7 stem (224x224, stride 2, 64 filters) in bf16: 112 x 112 x 64
+    x 7 tile products of depth 32 (21 real: 1.5x the multiply-adds), the folded input 230 x
+    112 x 64 bytes = 1.6 MB written once; 22 k ``tdpbf16ps`` of 16 rows. fp32 FMAs
+    (``x86.direct``) do the real 118 M multiply-adds at 32 per cycle per core at best.
+    Measured (Emerald Rapids, 2 threads): 230 us against ``x86.direct``'s 920 (fp32 data,
+    bf16 output, its tuned record) and ``x86.direct_bf16``'s 2000 (bf16 data, channels
+    padded to 4). A model in bfloat16 gives its stem bf16 data where the bf16 one serves
+    (:func:`convgen.torch._in_precision`).
+    """
+
+    step: TileStep
+
+    def fold(self) -> int:
+        """Values of one folded tile row: a 64-byte row of the step's data."""
+        return self.step.most_channels
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        step = self.step
+        if not step.available(target):
+            return f"target {target.name} has no {'/'.join(f.upper() for f in step.flags)} ({step.instruction})"
+        if spec.filter_dtype != step.weight:
+            return f"{spec.filter_dtype} weights ({step.instruction} takes {step.weight})"
+        if spec.groups != 1:
+            return "grouped convolution"
+        if spec.layout != "NHWC":
+            return "NCHW data (a folded row is one pixel's run of taps: NHWC only)"
+        if spec.in_channels >= 4 * step.depth:
+            return f"{spec.in_channels} input channels: the tile template takes them without folding"
+        if spec.in_channels * spec.kernel[1] > self.fold():
+            return f"{spec.kernel[1]} taps x {spec.in_channels} channels > {self.fold()} (one tile row)"
+        if spec.out_channels % TILE_N:
+            return f"{spec.out_channels} filters (whole C tiles of {TILE_N} only)"
+        if spec.flip:
+            return "a flipped (true) convolution"
+        if divisors(spec.out_width, upto=ROWS)[-1] == 1:
+            return f"output width {spec.out_width} has no divisor in 2..{ROWS} for a tile's rows"
+        return None
+
+    def folded(self, spec: ConvSpec) -> ConvSpec:
+        """The convolution the tiles compute: the folded input (:meth:`fold` channels, the
+        padded rows, the output's columns), kernel ``R x 1``, stride ``sh x 1``."""
+        (R, _), (sh, _), (dh, _) = spec.kernel, spec.stride, spec.dilation
+        return ConvSpec(batch=spec.batch, in_channels=self.fold(), out_channels=spec.out_channels,
+                        height=(spec.out_height - 1) * sh + (R - 1) * dh + 1, width=spec.out_width,
+                        kernel=(R, 1), stride=(sh, 1), dilation=(dh, 1), layout="NHWC", dtype=spec.dtype)
+
+    def space(self, spec: ConvSpec, target: Target) -> Space:
+        base = super().space(self.folded(spec), target)
+        return Space(self.name, self.version, base.knobs, base.constraint)
+
+    def default(self, spec: ConvSpec, target: Target) -> Config:
+        return super().default(self.folded(spec), target)
+
+    def primfunc(self, spec: ConvSpec, target: Target, config: Config, prefolded: bool = False) -> Any:
+        """``main``: the fold of the data (``data_pad``) and of the weights (``weight_pad``,
+        or, ``prefolded``, the weight argument holds them folded: the definition whose
+        packing becomes ``main_prepacked``), the ``R x 1`` reduction, the spec's epilogue."""
+        from tvm import te, tirx
+
+        from convgen.compute import epilogue, padded_rows
+
+        folded, (R, S), (sh, sw), (dh, dw) = self.folded(spec), spec.kernel, spec.stride, spec.dilation
+        C, pt, pl, J, acc = spec.in_channels, spec.padding[0], spec.padding[1], self.fold(), self.step.acc
+        rows = (padded_rows(spec, config["tile_oh"]) - 1) * sh + (R - 1) * dh + 1
+        data = te.placeholder(spec.input_shape, spec.dtype, name="data")
+
+        def fold(n, r, ow, j):
+            h, w = r - pt, ow * sw - pl + (j // C) * dw  # for dw == 1, consecutive j: consecutive memory
+            inside = tirx.all(h >= 0, h < spec.height, w >= 0, w < spec.width)
+            # outside the image the padding's value (the zero point); past S * C taps, zero
+            # filters: any value
+            return tirx.if_then_else(tirx.all(inside, j < S * C), data[n, h, w, j % C],
+                                     tirx.const(spec.data_zero_point, spec.dtype))
+
+        data_pad = te.compute((spec.batch, rows, spec.out_width, J), fold, name="data_pad")
+        if prefolded:
+            weight = filters = te.placeholder(folded.weight_shape, spec.filter_dtype, name="weight")
+        else:
+            weight = te.placeholder(spec.weight_shape, spec.filter_dtype, name="weight")
+            filters = self._fold_weights(spec, weight)
+        j, kh = te.reduce_axis((0, J), name="ic"), te.reduce_axis((0, R), name="kh")
+        kw = te.reduce_axis((0, 1), name="kw")
+        conv = te.compute(
+            (spec.batch, padded_rows(spec, config["tile_oh"]), spec.out_width, spec.out_channels),
+            lambda n, oh, ow, oc: te.sum(data_pad[n, oh * sh + kh * dh, ow + kw, j].astype(acc)
+                                         * filters[kh, kw, j, oc].astype(acc), axis=[j, kh, kw]),
+            name="conv")
+        inputs, out = epilogue(spec, conv, acc)
+        return te.create_prim_func([data, weight] + inputs + [out]).with_attr("global_symbol", "main")
+
+    def _fold_weights(self, spec: ConvSpec, weight: Any) -> Any:
+        """``weight_pad``: HWIO filters folded to ``R x 1 x fold x K``, zeros past ``S * C``."""
+        from tvm import te, tirx
+
+        C, S, dt = spec.in_channels, spec.kernel[1], spec.filter_dtype
+        return te.compute((spec.kernel[0], 1, self.fold(), spec.out_channels),
+                          lambda r, s, j, o: tirx.if_then_else(j < S * C, weight[r, j // C, j % C, o], tirx.const(0, dt)),
+                          name="weight_pad")
+
+    def weight_pack(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        return super().weight_pack(self.folded(spec), target, config)
+
+    def pack_blocks(self, spec: ConvSpec, target: Target, config: Config) -> tuple[int, int]:
+        return config["tile_oc"], self.fold()
+
+    def pack_function(self, spec: ConvSpec, target: Target, config: Config) -> Any:
+        """``pack_weights(weight, packed)``: the fold of the weights, in the tiles' layout."""
+        import tvm.s_tir as s_tir
+        from tvm import te
+
+        from .common import layout_pack
+
+        weight = te.placeholder(spec.weight_shape, spec.filter_dtype, name="weight")
+        func = te.create_prim_func([weight, self._fold_weights(spec, weight)]).with_attr("global_symbol", "main")
+        sch = s_tir.Schedule(func)
+        layout_pack(sch, self.folded(spec), sch.get_sblock("weight_pad"), self.weight_pack(spec, target, config),
+                    *self.pack_blocks(spec, target, config))
+        return sch.mod["main"]
+
+    def prepared_weights(self, spec: ConvSpec, target: Target, config: Config, main: Any,
+                         scheduled: Any) -> dict[str, Any]:
+        """``pack_weights`` folds and packs; ``main_prepacked`` is the prefolded definition
+        without its packing block (:meth:`Template.prepared_weights`'s route)."""
+        import tvm
+        import tvm.s_tir as s_tir
+
+        main = scheduled(self.primfunc(spec, target, config, prefolded=True))
+        prepacked = s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(
+            tvm.IRModule({"main": main}))["main"]
+        return {"main_prepacked": prepacked, "pack_weights": self.pack_function(spec, target, config)}
+
+    def apply(self, sch: Any, spec: ConvSpec, target: Target, config: Config) -> None:
+        super().apply(sch, self.folded(spec), target, config)
+
+    def config_function(self, spec: ConvSpec, config: Config) -> str:
+        return super().config_function(self.folded(spec), config)
+
+    def finish(self, func: Any, spec: ConvSpec, target: Target, config: Config) -> Any:
+        return super().finish(func, self.folded(spec), target, config)
+
+
+class AmxBF16StemX86(FoldedStem, AmxBF16X86, name="x86.amx_bf16_stem", version=1, families=("x86",),
+                     dtypes=("bfloat16",), priority=41):
+    """An RGB stem in bf16 on ``tdpbf16ps``: 32 folded values a tile row (:class:`FoldedStem`)."""
+
+
+class AmxInt8StemX86(FoldedStem, AmxInt8X86, name="x86.amx_int8_stem", version=1, families=("x86",),
+                     dtypes=("uint8",), priority=41):
+    """An RGB stem in u8 x s8 on ``tdpbusd``: 64 folded values a tile row (:class:`FoldedStem`)."""
+
+
+register(AmxBF16StemX86())
+register(AmxInt8StemX86())

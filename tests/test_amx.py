@@ -65,8 +65,12 @@ def full_range(spec: ConvSpec, seed: int) -> list[np.ndarray]:
 
 
 def configs(tmpl, spec, n=2):
+    """The default, ``n`` samples, and for a padded spec the padding copied both ways
+    (a stage of its own; inside each task of rows)."""
     space = tmpl.space(spec, AMX)
-    return [tmpl.default(spec, AMX)] + space.sample(random.Random(7), n)
+    default = tmpl.default(spec, AMX)
+    both = [{**default, "order": "pixels", "pad": pad} for pad in ("copy", "task")] if "pad" in space.names else []
+    return [default] + space.sample(random.Random(7), n) + [space.check(c) for c in both if c != default]
 
 
 @pytest.mark.parametrize("name", ["x86.amx_int8", "x86.amx_bf16"])
@@ -185,3 +189,108 @@ def test_the_row_blocked_definition_computes_the_real_rows_exactly(spec):
     out = tvm.runtime.empty(spec.output_shape, spec.out_dtype)
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays], out)
     np.testing.assert_array_equal(out.numpy(), conv2d_reference(spec, *arrays))
+
+
+# ---- a stem's few channels, folded (x86.amx_bf16_stem) -------------------------------------
+STEMS = [
+    # ResNet's: 7 taps x 3 channels = 21 of a row's 32 bf16; stride 2, padding 3
+    ConvSpec(in_channels=3, out_channels=64, height=30, width=30, kernel=7, stride=2, padding=3, layout="NHWC",
+             dtype="bfloat16", bias=True, activation="relu"),
+    # MobileNet's: 3x3 stride 2, 32 filters; batch 2, float32 output
+    ConvSpec(batch=2, in_channels=3, out_channels=32, height=17, width=16, kernel=3, stride=2, padding=1,
+             layout="NHWC", dtype="bfloat16", output_dtype="float32", activation="relu6"),
+    # one channel, dilation 2 (a run of taps 2 pixels apart), a residual
+    ConvSpec(in_channels=1, out_channels=16, height=12, width=12, kernel=5, padding=4, dilation=2, layout="NHWC",
+             dtype="bfloat16", residual=True),
+]
+
+
+def test_the_folded_stem_serves_few_channels_and_says_why_not_otherwise():
+    tmpl = get_template("x86.amx_bf16_stem")
+    for spec in STEMS:
+        assert tmpl.serves(spec, AMX) is None, spec.describe()
+        space = tmpl.space(spec, AMX)
+        assert tmpl.default(spec, AMX) in list(space) and space.hash == tmpl.space(spec, AMX).hash
+    spec = STEMS[0]
+    assert "AMX" in tmpl.serves(spec, convgen.get_target("x86-avx512-bf16"))
+    assert "without folding" in tmpl.serves(spec.replace(in_channels=16), AMX)  # x86.amx_bf16's
+    assert "one tile row" in tmpl.serves(spec.replace(in_channels=5), AMX)  # 7 x 5 > 32
+    assert "NCHW" in tmpl.serves(spec.replace(layout="NCHW"), AMX)
+    assert "float32" in tmpl.serves(spec.replace(dtype="float32"), AMX)
+    assert "whole C tiles" in tmpl.serves(spec.replace(out_channels=24), AMX)
+    # the highest rank where it serves: it builds by default on AMX
+    from convgen.builder import select_template
+
+    assert select_template(spec, AMX).name == "x86.amx_bf16_stem"
+
+
+def test_an_r_by_1_kernel_compiles_on_the_tile_templates():
+    """A 7x1 kernel (Inception's) tensorizes: its packed weights put the unit tap axis first
+    (a tensorized region's unit axes must lead; with it after the 7 taps the tile template
+    raised a ConfigError). And the folded stem, whose product is an R x 1 kernel."""
+    from convgen.builder import compile_module
+
+    spec = ConvSpec(in_channels=64, out_channels=32, height=9, width=8, kernel=(7, 1), padding=(3, 0),
+                    layout="NHWC", dtype="uint8")
+    for s, name in ((spec, "x86.amx_int8"), (STEMS[0], "x86.amx_bf16_stem")):
+        tmpl = get_template(name)
+        assert "tdp" in compile_module(s, AMX, tmpl, tmpl.default(s, AMX)).mod.inspect_source("asm")
+    if RUNS:
+        arrays = full_range(spec, 2)
+        np.testing.assert_array_equal(convgen.build(spec, AMX, template="x86.amx_int8")(*arrays),
+                                      conv2d_reference(spec, *arrays))
+
+
+@pytest.mark.skipif(not RUNS, reason=WHY)
+@pytest.mark.parametrize("spec", STEMS, ids=lambda s: s.describe())
+def test_the_folded_stem_matches_the_bf16_reference(spec):
+    tmpl = get_template("x86.amx_bf16_stem")
+    arrays = random_inputs(spec, seed=9)
+    want = conv2d_reference(spec, *arrays).astype(np.float64)
+    for config in configs(tmpl, spec):
+        k = convgen.build(spec, AMX, config, template="x86.amx_bf16_stem")
+        got = k(*arrays)
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=relative_tolerance(spec), atol=tolerance(spec))
+        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]), got)
+
+
+def test_a_bf16_model_gives_its_rgb_stem_bf16_data_only_where_the_folded_stem_serves():
+    """``precision="bfloat16"``: on AMX the stem takes bf16 data (the folded template); on a
+    CPU without it, float32 data with a bf16 output (fp32 FMAs, no conversion pass)."""
+    pytest.importorskip("torch")
+    from convgen.torch import _in_precision
+
+    stem = ConvSpec(in_channels=3, out_channels=64, height=224, width=224, kernel=7, stride=2, padding=3,
+                    bias=True, activation="relu")
+    assert _in_precision(stem, "bfloat16", AMX).dtype == "bfloat16"
+    assert _in_precision(stem, "bfloat16", AMX, nhwc=False).dtype == "float32"  # NCHW kernels: no fold
+    on_zen4 = _in_precision(stem, "bfloat16", convgen.get_target("x86-avx512-bf16"))
+    assert (on_zen4.dtype, on_zen4.out_dtype) == ("float32", "bfloat16")
+
+
+STEMS_INT8 = [
+    # ResNet's in u8: 21 of a row's 64 bytes; the padding holds the zero point
+    ConvSpec(in_channels=3, out_channels=64, height=30, width=30, kernel=7, stride=2, padding=3, layout="NHWC",
+             dtype="uint8", data_zero_point=9),
+    # requantized to u8 as the int8 model's stem writes it; 4 channels x 3 taps, dilation 2
+    ConvSpec(in_channels=4, out_channels=32, height=12, width=12, kernel=3, padding=2, dilation=2, layout="NHWC",
+             dtype="uint8", output_dtype="uint8", bias=True, activation="relu"),
+]
+
+
+@pytest.mark.skipif(not RUNS, reason=WHY)
+@pytest.mark.parametrize("spec", STEMS_INT8, ids=lambda s: s.describe())
+def test_the_folded_int8_stem_is_exact(spec):
+    tmpl = get_template("x86.amx_int8_stem")
+    assert tmpl.serves(spec, AMX) is None
+    arrays = full_range(spec, 6)
+    want = conv2d_reference(spec, *arrays)
+    for config in configs(tmpl, spec):
+        k = convgen.build(spec, AMX, config, template="x86.amx_int8_stem")
+        got = k(*arrays)
+        if spec.scaled:
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), atol=tolerance(spec))
+            assert (got == want).mean() > 0.99
+        else:
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]), got)

@@ -192,6 +192,32 @@ def test_scaled_outputs_match_the_reference(spec):
             assert want.min() < want.max()  # a test that spans values, not one clamped end
 
 
+@pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
+def test_requantization_rounds_ties_to_even_and_clamps_both_ends(out_dtype):
+    """Sums times 0.5 land on exact halves and past both ends of the 8-bit range: the
+    epilogue (clamp, then round through the float's mantissa) must give numpy's rint and
+    clip bit for bit, negative results of an s8 output included. The host's own template
+    (AMX, VNNI or AVX2 code) and the generic one."""
+    host = x86_host()
+    spec = ConvSpec(in_channels=64, out_channels=32, height=6, width=6, kernel=1, layout="NHWC", dtype="uint8",
+                    output_dtype=out_dtype, bias=True)
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 4, size=spec.input_shape).astype(np.uint8)
+    w = rng.integers(-3, 4, size=spec.weight_shape).astype(np.int8)
+    scale = np.full(spec.out_channels, 0.5, np.float32)
+    bias = np.resize(np.array([-250, 0, 250], np.float32), spec.out_channels)  # whole: the halves stay exact
+    sums = np.einsum("nhwc,ck->nhwk", x.astype(np.int64), w[0, 0].astype(np.int64))
+    info = np.iinfo(out_dtype)
+    y = sums * 0.5 + bias
+    want = np.clip(np.rint(y), info.min, info.max).astype(out_dtype)
+    inside = (y > info.min) & (y < info.max)
+    assert (y[inside] % 1 == 0.5).any() and (y > info.max).any() and (y < info.min).any()
+    np.testing.assert_array_equal(conv2d_reference(spec, x, w, scale, bias), want)
+    for template in (None, "cpu.generic"):
+        k = convgen.build(spec, host, template=template, builtin_records=False)
+        np.testing.assert_array_equal(k(x, w, scale, bias), want, err_msg=k.template)
+
+
 def test_a_scaled_kernel_asks_for_its_scale():
     x86_host()
     spec = SCALED[1]

@@ -53,10 +53,16 @@ calibration batches, see :mod:`convgen.torch._quant`). The model's inputs and ou
 their dtype either way."""
 
 
-def _in_precision(spec: ConvSpec, precision: str) -> ConvSpec:
+#: the template that multiplies a stem's 1-3 input channels in bf16 (AMX tiles, each pixel's
+#: row of taps folded into one tile row); where it does not serve, such a stem stays float32
+FOLDED_STEM = "x86.amx_bf16_stem"
+
+
+def _in_precision(spec: ConvSpec, precision: str, target: Target | None = None, nhwc: bool = True) -> ConvSpec:
     """``spec`` computed in ``precision`` (a float32 spec of the model, otherwise as it is).
     int8: u8 data, a float32 (dequantized) output, and a bias (where the input's zero point
-    is folded in)."""
+    is folded in). ``target`` and ``nhwc`` (its kernels run channels_last): where the
+    kernel will run, for an RGB stem in bf16."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32" or spec.dtype != "float32":
@@ -66,7 +72,15 @@ def _in_precision(spec: ConvSpec, precision: str) -> ConvSpec:
     if spec.groups == 1 and spec.in_channels < 4:
         # bf16's arithmetic gain is vdpbf16ps's pairs along C; with 1-3 input channels (an
         # RGB stem) the kernel multiplies in fp32 anyway, so it reads the model's fp32 input
-        # as it is (no conversion pass) and writes bf16 for the next layer
+        # as it is (no conversion pass) and writes bf16 for the next layer. On AMX the
+        # folded stem multiplies bf16 tiles (ResNet-50's 7x7 stem 0.25x x86.direct's time,
+        # Emerald Rapids): there the input is converted (one pass over 3 channels) for it
+        from ..schedules import get_template
+
+        bf16 = spec.replace(dtype=precision)
+        if target is not None and get_template(FOLDED_STEM).serves(bf16.replace(layout="NHWC" if nhwc else spec.layout),
+                                                                   target) is None:
+            return bf16
         return spec.replace(output_dtype=precision)
     return spec.replace(dtype=precision)
 
@@ -92,7 +106,7 @@ def conv_layers(model: nn.Module, *example_inputs: torch.Tensor, fused: bool = T
         spec = site_spec(site, fused=fused)
         if site.why_not or isinstance(spec, str):
             continue
-        wanted = _in_precision(spec, precision)
+        wanted = _in_precision(spec, precision, get_target(target), channels_last)
         if wanted.dtype == "uint8" and _cannot_serve(wanted.replace(layout="NHWC"), get_target(target)):
             wanted = spec
         spec = wanted
@@ -156,7 +170,7 @@ def optimize(model: nn.Module, *example_inputs: torch.Tensor, target: str | Targ
         if why is None and not runs_here:
             why = f"target {target.name} does not run on this machine"
         if why is None:
-            wanted = _in_precision(spec, precision)
+            wanted = _in_precision(spec, precision, target, channels_last and target.is_cpu)
             reason = _cannot_serve(wanted, target) if wanted is not spec else None
             if reason is None and wanted.dtype == "uint8" and not observers[site.path].seen:
                 reason = "no calibration batch reached it"
