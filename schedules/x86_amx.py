@@ -382,7 +382,9 @@ class AmxX86(Template):
 
     step: TileStep
 
-    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+    def refusal(self, spec: ConvSpec, target: Target, row: str) -> str | None:
+        """What every tile template needs: the instruction, its weight dtype, no groups, NHWC
+        data (``row``: what a tile row holds, for the message)."""
         step = self.step
         if not step.available(target):
             return f"target {target.name} has no {'/'.join(f.upper() for f in step.flags)} ({step.instruction})"
@@ -391,7 +393,14 @@ class AmxX86(Template):
         if spec.groups != 1:
             return "grouped convolution"
         if spec.layout != "NHWC":
-            return "NCHW data (a tile row is one pixel's channels: NHWC only)"
+            return f"NCHW data (a tile row is {row}: NHWC only)"
+        return None
+
+    def supports(self, spec: ConvSpec, target: Target) -> str | None:
+        step = self.step
+        why = self.refusal(spec, target, "one pixel's channels")
+        if why:
+            return why
         if spec.in_channels % step.depth or spec.in_channels < 4 * step.depth:
             # an RGB stem would fill 4 of a row's 64 bytes: vpdpbusd serves it
             return f"{spec.in_channels} input channels (a multiple of {step.depth}, at least {4 * step.depth})"
@@ -626,14 +635,9 @@ class FoldedStem:
 
     def supports(self, spec: ConvSpec, target: Target) -> str | None:
         step = self.step
-        if not step.available(target):
-            return f"target {target.name} has no {'/'.join(f.upper() for f in step.flags)} ({step.instruction})"
-        if spec.filter_dtype != step.weight:
-            return f"{spec.filter_dtype} weights ({step.instruction} takes {step.weight})"
-        if spec.groups != 1:
-            return "grouped convolution"
-        if spec.layout != "NHWC":
-            return "NCHW data (a folded row is one pixel's run of taps: NHWC only)"
+        why = self.refusal(spec, target, "one pixel's run of taps")
+        if why:
+            return why
         if spec.in_channels >= 4 * step.depth:
             return f"{spec.in_channels} input channels: the tile template takes them without folding"
         if spec.in_channels * spec.kernel[1] > self.fold():

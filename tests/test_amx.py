@@ -55,6 +55,16 @@ BF16 = [
 ]
 
 
+STEMS_INT8 = [
+    # ResNet's in u8: 21 of a row's 64 bytes; the padding holds the zero point
+    ConvSpec(in_channels=3, out_channels=64, height=30, width=30, kernel=7, stride=2, padding=3, layout="NHWC",
+             dtype="uint8", data_zero_point=9),
+    # requantized to u8 as the int8 model's stem writes it; 4 channels x 3 taps, dilation 2
+    ConvSpec(in_channels=4, out_channels=32, height=12, width=12, kernel=3, padding=2, dilation=2, layout="NHWC",
+             dtype="uint8", output_dtype="uint8", bias=True, activation="relu"),
+]
+
+
 def full_range(spec: ConvSpec, seed: int) -> list[np.ndarray]:
     """u8 data 0..255 and s8 weights -128..127 (where int16 pair sums would saturate)."""
     arrays = random_inputs(spec, seed)
@@ -114,13 +124,15 @@ def test_amx_kernels_compile_anywhere_with_tile_instructions():
 
 
 @pytest.mark.skipif(not RUNS, reason=WHY)
-@pytest.mark.parametrize("spec", INT8, ids=lambda s: s.describe())
-def test_tdpbusd_kernels_are_exact_on_full_range_data(spec):
-    tmpl = get_template("x86.amx_int8")
+@pytest.mark.parametrize("name,spec", [("x86.amx_int8", s) for s in INT8] + [("x86.amx_int8_stem", s) for s in STEMS_INT8],
+                         ids=lambda v: v if isinstance(v, str) else v.describe())
+def test_tdpbusd_kernels_are_exact_on_full_range_data(name, spec):
+    tmpl = get_template(name)
+    assert tmpl.serves(spec, AMX) is None
     arrays = full_range(spec, 3)
     want = conv2d_reference(spec, *arrays)
     for config in configs(tmpl, spec):
-        k = convgen.build(spec, AMX, config, template="x86.amx_int8")
+        k = convgen.build(spec, AMX, config, template=name)
         got = k(*arrays)
         if spec.scaled:  # float epilogue: within one step where a fused multiply-add rounds the other way
             np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), atol=tolerance(spec),
@@ -267,30 +279,3 @@ def test_a_bf16_model_gives_its_rgb_stem_bf16_data_only_where_the_folded_stem_se
     on_zen4 = _in_precision(stem, "bfloat16", convgen.get_target("x86-avx512-bf16"))
     assert (on_zen4.dtype, on_zen4.out_dtype) == ("float32", "bfloat16")
 
-
-STEMS_INT8 = [
-    # ResNet's in u8: 21 of a row's 64 bytes; the padding holds the zero point
-    ConvSpec(in_channels=3, out_channels=64, height=30, width=30, kernel=7, stride=2, padding=3, layout="NHWC",
-             dtype="uint8", data_zero_point=9),
-    # requantized to u8 as the int8 model's stem writes it; 4 channels x 3 taps, dilation 2
-    ConvSpec(in_channels=4, out_channels=32, height=12, width=12, kernel=3, padding=2, dilation=2, layout="NHWC",
-             dtype="uint8", output_dtype="uint8", bias=True, activation="relu"),
-]
-
-
-@pytest.mark.skipif(not RUNS, reason=WHY)
-@pytest.mark.parametrize("spec", STEMS_INT8, ids=lambda s: s.describe())
-def test_the_folded_int8_stem_is_exact(spec):
-    tmpl = get_template("x86.amx_int8_stem")
-    assert tmpl.serves(spec, AMX) is None
-    arrays = full_range(spec, 6)
-    want = conv2d_reference(spec, *arrays)
-    for config in configs(tmpl, spec):
-        k = convgen.build(spec, AMX, config, template="x86.amx_int8_stem")
-        got = k(*arrays)
-        if spec.scaled:
-            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), atol=tolerance(spec))
-            assert (got == want).mean() > 0.99
-        else:
-            np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]), got)
