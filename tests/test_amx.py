@@ -55,6 +55,20 @@ BF16 = [
 ]
 
 
+# the folded stems (x86.amx_bf16_stem, x86.amx_int8_stem): few input channels, a row of taps a tile row
+STEMS = [
+    # ResNet's: 7 taps x 3 channels = 21 of a row's 32 bf16; stride 2, padding 3
+    ConvSpec(in_channels=3, out_channels=64, height=30, width=30, kernel=7, stride=2, padding=3, layout="NHWC",
+             dtype="bfloat16", bias=True, activation="relu"),
+    # MobileNet's: 3x3 stride 2, 32 filters; batch 2, float32 output
+    ConvSpec(batch=2, in_channels=3, out_channels=32, height=17, width=16, kernel=3, stride=2, padding=1,
+             layout="NHWC", dtype="bfloat16", output_dtype="float32", activation="relu6"),
+    # one channel, dilation 2 (a run of taps 2 pixels apart), a residual
+    ConvSpec(in_channels=1, out_channels=16, height=12, width=12, kernel=5, padding=4, dilation=2, layout="NHWC",
+             dtype="bfloat16", residual=True),
+]
+
+
 STEMS_INT8 = [
     # ResNet's in u8: 21 of a row's 64 bytes; the padding holds the zero point
     ConvSpec(in_channels=3, out_channels=64, height=30, width=30, kernel=7, stride=2, padding=3, layout="NHWC",
@@ -144,15 +158,18 @@ def test_tdpbusd_kernels_are_exact_on_full_range_data(name, spec):
 
 
 @pytest.mark.skipif(not RUNS, reason=WHY)
-@pytest.mark.parametrize("spec", BF16, ids=lambda s: s.describe())
-def test_tdpbf16ps_kernels_match_the_bf16_reference(spec):
-    tmpl = get_template("x86.amx_bf16")
+@pytest.mark.parametrize("name,spec", [("x86.amx_bf16", s) for s in BF16] + [("x86.amx_bf16_stem", s) for s in STEMS],
+                         ids=lambda v: v if isinstance(v, str) else v.describe())
+def test_tdpbf16ps_kernels_match_the_bf16_reference(name, spec):
+    tmpl = get_template(name)
     arrays = random_inputs(spec, seed=5)
     want = conv2d_reference(spec, *arrays).astype(np.float64)
     for config in configs(tmpl, spec):
-        got = convgen.build(spec, AMX, config, template="x86.amx_bf16")(*arrays)
+        k = convgen.build(spec, AMX, config, template=name)
+        got = k(*arrays)
         assert got.dtype == numpy_dtype(spec.out_dtype)
         np.testing.assert_allclose(got.astype(np.float64), want, rtol=relative_tolerance(spec), atol=tolerance(spec))
+        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]), got)
 
 
 def test_an_amx_kernel_is_refused_clearly_where_the_cpu_lacks_the_feature(tmp_path, monkeypatch):
@@ -203,20 +220,6 @@ def test_the_row_blocked_definition_computes_the_real_rows_exactly(spec):
     np.testing.assert_array_equal(out.numpy(), conv2d_reference(spec, *arrays))
 
 
-# ---- a stem's few channels, folded (x86.amx_bf16_stem) -------------------------------------
-STEMS = [
-    # ResNet's: 7 taps x 3 channels = 21 of a row's 32 bf16; stride 2, padding 3
-    ConvSpec(in_channels=3, out_channels=64, height=30, width=30, kernel=7, stride=2, padding=3, layout="NHWC",
-             dtype="bfloat16", bias=True, activation="relu"),
-    # MobileNet's: 3x3 stride 2, 32 filters; batch 2, float32 output
-    ConvSpec(batch=2, in_channels=3, out_channels=32, height=17, width=16, kernel=3, stride=2, padding=1,
-             layout="NHWC", dtype="bfloat16", output_dtype="float32", activation="relu6"),
-    # one channel, dilation 2 (a run of taps 2 pixels apart), a residual
-    ConvSpec(in_channels=1, out_channels=16, height=12, width=12, kernel=5, padding=4, dilation=2, layout="NHWC",
-             dtype="bfloat16", residual=True),
-]
-
-
 def test_the_folded_stem_serves_few_channels_and_says_why_not_otherwise():
     tmpl = get_template("x86.amx_bf16_stem")
     for spec in STEMS:
@@ -252,18 +255,6 @@ def test_an_r_by_1_kernel_compiles_on_the_tile_templates():
         np.testing.assert_array_equal(convgen.build(spec, AMX, template="x86.amx_int8")(*arrays),
                                       conv2d_reference(spec, *arrays))
 
-
-@pytest.mark.skipif(not RUNS, reason=WHY)
-@pytest.mark.parametrize("spec", STEMS, ids=lambda s: s.describe())
-def test_the_folded_stem_matches_the_bf16_reference(spec):
-    tmpl = get_template("x86.amx_bf16_stem")
-    arrays = random_inputs(spec, seed=9)
-    want = conv2d_reference(spec, *arrays).astype(np.float64)
-    for config in configs(tmpl, spec):
-        k = convgen.build(spec, AMX, config, template="x86.amx_bf16_stem")
-        got = k(*arrays)
-        np.testing.assert_allclose(got.astype(np.float64), want, rtol=relative_tolerance(spec), atol=tolerance(spec))
-        np.testing.assert_array_equal(k(arrays[0], k.pack_weights(arrays[1]), *arrays[2:]), got)
 
 
 def test_a_bf16_model_gives_its_rgb_stem_bf16_data_only_where_the_folded_stem_serves():
