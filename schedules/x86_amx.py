@@ -307,7 +307,6 @@ def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
                 C[{c_at}] = C[{c_at}] + {cast_a} * {cast_b}
 
 
-
 {"; ".join(f"{n} = tirx.Var('{n}', 'int32')" for n in strides)}
 
 
@@ -659,8 +658,7 @@ class FoldedStem:
                         kernel=(R, 1), stride=(sh, 1), dilation=(dh, 1), layout="NHWC", dtype=spec.dtype)
 
     def space(self, spec: ConvSpec, target: Target) -> Space:
-        base = super().space(self.folded(spec), target)
-        return Space(self.name, self.version, base.knobs, base.constraint)
+        return super().space(self.folded(spec), target)  # named after this template (self.name)
 
     def default(self, spec: ConvSpec, target: Target) -> Config:
         return super().default(self.folded(spec), target)
